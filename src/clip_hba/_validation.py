@@ -1,0 +1,58 @@
+"""Input checks used at the public boundary (MNE-style wording)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the bad value and, where possible, the fix.
+
+    The command-line interface turns this into one line on stderr and a non-zero exit.
+    """
+
+
+def check_option(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise `InputError`."""
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise InputError(
+            f"Invalid value for {name!r}. Allowed values are {options}, but got {value!r} instead."
+        )
+    return value
+
+
+def check_finite(name: str, values: np.ndarray) -> None:
+    """Raise `InputError` if ``values`` holds NaN or infinite entries."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        raise InputError(
+            f"{name} holds {int(bad.sum())} NaN or infinite value(s); the first is at "
+            f"index {tuple(int(i) for i in where)}."
+        )
+
+
+def check_unique_ids(name: str, ids: Sequence[str]) -> None:
+    """Raise `InputError` if ``ids`` repeats an id."""
+    seen: set[str] = set()
+    duplicates = [i for i in ids if i in seen or seen.add(i)]
+    if duplicates:
+        raise InputError(
+            f"{name} repeats {len(duplicates)} concept id(s): {_preview(sorted(set(duplicates)))}."
+        )
+
+
+def check_known_ids(name: str, ids: Iterable[str], known: set[str] | dict[str, int]) -> None:
+    """Raise `InputError` naming the ids of ``ids`` that are not in ``known``."""
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise InputError(f"{name} holds {len(unknown)} unknown concept id(s): {_preview(unknown)}.")
+
+
+def _preview(items: Sequence[Any], n: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")

@@ -1,0 +1,193 @@
+"""The ``clip-hba`` command line: a thin layer over the Python API.
+
+Every command parses its options, calls one library function and prints JSON to stdout.
+Bad input ends with one line on stderr (``clip-hba: error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from clip_hba import __version__
+from clip_hba._io import write_json_atomic
+from clip_hba._validation import InputError
+
+app = typer.Typer(
+    name="clip-hba",
+    help="Personalized, brain-aligned vision models (CLIP-HBA): fit, embed and evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+evaluate_app = typer.Typer(
+    help="Score embeddings or models against human data.", no_args_is_help=True
+)
+app.add_typer(evaluate_app, name="evaluate")
+
+EXIT_BAD_INPUT = 2
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="THINGS data directory holding files named like the bundled ones "
+        "(default: $CLIP_HBA_THINGS_DIR, else the files bundled with clip-hba).",
+    ),
+]
+SeedOption = Annotated[int, typer.Option(help="Random seed for bootstrap resampling.")]
+NBootstrapOption = Annotated[
+    int, typer.Option("--n-bootstrap", help="Bootstrap samples (over concepts) for the RDM48 CI.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clip-hba {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+
+
+@evaluate_app.command("behavior")
+def evaluate_behavior_command(
+    embedding: Annotated[
+        Path,
+        typer.Option(
+            help="Embedding file (.npy, .txt, .csv or .tsv), one row per concept: all 1,854 THINGS "
+            "concepts in official order, or any subset with --ids."
+        ),
+    ],
+    ids: Annotated[
+        Path | None,
+        typer.Option(help="File with the THINGS concept id of each embedding row, one per line."),
+    ] = None,
+    rdm_metric: Annotated[
+        Literal["pearson", "cosine", "euclidean"],
+        typer.Option(
+            help="Dissimilarity for the model's 48-object RDM.",
+        ),
+    ] = "pearson",
+    similarity: Annotated[
+        Literal["dot", "cosine"],
+        typer.Option(
+            help="Similarity for picking a triplet's most similar pair.",
+        ),
+    ] = "dot",
+    n_bootstrap: NBootstrapOption = 1000,
+    ci_level: Annotated[float, typer.Option(help="Coverage of the confidence intervals.")] = 0.95,
+    seed: SeedOption = 0,
+    triplet_order: Annotated[
+        Literal["auto", "unique_id", "sorted_names"],
+        typer.Option(
+            help="List that test_triplets.csv's concept numbers index; 'auto' = sorted_names for "
+            "the bundled file (its actual convention), unique_id for a --data-dir.",
+        ),
+    ] = "auto",
+    data_dir: DataDirOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the JSON result to this file.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write a figure of model vs human 48-object RDM (.png/.pdf)."),
+    ] = None,
+) -> None:
+    """Score a concept embedding on the 48-object RDM and the 20,000 test triplets.
+
+    Prints one JSON object: rdm48_spearman (+ bootstrap CI), odd_one_out_accuracy (+ Wilson CI),
+    n_triplets used, n_concepts, and the settings.
+    """
+    from clip_hba.embeddings import read_embedding
+    from clip_hba.evaluate import evaluate_behavior
+    from clip_hba.things import load_concepts
+
+    default_ids = None if ids is not None else load_concepts(data_dir).ids
+    concept_embedding = read_embedding(embedding, ids=ids, default_ids=default_ids)
+    result = evaluate_behavior(
+        concept_embedding,
+        rdm_metric=rdm_metric,
+        similarity=similarity,
+        n_bootstrap=n_bootstrap,
+        ci_level=ci_level,
+        seed=seed,
+        triplet_index_order=triplet_order,
+        data_dir=data_dir,
+    )
+    if plot is not None:
+        _plot_rdm48(concept_embedding, rdm_metric, plot, data_dir, title=embedding.name)
+    _emit(result.to_dict(), out)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and rdm48.png.")] = Path(
+        "clip-hba-demo"
+    ),
+    n_bootstrap: NBootstrapOption = 1000,
+    seed: SeedOption = 0,
+) -> None:
+    """Run the bundled demo: evaluate the SPoSE 66-d embedding against human behaviour.
+
+    Needs no data path, GPU or network. Writes OUT/metrics.json and OUT/rdm48.png and prints the
+    metrics as JSON.
+    """
+    from clip_hba.evaluate import evaluate_behavior
+    from clip_hba.things import load_spose
+
+    spose = load_spose()
+    result = evaluate_behavior(spose, n_bootstrap=n_bootstrap, seed=seed)
+    _plot_rdm48(spose, "pearson", out / "rdm48.png", None, title="SPoSE 66-d vs human RDM48")
+    _emit(result.to_dict(), out / "metrics.json")
+
+
+def _plot_rdm48(embedding, rdm_metric: str, path: Path, data_dir, title: str) -> None:
+    from clip_hba.plots import plot_rdm_comparison
+    from clip_hba.rsa import RDM
+    from clip_hba.things import load_rdm48
+
+    human = load_rdm48(data_dir)
+    present = [c for c in human.concept_ids if c in embedding]
+    if len(present) < 3:
+        raise InputError("Cannot plot the RDM48: the embedding has fewer than 3 of its concepts.")
+    model = RDM.from_embedding(embedding.select(present), metric=rdm_metric)
+    plot_rdm_comparison(model, human, path, title=title)
+
+
+def _emit(payload: dict, out: Path | None) -> None:
+    if out is not None:
+        write_json_atomic(out, payload)
+    typer.echo(json.dumps(payload, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``clip-hba`` console script."""
+    try:
+        app(args=argv, prog_name="clip-hba")
+    except InputError as err:
+        typer.echo(f"clip-hba: error: {err}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except OSError as err:  # e.g. an output folder that cannot be written
+        typer.echo(
+            f"clip-hba: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), err=True
+        )
+        sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()

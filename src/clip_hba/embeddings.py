@@ -1,0 +1,180 @@
+"""Concept embeddings keyed by concept id, read from .npy, .txt, .csv or .tsv files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clip_hba._validation import InputError, check_finite, check_unique_ids
+
+__all__ = ["ConceptEmbedding", "read_embedding", "read_ids"]
+
+
+@dataclass(frozen=True)
+class ConceptEmbedding:
+    """One row of features per concept, with the concept id of each row.
+
+    Parameters
+    ----------
+    values : array-like, shape (n_concepts, n_dims)
+        Finite values; stored as a read-only float64 copy.
+    concept_ids : sequence of str, length n_concepts
+        Unique ids (THINGS ``uniqueID`` strings such as ``"camera_lens"``).
+    dim_labels : sequence of str, length n_dims, optional
+        Names of the columns (e.g. the 66 SPoSE dimension labels).
+    """
+
+    values: np.ndarray
+    concept_ids: tuple[str, ...]
+    dim_labels: tuple[str, ...] | None = None
+    _row: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values = np.array(self.values, dtype=np.float64)
+        ids = tuple(str(c) for c in self.concept_ids)
+        if values.ndim != 2:
+            raise InputError(
+                f"An embedding must be 2-D (n_concepts, n_dims), got shape {values.shape}."
+            )
+        if values.shape[0] != len(ids):
+            raise InputError(
+                f"The embedding has {values.shape[0]} rows but {len(ids)} concept ids were given."
+            )
+        check_unique_ids("The embedding's concept ids", ids)
+        check_finite("The embedding", values)
+        labels = None if self.dim_labels is None else tuple(self.dim_labels)
+        if labels is not None and len(labels) != values.shape[1]:
+            raise InputError(
+                f"The embedding has {values.shape[1]} columns but {len(labels)} labels."
+            )
+        values.flags.writeable = False
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "concept_ids", ids)
+        object.__setattr__(self, "dim_labels", labels)
+        object.__setattr__(self, "_row", {c: k for k, c in enumerate(ids)})
+
+    @property
+    def n_concepts(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def n_dims(self) -> int:
+        return self.values.shape[1]
+
+    def __contains__(self, concept_id: object) -> bool:
+        return concept_id in self._row
+
+    def rows(self, concept_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``concept_ids``; raises `InputError` naming any id not present."""
+        missing = [c for c in concept_ids if c not in self._row]
+        if missing:
+            raise InputError(
+                f"The embedding has no row for {len(missing)} concept(s): {missing[:5]}."
+            )
+        return np.array([self._row[c] for c in concept_ids], dtype=np.int64)
+
+    def select(self, concept_ids: Sequence[str]) -> ConceptEmbedding:
+        """The rows of ``concept_ids``, in that order."""
+        return ConceptEmbedding(
+            self.values[self.rows(concept_ids)], tuple(concept_ids), self.dim_labels
+        )
+
+
+def read_embedding(
+    path: str | os.PathLike,
+    ids: str | os.PathLike | Sequence[str] | None = None,
+    default_ids: Sequence[str] | None = None,
+) -> ConceptEmbedding:
+    """Read an embedding file with one row per concept.
+
+    Parameters
+    ----------
+    path : path
+        ``.npy`` (2-D numeric array), ``.txt`` (whitespace-separated), ``.csv`` (comma) or
+        ``.tsv`` (tab); a non-numeric first line of a text file is taken as a header.
+    ids : path or sequence of str, optional
+        The concept id of each row (a file with one id per line, see `read_ids`).
+    default_ids : sequence of str, optional
+        Ids to use when ``ids`` is not given; the file must then have exactly one row per id
+        (e.g. the 1,854 THINGS concepts in official order).
+
+    Returns
+    -------
+    ConceptEmbedding
+    """
+    values = _read_matrix(Path(path))
+    if ids is not None:
+        concept_ids = read_ids(ids) if isinstance(ids, str | os.PathLike) else tuple(ids)
+    elif default_ids is not None:
+        if values.shape[0] != len(default_ids):
+            raise InputError(
+                f"{path} has {values.shape[0]} rows; without an ids file an embedding must have "
+                f"one row per concept ({len(default_ids)}) in official order. Give the id of "
+                f"each row with an ids file (--ids)."
+            )
+        concept_ids = tuple(default_ids)
+    else:
+        raise InputError(f"No concept ids for the rows of {path}.")
+    return ConceptEmbedding(values, concept_ids)
+
+
+def read_ids(path: str | os.PathLike) -> tuple[str, ...]:
+    """Read concept ids, one per line (first comma/tab-separated field; header ``id`` skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"Cannot read ids file {path}: {_reason(err)}") from None
+    ids = [line.replace("\t", ",").split(",")[0].strip() for line in lines]
+    ids = [i for i in ids if i]
+    if ids and ids[0].lower() in {"id", "concept_id", "uniqueid"}:
+        ids = ids[1:]
+    if not ids:
+        raise InputError(f"Ids file {path} holds no ids.")
+    return tuple(ids)
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix not in {".npy", ".txt", ".csv", ".tsv"}:
+        raise InputError(
+            f"Cannot read embedding file {path}: expected a .npy, .txt, .csv or .tsv file."
+        )
+    try:
+        if suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = _read_text_matrix(path, {".txt": None, ".csv": ",", ".tsv": "\t"}[suffix])
+        values = np.asarray(values, dtype=np.float64)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"Cannot read embedding file {path}: {_reason(err)}") from None
+    if values.ndim != 2:
+        raise InputError(
+            f"Embedding file {path} must hold a 2-D array (n_concepts, n_dims), got shape "
+            f"{values.shape}."
+        )
+    return values
+
+
+def _read_text_matrix(path: Path, delimiter: str | None) -> np.ndarray:
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    header = 0
+    try:
+        [float(v) for v in first.replace(",", " ").split()]
+    except ValueError:
+        header = 1
+    return np.loadtxt(path, delimiter=delimiter, skiprows=header, ndmin=2)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "no such file."
+    if isinstance(err, IsADirectoryError):
+        return "it is a directory."
+    if isinstance(err, UnicodeDecodeError):
+        return "it is not a text file."
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

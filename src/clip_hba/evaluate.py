@@ -1,0 +1,198 @@
+"""Evaluations of concept embeddings against human data, as JSON-ready dataclasses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from clip_hba._validation import InputError, check_option
+from clip_hba.embeddings import ConceptEmbedding
+from clip_hba.rsa import METRICS, RDM, Metric
+from clip_hba.stats import bootstrap_rdm_correlation, proportion_ci
+from clip_hba.things import (
+    INDEX_ORDERS,
+    IndexOrder,
+    Triplets,
+    check_things_ids,
+    load_rdm48,
+    load_test_triplets,
+)
+
+__all__ = ["BehaviorEvaluation", "evaluate_behavior", "odd_one_out_predictions"]
+
+Similarity = Literal["dot", "cosine"]
+SIMILARITIES: tuple[str, ...] = ("dot", "cosine")
+
+
+@dataclass(frozen=True)
+class BehaviorEvaluation:
+    """Alignment of a concept embedding with human behaviour.
+
+    ``rdm48_*`` compare the embedding's RDM of the 48 held-out concepts with the human
+    ``RDM48_triplet`` (Spearman, bootstrap CI over concepts); ``odd_one_out_*`` score the test
+    triplets whose three concepts are all in the embedding (Wilson CI). A value is ``None``
+    when the embedding has too few of the concepts it needs.
+    """
+
+    rdm48_spearman: float | None
+    rdm48_spearman_ci: tuple[float, float] | None
+    n_rdm48_concepts: int
+    odd_one_out_accuracy: float | None
+    odd_one_out_ci: tuple[float, float] | None
+    n_triplets: int
+    n_triplets_total: int
+    n_concepts: int
+    n_dims: int
+    rdm_metric: str
+    similarity: str
+    ci_level: float
+    n_bootstrap: int
+    seed: int
+    triplet_index_order: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_behavior(
+    embedding: ConceptEmbedding,
+    *,
+    rdm_metric: Metric = "pearson",
+    similarity: Similarity = "dot",
+    n_bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    seed: int = 0,
+    triplet_index_order: IndexOrder = "auto",
+    data_dir: str | os.PathLike | None = None,
+) -> BehaviorEvaluation:
+    """Score ``embedding`` on the 48-object RDM and the test odd-one-out triplets.
+
+    Parameters
+    ----------
+    embedding : ConceptEmbedding
+        Rows keyed by THINGS concept id (any subset of at least 3 concepts).
+    rdm_metric : {"pearson", "cosine", "euclidean"}
+        How the model RDM is computed (``1 - Pearson r`` by default).
+    similarity : {"dot", "cosine"}
+        Similarity used to find the most similar pair of a triplet.
+    n_bootstrap : int
+        Bootstrap samples (over concepts) for the RDM48 CI.
+    ci_level : float
+    seed : int
+    triplet_index_order : {"auto", "unique_id", "sorted_names"}
+        See `clip_hba.things.load_test_triplets`.
+    data_dir : path, optional
+        THINGS data directory (default: the bundled files).
+
+    Returns
+    -------
+    BehaviorEvaluation
+
+    Examples
+    --------
+    >>> from clip_hba.things import load_spose
+    >>> result = evaluate_behavior(load_spose())
+    >>> round(result.rdm48_spearman, 3), round(result.odd_one_out_accuracy, 3)
+    (0.865, 0.643)
+    """
+    check_option("rdm_metric", rdm_metric, METRICS)
+    check_option("similarity", similarity, SIMILARITIES)
+    check_option("triplet_index_order", triplet_index_order, INDEX_ORDERS)
+    if embedding.n_concepts < 3:
+        raise InputError(
+            f"The embedding has {embedding.n_concepts} concept(s); at least 3 are needed."
+        )
+    check_things_ids(embedding.concept_ids, data_dir)
+    _check_rows_usable(embedding, rdm_metric, similarity)
+
+    human = load_rdm48(data_dir)
+    present = [c for c in human.concept_ids if c in embedding]
+    rho, rho_ci = None, None
+    if len(present) >= 3:
+        model = RDM.from_embedding(embedding.select(present), metric=rdm_metric)
+        boot = bootstrap_rdm_correlation(
+            model, human, "spearman", n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed
+        )
+        rho, rho_ci = boot.value, boot.ci
+
+    triplets = load_test_triplets(data_dir, triplet_index_order)
+    correct = odd_one_out_predictions(embedding, triplets, similarity)
+    accuracy, accuracy_ci = None, None
+    if correct.size:
+        accuracy = float(correct.mean())
+        accuracy_ci = proportion_ci(int(correct.sum()), correct.size, ci_level)
+    if rho is None and accuracy is None:
+        raise InputError(
+            "The embedding covers fewer than 3 of the 48 RDM concepts and no complete test "
+            "triplet: nothing to evaluate."
+        )
+    return BehaviorEvaluation(
+        rdm48_spearman=rho,
+        rdm48_spearman_ci=rho_ci,
+        n_rdm48_concepts=len(present),
+        odd_one_out_accuracy=accuracy,
+        odd_one_out_ci=accuracy_ci,
+        n_triplets=int(correct.size),
+        n_triplets_total=len(triplets),
+        n_concepts=embedding.n_concepts,
+        n_dims=embedding.n_dims,
+        rdm_metric=rdm_metric,
+        similarity=similarity,
+        ci_level=ci_level,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        triplet_index_order=triplets.index_order,
+    )
+
+
+def odd_one_out_predictions(
+    embedding: ConceptEmbedding, triplets: Triplets, similarity: Similarity = "dot"
+) -> np.ndarray:
+    """Whether the embedding predicts each usable triplet's odd one out.
+
+    The predicted odd one out is the concept outside the most similar pair (ties go to the
+    first pair in the order (1, 2), (0, 2), (0, 1)). Triplets with a concept missing from the
+    embedding are skipped.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_usable_triplets,)
+    """
+    check_option("similarity", similarity, SIMILARITIES)
+    usable = np.isin(triplets.concept_ids, embedding.concept_ids).all(axis=1)
+    ids = triplets.concept_ids[usable]
+    values = embedding.values
+    if similarity == "cosine":
+        values = values / np.linalg.norm(values, axis=1, keepdims=True)
+    rows = embedding.rows(ids.ravel().tolist()).reshape(ids.shape)
+    a, b, c = values[rows[:, 0]], values[rows[:, 1]], values[rows[:, 2]]
+    # column k = similarity of the pair that leaves out item k
+    pair_similarity = np.stack(
+        [np.einsum("nd,nd->n", b, c), np.einsum("nd,nd->n", a, c), np.einsum("nd,nd->n", a, b)],
+        axis=1,
+    )
+    return pair_similarity.argmax(axis=1) == triplets.odd_one_out[usable]
+
+
+def _check_rows_usable(embedding: ConceptEmbedding, rdm_metric: str, similarity: str) -> None:
+    """Rows that make the chosen RDM or similarity undefined are an input error, not NaN."""
+    values = embedding.values
+    if rdm_metric == "pearson":
+        constant = np.ptp(values, axis=1) == 0
+        if constant.any():
+            first = embedding.concept_ids[int(np.argmax(constant))]
+            raise InputError(
+                f"{int(constant.sum())} embedding row(s) are constant (first: {first!r}); "
+                "1 - Pearson is undefined for them. Use --rdm-metric cosine or euclidean."
+            )
+    if rdm_metric == "cosine" or similarity == "cosine":
+        zero = ~values.any(axis=1)
+        if zero.any():
+            first = embedding.concept_ids[int(np.argmax(zero))]
+            raise InputError(
+                f"{int(zero.sum())} embedding row(s) are all zero (first: {first!r}); cosine is "
+                "undefined for them."
+            )

@@ -1,0 +1,201 @@
+"""Statistics for RDM correlations and accuracies: bootstrap CIs, permutation tests, Wilson CIs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats
+
+from clip_hba._validation import InputError, check_option
+from clip_hba.rsa import (
+    COMPARISONS,
+    RDM,
+    Method,
+    _as_condensed,
+    align,
+    compare,
+    n_conditions,
+    pair_index,
+)
+
+__all__ = [
+    "BootstrapResult",
+    "PermutationResult",
+    "bootstrap_rdm_correlation",
+    "permutation_test_rdm",
+    "proportion_ci",
+]
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Bootstrap of an RDM comparison over conditions.
+
+    Attributes
+    ----------
+    value : float
+        The comparison on the full RDMs.
+    ci : tuple of float
+        Percentile confidence interval ``(low, high)``.
+    samples : ndarray, shape (n_valid,)
+        The statistic in each bootstrap sample where it was defined.
+    """
+
+    value: float
+    ci: tuple[float, float]
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class PermutationResult:
+    """Permutation test of an RDM comparison (conditions relabelled, rows and columns together).
+
+    Attributes
+    ----------
+    value : float
+        The observed comparison.
+    p_value : float
+        ``(1 + #{null >= value}) / (1 + n_permutations)`` for ``alternative="greater"``.
+    null : ndarray, shape (n_permutations,)
+    """
+
+    value: float
+    p_value: float
+    null: np.ndarray
+
+
+def bootstrap_rdm_correlation(
+    a: Any,
+    b: Any,
+    method: Method = "spearman",
+    n_bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    seed: int | None = 0,
+) -> BootstrapResult:
+    """Confidence interval of ``compare(a, b, method)`` by resampling conditions.
+
+    Each sample draws the conditions with replacement and keeps every pair of drawn positions
+    that refers to two different conditions (pairs of a condition with its own copy are left out,
+    as in rsatoolbox). Pairs that are NaN in either RDM are ignored.
+
+    Parameters
+    ----------
+    a, b : RDM or condensed / square array
+        `RDM` objects are aligned by concept id first.
+    method : str
+        Any method of `clip_hba.rsa.compare`.
+    n_bootstrap : int
+    ci_level : float
+        Coverage of the percentile interval, in (0, 1).
+    seed : int or None
+
+    Returns
+    -------
+    BootstrapResult
+    """
+    x, y = _condensed_pair(a, b)
+    _check_count("n_bootstrap", n_bootstrap)
+    _check_level(ci_level)
+    value = compare(x, y, method)
+    n = n_conditions(x.size)
+    rng = np.random.default_rng(seed)
+    u, v = np.triu_indices(n, k=1)
+    statistic = COMPARISONS[method]
+    samples = np.full(n_bootstrap, np.nan)
+    for k in range(n_bootstrap):
+        drawn = rng.integers(0, n, size=n)
+        p, q = drawn[u], drawn[v]
+        pairs = pair_index(p[p != q], q[p != q], n)
+        xs, ys = x[pairs], y[pairs]
+        keep = ~(np.isnan(xs) | np.isnan(ys))
+        if keep.sum() >= 3:
+            samples[k] = statistic(xs[keep], ys[keep])
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        raise InputError("The statistic was undefined in every bootstrap sample.")
+    tail = 100 * (1 - ci_level) / 2
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return BootstrapResult(value, (float(low), float(high)), samples)
+
+
+def permutation_test_rdm(
+    a: Any,
+    b: Any,
+    method: Method = "spearman",
+    n_permutations: int = 1000,
+    alternative: Literal["greater", "less", "two-sided"] = "greater",
+    seed: int | None = 0,
+) -> PermutationResult:
+    """Test ``compare(a, b, method)`` against relabelled conditions.
+
+    The conditions of ``b`` are permuted (its rows and columns together), which keeps the
+    dependence between the pairs that share a condition (Mantel test).
+
+    Parameters
+    ----------
+    a, b : RDM or condensed / square array
+    method : str
+    n_permutations : int
+    alternative : {"greater", "less", "two-sided"}
+        Two-sided compares absolute values.
+    seed : int or None
+
+    Returns
+    -------
+    PermutationResult
+    """
+    check_option("alternative", alternative, ("greater", "less", "two-sided"))
+    _check_count("n_permutations", n_permutations)
+    x, y = _condensed_pair(a, b)
+    value = compare(x, y, method)
+    n = n_conditions(x.size)
+    rng = np.random.default_rng(seed)
+    u, v = np.triu_indices(n, k=1)
+    statistic = COMPARISONS[method]
+    null = np.empty(n_permutations)
+    for k in range(n_permutations):
+        order = rng.permutation(n)
+        y_perm = y[pair_index(order[u], order[v], n)]
+        keep = ~(np.isnan(x) | np.isnan(y_perm))
+        null[k] = statistic(x[keep], y_perm[keep]) if keep.sum() >= 3 else np.nan
+    null = null[np.isfinite(null)]
+    if alternative == "greater":
+        extreme = null >= value
+    elif alternative == "less":
+        extreme = null <= value
+    else:
+        extreme = np.abs(null) >= abs(value)
+    p_value = (1 + int(extreme.sum())) / (1 + null.size)
+    return PermutationResult(value, p_value, null)
+
+
+def proportion_ci(n_success: int, n_total: int, ci_level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. an odd-one-out accuracy)."""
+    _check_level(ci_level)
+    if n_total < 1:
+        raise InputError("A proportion needs at least one trial, got 0.")
+    interval = stats.binomtest(int(n_success), int(n_total)).proportion_ci(ci_level, "wilson")
+    return float(interval.low), float(interval.high)
+
+
+def _condensed_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(a, RDM) and isinstance(b, RDM):
+        a, b = align(a, b)
+    x, y = _as_condensed(a, "a"), _as_condensed(b, "b")
+    if x.size != y.size:
+        raise InputError(f"The RDMs differ in size: {x.size} pairs against {y.size} pairs.")
+    return x, y
+
+
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int | np.integer) or value < 1:
+        raise InputError(f"Invalid value for {name!r}: expected a positive integer, got {value!r}.")
+
+
+def _check_level(ci_level: float) -> None:
+    if not 0 < ci_level < 1:
+        raise InputError(
+            f"Invalid value for 'ci_level': expected a number in (0, 1), got {ci_level!r}."
+        )
