@@ -14,7 +14,7 @@ from clip_hba._validation import InputError, check_finite, check_unique_ids
 __all__ = ["ConceptEmbedding", "read_embedding", "read_ids"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare contents explicitly
 class ConceptEmbedding:
     """One row of features per concept, with the concept id of each row.
 

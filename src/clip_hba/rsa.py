@@ -188,7 +188,7 @@ def to_square(rdm_condensed: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------- id-keyed RDM
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare contents explicitly
 class RDM:
     """A condensed RDM with the concept id of each condition.
 

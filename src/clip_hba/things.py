@@ -97,7 +97,7 @@ def _is_bundled(data_dir: Path) -> bool:
 # ---------------------------------------------------------------------------- concepts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare contents explicitly
 class Concepts:
     """The THINGS concepts in official order.
 
@@ -342,7 +342,7 @@ def split_concepts(
 # ---------------------------------------------------------------------------- test triplets
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare contents explicitly
 class Triplets:
     """Odd-one-out judgements.
 

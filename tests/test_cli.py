@@ -1,0 +1,264 @@
+"""The clip-hba command line: outputs, files, and one-line errors on bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from clip_hba.cli import main
+
+
+def run(capsys, *args):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def assert_one_line_error(code, out, err, *fragments):
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("clip-hba: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def spose_txt(tmp_path_factory, spose):
+    path = tmp_path_factory.mktemp("emb") / "spose.txt"
+    np.savetxt(path, spose.values)
+    return path
+
+
+def test_demo_writes_metrics_and_plot(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--n-bootstrap", "100")
+    assert code == 0
+    printed = json.loads(out)
+    assert printed == json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert printed["rdm48_spearman"] == pytest.approx(0.8648, abs=1e-4)
+    assert (tmp_path / "demo" / "rdm48.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((tmp_path / "demo").glob(".*tmp"))
+
+
+def test_evaluate_behavior_prints_required_keys(capsys, spose_txt, tmp_path):
+    out_file = tmp_path / "scores.json"
+    code, out, _ = run(
+        capsys,
+        "evaluate",
+        "behavior",
+        "--embedding",
+        str(spose_txt),
+        "--out",
+        str(out_file),
+        "--plot",
+        str(tmp_path / "rdm48.pdf"),
+        "--n-bootstrap",
+        "200",
+    )
+    assert code == 0
+    result = json.loads(out)
+    for key in (
+        "rdm48_spearman",
+        "rdm48_spearman_ci",
+        "odd_one_out_accuracy",
+        "odd_one_out_ci",
+        "n_triplets",
+        "n_concepts",
+    ):
+        assert key in result
+    assert result["odd_one_out_accuracy"] == pytest.approx(0.64255)
+    assert result["n_triplets"] == 20000 and result["n_concepts"] == 1854
+    assert json.loads(out_file.read_text()) == result
+    assert (tmp_path / "rdm48.pdf").read_bytes()[:4] == b"%PDF"
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv", ".tsv"])
+def test_subset_with_ids_file_in_any_format(capsys, spose, tmp_path, suffix):
+    rows = np.arange(0, 1854, 3)[::-1]  # a subset, in reverse order
+    path = tmp_path / f"sub{suffix}"
+    if suffix == ".npy":
+        np.save(path, spose.values[rows])
+    else:
+        delimiter = "," if suffix == ".csv" else "\t"
+        header = delimiter.join(f"dim{k}" for k in range(66))
+        np.savetxt(path, spose.values[rows], delimiter=delimiter, header=header, comments="")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("id\n" + "\n".join(spose.concept_ids[k] for k in rows) + "\n")
+    code, out, _ = run(
+        capsys,
+        "evaluate",
+        "behavior",
+        "--embedding",
+        str(path),
+        "--ids",
+        str(ids),
+        "--n-bootstrap",
+        "20",
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["n_concepts"] == len(rows)
+    assert 0 < result["n_triplets"] < 20000
+
+
+def test_triplet_order_option(capsys, spose_txt):
+    code, out, _ = run(
+        capsys,
+        "evaluate",
+        "behavior",
+        "--embedding",
+        str(spose_txt),
+        "--triplet-order",
+        "unique_id",
+        "--n-bootstrap",
+        "10",
+    )
+    assert code == 0
+    assert json.loads(out)["odd_one_out_accuracy"] == pytest.approx(0.636, abs=0.001)
+
+
+def _ids_file(tmp_path, ids):
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(ids) + "\n")
+    return str(path)
+
+
+def test_error_unknown_ids(capsys, tmp_path):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((3, 4)))
+    ids = _ids_file(tmp_path, ["aardvark", "abacus", "camera"])
+    result = run(
+        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
+    )
+    assert_one_line_error(*result, "unknown concept id", "'camera'")
+
+
+def test_error_duplicate_ids(capsys, tmp_path):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((3, 4)))
+    ids = _ids_file(tmp_path, ["aardvark", "abacus", "aardvark"])
+    result = run(
+        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
+    )
+    assert_one_line_error(*result, "repeats", "'aardvark'")
+
+
+def test_error_ids_and_rows_disagree(capsys, tmp_path):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((4, 4)))
+    ids = _ids_file(tmp_path, ["aardvark", "abacus", "accordion"])
+    result = run(
+        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
+    )
+    assert_one_line_error(*result, "4 rows but 3 concept ids")
+
+
+def test_error_wrong_row_count_without_ids(capsys, tmp_path):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((1853, 4)))
+    result = run(capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"))
+    assert_one_line_error(*result, "1853 rows", "--ids")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_error_nan_or_inf(capsys, tmp_path, spose, bad):
+    values = spose.values.copy()
+    values[7, 3] = bad
+    np.save(tmp_path / "e.npy", values)
+    result = run(capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"))
+    assert_one_line_error(*result, "NaN or infinite", "(7, 3)")
+
+
+def test_error_fewer_than_three_concepts(capsys, tmp_path):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((2, 4)))
+    ids = _ids_file(tmp_path, ["aardvark", "abacus"])
+    result = run(
+        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
+    )
+    assert_one_line_error(*result, "at least 3")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragment"),
+    [
+        ("missing.npy", None, "no such file"),
+        ("garbage.npy", b"\x00\x01not an npy file", "Cannot read embedding file"),
+        ("ragged.txt", b"1 2 3\n4 5\n", "Cannot read embedding file"),
+        ("words.csv", b"a,b\nc,d\n", "Cannot read embedding file"),
+        ("binary.txt", b"\xff\xfe\x00\x81\x00", "Cannot read embedding file"),
+        ("table.xlsx", b"PK", "expected a .npy, .txt, .csv or .tsv"),
+        ("vector.npy", "1d", "must hold a 2-D array"),
+    ],
+)
+def test_error_unreadable_files(capsys, tmp_path, name, content, fragment):
+    path = tmp_path / name
+    if content == "1d":
+        np.save(path, np.ones(1854))
+    elif content is not None:
+        path.write_bytes(content)
+    result = run(capsys, "evaluate", "behavior", "--embedding", str(path))
+    assert_one_line_error(*result, fragment)
+
+
+def test_error_unreadable_ids_file(capsys, spose_txt, tmp_path):
+    result = run(
+        capsys,
+        "evaluate",
+        "behavior",
+        "--embedding",
+        str(spose_txt),
+        "--ids",
+        str(tmp_path / "none.txt"),
+    )
+    assert_one_line_error(*result, "Cannot read ids file")
+
+
+def test_error_bad_data_dir(capsys, spose_txt, tmp_path):
+    result = run(
+        capsys,
+        "evaluate",
+        "behavior",
+        "--embedding",
+        str(spose_txt),
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+    )
+    assert_one_line_error(*result, "THINGS data directory")
+
+
+def test_help_lists_every_option(capsys):
+    code, out, _ = run(capsys, "evaluate", "behavior", "--help")
+    assert code == 0
+    for option in (
+        "--embedding",
+        "--ids",
+        "--rdm-metric",
+        "--similarity",
+        "--n-bootstrap",
+        "--ci-level",
+        "--seed",
+        "--triplet-order",
+        "--data-dir",
+        "--out",
+        "--plot",
+    ):
+        assert option in out
+    assert "default: 1000" in out
+
+
+def test_console_script_fails_cleanly_in_a_real_process(tmp_path):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.ones((5, 5)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "clip_hba.cli", "evaluate", "behavior", "--embedding", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"clip-hba: error: {bad} has 5 rows; without an ids file an embedding must have one row "
+        "per concept (1854) in official order. Give the id of each row with an ids file (--ids)."
+    ]

@@ -1,0 +1,212 @@
+"""RDMs from features and RDM comparisons, against scipy and rsatoolbox."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.spatial.distance import pdist, squareform
+
+from clip_hba._validation import InputError
+from clip_hba.embeddings import ConceptEmbedding
+from clip_hba.rsa import (
+    METHODS,
+    RDM,
+    align,
+    compare,
+    from_rsatoolbox,
+    n_conditions,
+    pair_index,
+    rdm,
+    rdm_torch,
+    to_condensed,
+    to_rsatoolbox,
+    to_square,
+)
+
+SCIPY_METRIC = {"pearson": "correlation", "cosine": "cosine", "euclidean": "euclidean"}
+
+
+@pytest.mark.parametrize("metric", ["pearson", "cosine", "euclidean"])
+def test_rdm_matches_scipy_pdist(metric, rng):
+    features = rng.normal(size=(30, 12))
+    np.testing.assert_allclose(
+        rdm(features, metric), pdist(features, SCIPY_METRIC[metric]), atol=1e-12
+    )
+    square = rdm(features, metric, condensed=False)
+    np.testing.assert_allclose(
+        square, squareform(pdist(features, SCIPY_METRIC[metric])), atol=1e-12
+    )
+    assert np.all(np.diag(square) == 0)
+
+
+@pytest.mark.parametrize("metric", ["pearson", "cosine", "euclidean"])
+def test_rdm_torch_batches_over_leading_axes(metric):
+    torch.manual_seed(0)
+    features = torch.randn(5, 3, 20, 8, dtype=torch.float64)  # layers x time x concepts x feats
+    batched = rdm_torch(features, metric)
+    assert batched.shape == (5, 3, 190)
+    for a, b in itertools.product(range(5), range(3)):
+        expected = pdist(features[a, b].numpy(), SCIPY_METRIC[metric])
+        np.testing.assert_allclose(batched[a, b].numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["pearson", "cosine", "euclidean"])
+def test_rdm_torch_is_differentiable(metric):
+    torch.manual_seed(0)
+    features = torch.randn(4, 10, 6, dtype=torch.float64)
+    features.data[:, 3] = features.data[:, 2]  # a zero distance must not give NaN gradients
+    features.requires_grad_(True)
+    rdm_torch(features, metric).square().sum().backward()
+    assert torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
+    sample = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: rdm_torch(x, metric), (sample,))
+
+
+def test_rdm_torch_rejects_1d_features():
+    with pytest.raises(InputError, match="n_conditions, n_features"):
+        rdm_torch(torch.randn(5))
+    with pytest.raises(InputError, match="'metric'.*'pearson'.*but got 'corr'"):
+        rdm_torch(torch.randn(5, 3), metric="corr")
+
+
+def test_square_condensed_roundtrip(rng):
+    condensed = rng.random(45)
+    assert n_conditions(45) == 10
+    np.testing.assert_array_equal(to_condensed(to_square(condensed)), condensed)
+    np.testing.assert_array_equal(to_square(condensed), squareform(condensed))
+    with pytest.raises(InputError, match="n\\*\\(n-1\\)/2"):
+        n_conditions(44)
+
+
+def test_pair_index_matches_squareform(rng):
+    n = 9
+    position = squareform(np.arange(1, n * (n - 1) // 2 + 1)) - 1
+    a, b = rng.integers(0, n, 50), rng.integers(0, n, 50)
+    ok = a != b
+    np.testing.assert_array_equal(pair_index(a[ok], b[ok], n), position[a[ok], b[ok]])
+
+
+def _rsatoolbox_compare(x, y, method):
+    from rsatoolbox.rdm import RDMs
+    from rsatoolbox.rdm import compare as rsa_compare
+
+    name = {
+        "spearman": "spearman",
+        "pearson": "corr",
+        "kendall_tau_a": "tau-a",
+        "rho_a": "rho-a",
+        "cosine": "cosine",
+    }[method]
+    return float(rsa_compare(RDMs(x[None]), RDMs(y[None]), method=name)[0, 0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_compare_agrees_with_rsatoolbox(method, ties, rng):
+    x, y = rng.random(190), rng.random(190) + 0.3 * np.arange(190) / 190
+    if ties:
+        x, y = np.round(x, 1), np.round(y, 1)
+    assert compare(x, y, method) == pytest.approx(_rsatoolbox_compare(x, y, method), abs=1e-6)
+
+
+def test_compare_agrees_with_scipy(rng):
+    x, y = rng.random(300), rng.random(300) + np.linspace(0, 0.5, 300)
+    assert compare(x, y, "spearman") == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert compare(x, y, "pearson") == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    # without ties tau-a equals scipy's tau-b
+    assert compare(x, y, "kendall_tau_a") == pytest.approx(
+        stats.kendalltau(x, y).statistic, abs=1e-12
+    )
+    cosine = 1 - pdist(np.stack([x, y]), "cosine")[0]
+    assert compare(x, y, "cosine") == pytest.approx(cosine, abs=1e-12)
+
+
+def test_kendall_tau_a_with_ties_matches_definition(rng):
+    x, y = rng.integers(0, 4, 45).astype(float), rng.integers(0, 4, 45).astype(float)
+    i, j = np.triu_indices(45, 1)
+    tau_a = np.sum(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])) / len(i)
+    assert compare(x, y, "kendall_tau_a") == pytest.approx(tau_a, abs=1e-12)
+    assert compare(np.ones(45), y, "kendall_tau_a") == 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_compare_ignores_nan_pairs(method, rng):
+    x, y = rng.random(105), rng.random(105) + np.linspace(0, 1, 105)
+    x_nan, y_nan = x.copy(), y.copy()
+    x_nan[[3, 50]] = np.nan
+    y_nan[[7]] = np.nan
+    keep = np.ones(105, bool)
+    keep[[3, 50, 7]] = False
+    value = compare(x_nan, y_nan, method)
+    assert value == pytest.approx(_rsatoolbox_compare(x[keep], y[keep], method), abs=1e-6)
+    # NaN is never read as zero dissimilarity
+    x_zero = np.where(np.isnan(x_nan), 0.0, x_nan)
+    assert value != pytest.approx(compare(x_zero, np.where(np.isnan(y_nan), 0.0, y_nan), method))
+
+
+def test_compare_accepts_square_numpy_and_torch(rng):
+    x, y = rng.random(66), rng.random(66)
+    expected = compare(x, y)
+    assert compare(squareform(x), torch.from_numpy(squareform(y))) == pytest.approx(expected)
+    assert compare(torch.from_numpy(x).float(), y) == pytest.approx(expected, abs=1e-6)
+
+
+def test_compare_rejects_bad_rdms(rng):
+    square = squareform(rng.random(45))
+    asymmetric = square.copy()
+    asymmetric[0, 1] += 0.5
+    with pytest.raises(InputError, match="not symmetric"):
+        compare(asymmetric, square)
+    with pytest.raises(InputError, match="n x n"):
+        compare(np.ones((4, 5)), square)
+    with pytest.raises(InputError, match="n\\*\\(n-1\\)/2"):
+        compare(np.ones(44), np.ones(44))
+    with pytest.raises(InputError, match="differ in size"):
+        compare(np.ones(45), np.ones(36))
+    with pytest.raises(InputError, match="at least 3"):
+        compare(np.array([1.0, np.nan, 2.0]), np.array([1.0, 2.0, 3.0]))
+    with pytest.raises(InputError, match="constant"):
+        compare(np.ones(45), rng.random(45))
+    with pytest.raises(InputError, match="infinite"):
+        compare(np.r_[np.inf, rng.random(44)], rng.random(45))
+    with pytest.raises(InputError, match="'method'.*but got 'spearmen'"):
+        compare(rng.random(45), rng.random(45), method="spearmen")
+
+
+def test_rdm_objects_are_aligned_by_id(rng):
+    ids = [f"c{k}" for k in range(12)]
+    features = rng.normal(size=(12, 5))
+    a = RDM.from_embedding(ConceptEmbedding(features, ids))
+    order = rng.permutation(12)
+    b = RDM.from_embedding(ConceptEmbedding(features[order], [ids[k] for k in order]))
+    assert not np.allclose(a.condensed, b.condensed)  # same concepts, other order
+    assert compare(a, b, "pearson") == pytest.approx(1.0)
+    subset = b.select(ids[2:9])
+    a_aligned, b_aligned = align(a, subset)
+    assert a_aligned.concept_ids == tuple(ids[2:9]) == b_aligned.concept_ids
+    np.testing.assert_allclose(a_aligned.condensed, b_aligned.condensed)
+    np.testing.assert_allclose(subset.square(), a.square()[2:9, 2:9])
+
+
+def test_rdm_validation():
+    with pytest.raises(InputError, match="needs 4 concept ids"):
+        RDM(np.ones(6), ["a", "b", "c"])
+    with pytest.raises(InputError, match="repeats"):
+        RDM(np.ones(3), ["a", "b", "a"])
+    with pytest.raises(InputError, match="share 1 concept"):
+        align(RDM(np.ones(3), ["a", "b", "c"]), RDM(np.ones(3), ["a", "x", "y"]))
+
+
+def test_rsatoolbox_roundtrip(rng):
+    original = RDM(rng.random(10), ["a", "b", "c", "d", "e"], metric="pearson")
+    converted = to_rsatoolbox(original)
+    assert converted.n_rdm == 1 and converted.n_cond == 5
+    assert converted.pattern_descriptors["concept_id"] == ["a", "b", "c", "d", "e"]
+    back = from_rsatoolbox(converted)
+    assert back.concept_ids == original.concept_ids
+    np.testing.assert_array_equal(back.condensed, original.condensed)
+    assert back.metric == "pearson"
+    with pytest.raises(InputError, match="no pattern descriptor 'stimulus'"):
+        from_rsatoolbox(converted, descriptor="stimulus")
