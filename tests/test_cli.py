@@ -262,3 +262,94 @@ def test_console_script_fails_cleanly_in_a_real_process(tmp_path):
         f"clip-hba: error: {bad} has 5 rows; without an ids file an embedding must have one row "
         "per concept (1854) in official order. Give the id of each row with an ids file (--ids)."
     ]
+
+
+@pytest.fixture
+def rdm_files(tmp_path, rng):
+    from scipy.spatial.distance import pdist, squareform
+
+    latent = rng.normal(size=(15, 3))
+    a = squareform(pdist(latent + 0.3 * rng.normal(size=latent.shape)))
+    b = pdist(latent + 0.3 * rng.normal(size=latent.shape))
+    np.savetxt(tmp_path / "a.csv", a, delimiter=",")
+    np.save(tmp_path / "b.npy", b)
+    return tmp_path / "a.csv", tmp_path / "b.npy", a, b
+
+
+def test_rsa_compare_square_and_condensed(capsys, rdm_files):
+    from scipy import stats
+    from scipy.spatial.distance import squareform
+
+    a_path, b_path, a, b = rdm_files
+    code, out, _ = run(
+        capsys,
+        "rsa",
+        "compare",
+        str(a_path),
+        str(b_path),
+        "--n-bootstrap",
+        "200",
+        "--n-permutations",
+        "200",
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["value"] == pytest.approx(stats.spearmanr(squareform(a), b).statistic)
+    assert result["ci"][0] < result["value"] < result["ci"][1]
+    assert result["p_value"] == pytest.approx(1 / 201)
+    assert (result["n_conditions"], result["n_pairs"]) == (15, 105)
+
+
+def test_rsa_compare_aligns_by_ids(capsys, rdm_files, tmp_path):
+    from scipy.spatial.distance import squareform
+
+    a_path, _, a, _ = rdm_files
+    ids = [f"c{k}" for k in range(15)]
+    order = np.random.default_rng(3).permutation(15)
+    np.savetxt(tmp_path / "a_shuffled.txt", a[np.ix_(order, order)])
+    (tmp_path / "ids_a.txt").write_text("\n".join(ids))
+    (tmp_path / "ids_b.txt").write_text("\n".join(ids[k] for k in order))
+    code, out, _ = run(
+        capsys,
+        "rsa",
+        "compare",
+        str(a_path),
+        str(tmp_path / "a_shuffled.txt"),
+        "--ids-a",
+        str(tmp_path / "ids_a.txt"),
+        "--ids-b",
+        str(tmp_path / "ids_b.txt"),
+        "--method",
+        "pearson",
+        "--n-bootstrap",
+        "0",
+        "--n-permutations",
+        "0",
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["value"] == pytest.approx(1.0)
+    assert result["ci"] is None and result["p_value"] is None
+    assert squareform(a[np.ix_(order, order)]).tolist() != squareform(a).tolist()
+
+
+def test_rsa_compare_errors(capsys, rdm_files, tmp_path):
+    a_path, b_path, a, _ = rdm_files
+    asymmetric = a.copy()
+    asymmetric[0, 1] += 1
+    np.save(tmp_path / "asym.npy", asymmetric)
+    result = run(capsys, "rsa", "compare", str(tmp_path / "asym.npy"), str(b_path))
+    assert_one_line_error(*result, "not symmetric", "[0, 1]")
+    np.save(tmp_path / "rect.npy", np.ones((4, 6)))
+    result = run(capsys, "rsa", "compare", str(tmp_path / "rect.npy"), str(b_path))
+    assert_one_line_error(*result, "must hold a square (n, n) matrix", "(4, 6)")
+    np.save(tmp_path / "odd.npy", np.ones(104))
+    result = run(capsys, "rsa", "compare", str(tmp_path / "odd.npy"), str(b_path))
+    assert_one_line_error(*result, "n*(n-1)/2", "104")
+    np.save(tmp_path / "small.npy", np.ones(36))
+    result = run(capsys, "rsa", "compare", str(tmp_path / "small.npy"), str(b_path))
+    assert_one_line_error(*result, "differ in size")
+    result = run(capsys, "rsa", "compare", str(a_path), str(b_path), "--ids-a", str(a_path))
+    assert_one_line_error(*result, "--ids-a and --ids-b")
+    result = run(capsys, "rsa", "compare", str(tmp_path / "none.npy"), str(b_path))
+    assert_one_line_error(*result, "Cannot read RDM file", "no such file")

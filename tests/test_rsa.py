@@ -210,3 +210,24 @@ def test_rsatoolbox_roundtrip(rng):
     assert back.metric == "pearson"
     with pytest.raises(InputError, match="no pattern descriptor 'stimulus'"):
         from_rsatoolbox(converted, descriptor="stimulus")
+
+
+def test_read_rdm_formats(tmp_path, rng):
+    from clip_hba.rsa import read_rdm
+
+    condensed = rng.random(10)
+    square = to_square(condensed)
+    square[1, 3] = square[3, 1] = np.nan  # a missing pair stays missing
+    np.savetxt(tmp_path / "square.txt", square)
+    np.savetxt(tmp_path / "row.csv", condensed[None], delimiter=",")
+    np.savetxt(tmp_path / "column.txt", condensed)
+    (tmp_path / "ids.txt").write_text("a\nb\nc\nd\ne\n")
+    from_square = read_rdm(tmp_path / "square.txt")
+    assert np.isnan(from_square[pair_index(np.array([1]), np.array([3]), 5)]).all()
+    np.testing.assert_allclose(
+        from_square[~np.isnan(from_square)], condensed[~np.isnan(from_square)]
+    )
+    np.testing.assert_allclose(read_rdm(tmp_path / "row.csv"), condensed)
+    np.testing.assert_allclose(read_rdm(tmp_path / "column.txt"), condensed)
+    with_ids = read_rdm(tmp_path / "column.txt", ids=tmp_path / "ids.txt")
+    assert isinstance(with_ids, RDM) and with_ids.concept_ids == ("a", "b", "c", "d", "e")

@@ -1,4 +1,8 @@
-"""Atomic file writing: an interrupted run never leaves a half-written file that looks whole."""
+"""File input and output.
+
+Reading numeric tables and id lists with one clear error for any unreadable file; writing
+atomically, so an interrupted run never leaves a half-written file that looks whole.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from clip_hba._validation import InputError
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -32,3 +40,57 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     text = json.dumps(obj, indent=2) + "\n"
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_ids(path: str | os.PathLike) -> tuple[str, ...]:
+    """Read concept ids, one per line (first comma/tab-separated field; header ``id`` skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"Cannot read ids file {path}: {_reason(err)}") from None
+    ids = [line.replace("\t", ",").split(",")[0].strip() for line in lines]
+    ids = [i for i in ids if i]
+    if ids and ids[0].lower() in {"id", "concept_id", "uniqueid"}:
+        ids = ids[1:]
+    if not ids:
+        raise InputError(f"Ids file {path} holds no ids.")
+    return tuple(ids)
+
+
+def read_matrix(path: Path, what: str) -> np.ndarray:
+    """Numeric array from ``.npy`` or a ``.txt``/``.csv``/``.tsv`` table (text: always 2-D)."""
+    suffix = path.suffix.lower()
+    if suffix not in {".npy", ".txt", ".csv", ".tsv"}:
+        raise InputError(
+            f"Cannot read {what} file {path}: expected a .npy, .txt, .csv or .tsv file."
+        )
+    try:
+        if suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = _read_text_matrix(path, {".txt": None, ".csv": ",", ".tsv": "\t"}[suffix])
+        values = np.asarray(values, dtype=np.float64)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"Cannot read {what} file {path}: {_reason(err)}") from None
+    return values
+
+
+def _read_text_matrix(path: Path, delimiter: str | None) -> np.ndarray:
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    header = 0
+    try:
+        [float(v) for v in first.replace(",", " ").split()]
+    except ValueError:
+        header = 1
+    return np.loadtxt(path, delimiter=delimiter, skiprows=header, ndmin=2)
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "no such file."
+    if isinstance(err, IsADirectoryError):
+        return "it is a directory."
+    if isinstance(err, UnicodeDecodeError):
+        return "it is not a text file."
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -29,6 +29,10 @@ evaluate_app = typer.Typer(
     help="Score embeddings or models against human data.", no_args_is_help=True
 )
 app.add_typer(evaluate_app, name="evaluate")
+rsa_app = typer.Typer(
+    help="Representational similarity analysis of RDM files.", no_args_is_help=True
+)
+app.add_typer(rsa_app, name="rsa")
 
 EXIT_BAD_INPUT = 2
 
@@ -131,6 +135,58 @@ def evaluate_behavior_command(
     )
     if plot is not None:
         _plot_rdm48(concept_embedding, rdm_metric, plot, data_dir, title=embedding.name)
+    _emit(result.to_dict(), out)
+
+
+@rsa_app.command("compare")
+def rsa_compare_command(
+    rdm_a: Annotated[
+        Path,
+        typer.Argument(
+            help="First RDM (.npy/.txt/.csv/.tsv): square symmetric (n, n), or the condensed "
+            "upper triangle as one row or column (NaN = missing pair)."
+        ),
+    ],
+    rdm_b: Annotated[Path, typer.Argument(help="Second RDM, same formats.")],
+    ids_a: Annotated[
+        Path | None,
+        typer.Option(
+            help="Concept id of each condition of RDM A, one per line (with --ids-b: "
+            "the RDMs are aligned by id over the shared concepts)."
+        ),
+    ] = None,
+    ids_b: Annotated[Path | None, typer.Option(help="Concept ids of RDM B.")] = None,
+    method: Annotated[
+        Literal["spearman", "pearson", "kendall_tau_a", "rho_a", "cosine"],
+        typer.Option(help="How to compare the two RDMs."),
+    ] = "spearman",
+    n_bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap samples over conditions for the CI (0: no CI).")
+    ] = 1000,
+    n_permutations: Annotated[
+        int, typer.Option(help="Condition permutations for the p-value (0: no test).")
+    ] = 1000,
+    ci_level: Annotated[float, typer.Option(help="Coverage of the confidence interval.")] = 0.95,
+    seed: SeedOption = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the JSON result to this file.")
+    ] = None,
+) -> None:
+    """Compare two RDMs: value, bootstrap CI over conditions, permutation p-value (as JSON)."""
+    from clip_hba.rsa import read_rdm
+    from clip_hba.stats import rdm_comparison
+
+    if (ids_a is None) != (ids_b is None):
+        raise InputError("Give concept ids for both RDMs (--ids-a and --ids-b) or for neither.")
+    result = rdm_comparison(
+        read_rdm(rdm_a, ids_a),
+        read_rdm(rdm_b, ids_b),
+        method=method,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        ci_level=ci_level,
+        seed=seed,
+    )
     _emit(result.to_dict(), out)
 
 

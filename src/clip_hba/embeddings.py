@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_hba._io import read_ids, read_matrix
 from clip_hba._validation import InputError, check_finite, check_unique_ids
 
 __all__ = ["ConceptEmbedding", "read_embedding", "read_ids"]
@@ -106,7 +107,12 @@ def read_embedding(
     -------
     ConceptEmbedding
     """
-    values = _read_matrix(Path(path))
+    values = read_matrix(Path(path), "embedding")
+    if values.ndim != 2:
+        raise InputError(
+            f"Embedding file {path} must hold a 2-D array (n_concepts, n_dims), got shape "
+            f"{values.shape}."
+        )
     if ids is not None:
         concept_ids = read_ids(ids) if isinstance(ids, str | os.PathLike) else tuple(ids)
     elif default_ids is not None:
@@ -120,61 +126,3 @@ def read_embedding(
     else:
         raise InputError(f"No concept ids for the rows of {path}.")
     return ConceptEmbedding(values, concept_ids)
-
-
-def read_ids(path: str | os.PathLike) -> tuple[str, ...]:
-    """Read concept ids, one per line (first comma/tab-separated field; header ``id`` skipped)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"Cannot read ids file {path}: {_reason(err)}") from None
-    ids = [line.replace("\t", ",").split(",")[0].strip() for line in lines]
-    ids = [i for i in ids if i]
-    if ids and ids[0].lower() in {"id", "concept_id", "uniqueid"}:
-        ids = ids[1:]
-    if not ids:
-        raise InputError(f"Ids file {path} holds no ids.")
-    return tuple(ids)
-
-
-def _read_matrix(path: Path) -> np.ndarray:
-    suffix = path.suffix.lower()
-    if suffix not in {".npy", ".txt", ".csv", ".tsv"}:
-        raise InputError(
-            f"Cannot read embedding file {path}: expected a .npy, .txt, .csv or .tsv file."
-        )
-    try:
-        if suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
-        else:
-            values = _read_text_matrix(path, {".txt": None, ".csv": ",", ".tsv": "\t"}[suffix])
-        values = np.asarray(values, dtype=np.float64)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"Cannot read embedding file {path}: {_reason(err)}") from None
-    if values.ndim != 2:
-        raise InputError(
-            f"Embedding file {path} must hold a 2-D array (n_concepts, n_dims), got shape "
-            f"{values.shape}."
-        )
-    return values
-
-
-def _read_text_matrix(path: Path, delimiter: str | None) -> np.ndarray:
-    with path.open(encoding="utf-8") as handle:
-        first = handle.readline()
-    header = 0
-    try:
-        [float(v) for v in first.replace(",", " ").split()]
-    except ValueError:
-        header = 1
-    return np.loadtxt(path, delimiter=delimiter, skiprows=header, ndmin=2)
-
-
-def _reason(err: BaseException) -> str:
-    if isinstance(err, FileNotFoundError):
-        return "no such file."
-    if isinstance(err, IsADirectoryError):
-        return "it is a directory."
-    if isinstance(err, UnicodeDecodeError):
-        return "it is not a text file."
-    return str(err).splitlines()[0] if str(err) else type(err).__name__

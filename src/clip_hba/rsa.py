@@ -9,14 +9,17 @@ entry point. `compare` correlates two RDMs, ignoring pairs that are NaN in eithe
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from scipy import stats
 
+from clip_hba._io import read_ids, read_matrix
 from clip_hba._validation import InputError, check_option, check_unique_ids
 
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ __all__ = [
     "pair_index",
     "rdm",
     "rdm_torch",
+    "read_rdm",
     "to_condensed",
     "to_rsatoolbox",
     "to_square",
@@ -260,6 +264,39 @@ def align(a: RDM, b: RDM) -> tuple[RDM, RDM]:
     if len(shared) < 3:
         raise InputError(f"The two RDMs share {len(shared)} concept(s); at least 3 are needed.")
     return a.select(shared), b.select(shared)
+
+
+def read_rdm(
+    path: str | os.PathLike, ids: str | os.PathLike | Sequence[str] | None = None
+) -> RDM | np.ndarray:
+    """Read an RDM from ``.npy``/``.txt``/``.csv``/``.tsv``.
+
+    Parameters
+    ----------
+    path : path
+        A square symmetric matrix ``(n, n)``, or a condensed upper triangle stored as a 1-D
+        ``.npy``, a single row or a single column.
+    ids : path or sequence of str, optional
+        Concept id of each condition (a file with one id per line).
+
+    Returns
+    -------
+    RDM if ``ids`` is given, else the condensed ndarray, shape (n_pairs,).
+    """
+    values = read_matrix(Path(path), "RDM")
+    if values.ndim == 2 and values.shape[0] == values.shape[1] > 1:
+        condensed = to_condensed(values, name=f"RDM {path}")
+    elif values.ndim == 1 or (values.ndim == 2 and 1 in values.shape):
+        condensed = values.ravel()
+        n_conditions(condensed.size)
+    else:
+        raise InputError(
+            f"RDM file {path} must hold a square (n, n) matrix or one row/column of n*(n-1)/2 "
+            f"values, got shape {values.shape}."
+        )
+    if ids is None:
+        return condensed
+    return RDM(condensed, read_ids(ids) if isinstance(ids, str | os.PathLike) else tuple(ids))
 
 
 # ---------------------------------------------------------------------------- comparisons

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -23,9 +23,11 @@ from clip_hba.rsa import (
 __all__ = [
     "BootstrapResult",
     "PermutationResult",
+    "RDMComparison",
     "bootstrap_rdm_correlation",
     "permutation_test_rdm",
     "proportion_ci",
+    "rdm_comparison",
 ]
 
 
@@ -169,6 +171,61 @@ def permutation_test_rdm(
         extreme = np.abs(null) >= abs(value)
     p_value = (1 + int(extreme.sum())) / (1 + null.size)
     return PermutationResult(value, p_value, null)
+
+
+@dataclass(frozen=True)
+class RDMComparison:
+    """An RDM comparison with its bootstrap CI and permutation p-value (None when not run)."""
+
+    method: str
+    value: float
+    ci: tuple[float, float] | None
+    p_value: float | None
+    n_conditions: int
+    n_pairs: int
+    ci_level: float
+    n_bootstrap: int
+    n_permutations: int
+    seed: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rdm_comparison(
+    a: Any,
+    b: Any,
+    method: Method = "spearman",
+    n_bootstrap: int = 1000,
+    n_permutations: int = 1000,
+    ci_level: float = 0.95,
+    seed: int | None = 0,
+) -> RDMComparison:
+    """`compare` plus a bootstrap CI over conditions and a permutation test (one-sided, greater).
+
+    ``n_bootstrap=0`` or ``n_permutations=0`` skips that statistic. `RDM` inputs are aligned by
+    concept id first; ``n_pairs`` counts the pairs that hold numbers in both RDMs.
+    """
+    x, y = _condensed_pair(a, b)
+    value = compare(x, y, method)
+    ci = None
+    if n_bootstrap:
+        ci = bootstrap_rdm_correlation(x, y, method, n_bootstrap, ci_level, seed).ci
+    p_value = None
+    if n_permutations:
+        p_value = permutation_test_rdm(x, y, method, n_permutations, seed=seed).p_value
+    return RDMComparison(
+        method=method,
+        value=value,
+        ci=ci,
+        p_value=p_value,
+        n_conditions=n_conditions(x.size),
+        n_pairs=int((~(np.isnan(x) | np.isnan(y))).sum()),
+        ci_level=ci_level,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        seed=seed,
+    )
 
 
 def proportion_ci(n_success: int, n_total: int, ci_level: float = 0.95) -> tuple[float, float]:
