@@ -129,31 +129,22 @@ def _ids_file(tmp_path, ids):
     return str(path)
 
 
-def test_error_unknown_ids(capsys, tmp_path):
-    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((3, 4)))
-    ids = _ids_file(tmp_path, ["aardvark", "abacus", "camera"])
+@pytest.mark.parametrize(
+    ("n_rows", "ids", "fragments"),
+    [
+        (3, ["aardvark", "abacus", "camera"], ("unknown concept id", "'camera'")),
+        (3, ["aardvark", "abacus", "aardvark"], ("repeats", "'aardvark'")),
+        (4, ["aardvark", "abacus", "accordion"], ("4 rows but 3 concept ids",)),
+        (2, ["aardvark", "abacus"], ("at least 3",)),
+    ],
+)
+def test_error_bad_ids(capsys, tmp_path, n_rows, ids, fragments):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((n_rows, 4)))
+    ids_path = _ids_file(tmp_path, ids)
     result = run(
-        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
+        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids_path
     )
-    assert_one_line_error(*result, "unknown concept id", "'camera'")
-
-
-def test_error_duplicate_ids(capsys, tmp_path):
-    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((3, 4)))
-    ids = _ids_file(tmp_path, ["aardvark", "abacus", "aardvark"])
-    result = run(
-        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
-    )
-    assert_one_line_error(*result, "repeats", "'aardvark'")
-
-
-def test_error_ids_and_rows_disagree(capsys, tmp_path):
-    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((4, 4)))
-    ids = _ids_file(tmp_path, ["aardvark", "abacus", "accordion"])
-    result = run(
-        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
-    )
-    assert_one_line_error(*result, "4 rows but 3 concept ids")
+    assert_one_line_error(*result, *fragments)
 
 
 def test_error_wrong_row_count_without_ids(capsys, tmp_path):
@@ -169,15 +160,6 @@ def test_error_nan_or_inf(capsys, tmp_path, spose, bad):
     np.save(tmp_path / "e.npy", values)
     result = run(capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"))
     assert_one_line_error(*result, "NaN or infinite", "(7, 3)")
-
-
-def test_error_fewer_than_three_concepts(capsys, tmp_path):
-    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((2, 4)))
-    ids = _ids_file(tmp_path, ["aardvark", "abacus"])
-    result = run(
-        capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"), "--ids", ids
-    )
-    assert_one_line_error(*result, "at least 3")
 
 
 @pytest.mark.parametrize(
