@@ -42,6 +42,7 @@ def test_demo_writes_metrics_and_plot(capsys, tmp_path):
     printed = json.loads(out)
     assert printed == json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert printed["rdm48_spearman"] == pytest.approx(0.8648, abs=1e-4)
+    assert printed["odd_one_out_accuracy"] == pytest.approx(0.64255)
     assert (tmp_path / "demo" / "rdm48.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "demo").glob(".*tmp"))
 
@@ -80,6 +81,8 @@ def test_evaluate_behavior_prints_required_keys(capsys, spose_txt, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv", ".tsv"])
 def test_subset_with_ids_file_in_any_format(capsys, spose, tmp_path, suffix):
+    from clip_hba.evaluate import evaluate_behavior
+
     rows = np.arange(0, 1854, 3)[::-1]  # a subset, in reverse order
     path = tmp_path / f"sub{suffix}"
     if suffix == ".npy":
@@ -103,6 +106,10 @@ def test_subset_with_ids_file_in_any_format(capsys, spose, tmp_path, suffix):
     )
     assert code == 0
     result = json.loads(out)
+    expected = evaluate_behavior(
+        spose.select([spose.concept_ids[k] for k in rows]), n_bootstrap=20
+    ).to_dict()
+    assert result == json.loads(json.dumps(expected))
     assert result["n_concepts"] == len(rows)
     assert 0 < result["n_triplets"] < 20000
 
@@ -182,6 +189,73 @@ def test_error_unreadable_files(capsys, tmp_path, name, content, fragment):
         path.write_bytes(content)
     result = run(capsys, "evaluate", "behavior", "--embedding", str(path))
     assert_one_line_error(*result, fragment)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "fragment"),
+    [
+        ("empty.npy", lambda p: p.write_bytes(b""), "empty or truncated"),
+        ("empty.txt", lambda p: p.write_text(""), "holds no numbers"),
+        ("header_only.csv", lambda p: p.write_text("a,b,c\n"), "holds no numbers"),
+        ("no_columns.npy", lambda p: np.save(p, np.ones((1854, 0))), "holds no numbers"),
+        ("complex.npy", lambda p: np.save(p, np.ones((1854, 2), complex)), "real numbers"),
+        ("booleans.npy", lambda p: np.save(p, np.ones((1854, 2), bool)), "real numbers"),
+    ],
+)
+def test_error_empty_or_non_numeric_files(capsys, tmp_path, name, make, fragment):
+    path = tmp_path / name
+    make(path)
+    result = run(capsys, "evaluate", "behavior", "--embedding", str(path))
+    assert_one_line_error(*result, fragment)
+
+
+def test_error_directory_as_embedding(capsys, tmp_path):
+    result = run(capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "x.npy"))
+    assert_one_line_error(*result, "no such file")
+    (tmp_path / "dir.npy").mkdir()
+    result = run(capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "dir.npy"))
+    assert_one_line_error(*result, "it is a directory")
+
+
+def test_error_bad_output_paths(capsys, spose_txt, tmp_path):
+    common = ("evaluate", "behavior", "--embedding", str(spose_txt), "--n-bootstrap", "5")
+    result = run(capsys, *common, "--out", str(tmp_path))
+    assert_one_line_error(*result, f"Cannot write {tmp_path}: it is a directory")
+    (tmp_path / "file").write_text("x")
+    result = run(capsys, *common, "--out", str(tmp_path / "file" / "scores.json"))
+    assert_one_line_error(*result, "Cannot write", "scores.json")
+    result = run(capsys, *common, "--plot", str(tmp_path / "figure.xyz"))
+    assert_one_line_error(*result, "figure.xyz", "png")
+
+
+def test_error_blank_line_inside_ids_file(capsys, tmp_path):
+    np.save(tmp_path / "e.npy", np.random.default_rng(0).random((3, 4)))
+    (tmp_path / "ids.txt").write_text("aardvark\n\nabacus\naccordion\n\n")
+    result = run(
+        capsys,
+        "evaluate",
+        "behavior",
+        "--embedding",
+        str(tmp_path / "e.npy"),
+        "--ids",
+        str(tmp_path / "ids.txt"),
+    )
+    assert_one_line_error(*result, "blank line", "id number 2")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("evaluate", "behavior", "--embedding", "x.npy", "--rdm-metric", "corr"), "'corr'"),
+        (("evaluate", "behavior", "--embedding", "x.npy", "--seed", "-1"), "--seed"),
+        (("evaluate", "behavior", "--embedding", "x.npy", "--n-bootstrap", "abc"), "--n-bootstrap"),
+        (("evaluate", "behavior"), "--embedding"),
+        (("evaluate", "behaviour"), "behaviour"),
+        (("rsa", "compare", "a.npy"), "rdm_b"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, args, fragment):
+    assert_one_line_error(*run(capsys, *args), fragment, "--help")
 
 
 def test_error_unreadable_ids_file(capsys, spose_txt, tmp_path):
@@ -335,3 +409,8 @@ def test_rsa_compare_errors(capsys, rdm_files, tmp_path):
     assert_one_line_error(*result, "--ids-a and --ids-b")
     result = run(capsys, "rsa", "compare", str(tmp_path / "none.npy"), str(b_path))
     assert_one_line_error(*result, "Cannot read RDM file", "no such file")
+
+
+def test_bare_command_group_shows_its_help_once(capsys):
+    code, out, err = run(capsys, "evaluate")
+    assert code == 0 and out.count("Usage:") == 1 and "behavior" in out and err == ""

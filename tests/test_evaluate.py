@@ -91,10 +91,17 @@ def test_bad_embeddings_are_rejected(spose):
         evaluate_behavior(
             ConceptEmbedding(np.ones((3, 2)) + np.eye(3, 2), ["aardvark", "abacus", "camera"])
         )
-    constant = spose.values[:5].copy()
-    constant[1] = 0.5
-    with pytest.raises(InputError, match="constant.*'abacus'"):
-        evaluate_behavior(ConceptEmbedding(constant, spose.concept_ids[:5]))
+    values = spose.values.copy()
+    values[spose.rows(["pizza"])[0]] = 0.5  # an RDM48 concept: 1 - Pearson undefined
+    with pytest.raises(InputError, match="constant.*'pizza'.*--rdm-metric euclidean"):
+        evaluate_behavior(ConceptEmbedding(values, spose.concept_ids))
+    assert evaluate_behavior(ConceptEmbedding(values, spose.concept_ids), rdm_metric="euclidean")
+    values = spose.values.copy()
+    values[0] = 0.0  # aardvark is not in the RDM48: only the cosine similarity needs it
+    scores = evaluate_behavior(ConceptEmbedding(values, spose.concept_ids), n_bootstrap=10)
+    assert scores.rdm48_spearman == pytest.approx(0.86482, abs=1e-5)
+    with pytest.raises(InputError, match="cosine similarity are all zero.*'aardvark'"):
+        evaluate_behavior(ConceptEmbedding(values, spose.concept_ids), similarity="cosine")
     with pytest.raises(InputError, match="'similarity'"):
         evaluate_behavior(spose, similarity="euclid")
     with pytest.raises(InputError, match="nothing to evaluate"):

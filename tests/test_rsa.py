@@ -175,6 +175,32 @@ def test_compare_rejects_bad_rdms(rng):
         compare(rng.random(45), rng.random(45), method="spearmen")
 
 
+def test_square_rdm_with_one_triangle_filled(rng):
+    condensed = rng.random(45)
+    square = to_square(condensed)
+    half = np.where(np.tril(np.ones((10, 10), bool)), np.nan, square)  # upper triangle only
+    half[0, 1], half[1, 0] = np.nan, np.nan  # a pair missing in both halves stays missing
+    result = to_condensed(half)
+    assert np.isnan(result[0]) and np.isnan(result).sum() == 1
+    np.testing.assert_array_equal(result[1:], condensed[1:])
+    np.testing.assert_array_equal(to_condensed(half.T), result)
+
+
+def test_square_rdm_needs_zero_diagonal(rng):
+    similarity = 1 - to_square(rng.random(45))  # a similarity matrix, diagonal 1
+    with pytest.raises(InputError, match="non-zero diagonal.*similarity matrix"):
+        compare(similarity, rng.random(45))
+    with_nan_diagonal = to_square(rng.random(45))
+    np.fill_diagonal(with_nan_diagonal, np.nan)
+    assert to_condensed(with_nan_diagonal).shape == (45,)
+
+
+def test_compare_refuses_to_mix_rdm_and_array(rng):
+    rdm_ = RDM(rng.random(10), list("abcde"))
+    with pytest.raises(TypeError, match="Cannot align an RDM with a plain array"):
+        compare(rdm_, rng.random(10))
+
+
 def test_rdm_objects_are_aligned_by_id(rng):
     ids = [f"c{k}" for k in range(12)]
     features = rng.normal(size=(12, 5))

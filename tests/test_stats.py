@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 from clip_hba._validation import InputError
 from clip_hba.embeddings import ConceptEmbedding
@@ -24,6 +24,9 @@ def test_bootstrap_ci_covers_value_and_is_seeded(rng):
     low, high = result.ci
     assert low < result.value < high
     assert result.samples.size == 300
+    np.testing.assert_allclose(result.ci, np.percentile(result.samples, [2.5, 97.5]))
+    narrow = bootstrap_rdm_correlation(a, b, n_bootstrap=300, ci_level=0.5, seed=5)
+    np.testing.assert_allclose(narrow.ci, np.percentile(result.samples, [25, 75]))
     again = bootstrap_rdm_correlation(a, b, n_bootstrap=300, seed=5)
     np.testing.assert_array_equal(again.samples, result.samples)
     assert bootstrap_rdm_correlation(a, b, n_bootstrap=300, seed=6).ci != result.ci
@@ -68,9 +71,23 @@ def test_permutation_test(rng):
     c = pdist(rng.normal(size=(25, 4)))
     unrelated = permutation_test_rdm(a, c, n_permutations=200, seed=1)
     assert unrelated.p_value > 0.05
-    assert 0 < permutation_test_rdm(a, c, n_permutations=200, alternative="two-sided").p_value <= 1
+    two_sided = permutation_test_rdm(a, c, n_permutations=200, alternative="two-sided", seed=1)
+    expected = (1 + np.sum(np.abs(unrelated.null) >= abs(unrelated.value))) / 201
+    assert two_sided.p_value == pytest.approx(expected)
     less = permutation_test_rdm(a, b, n_permutations=200, alternative="less", seed=1)
     assert less.p_value == pytest.approx(1.0)
+
+
+def test_permutation_null_relabels_conditions(rng):
+    """Each null value is the statistic against b with its rows and columns permuted together."""
+    a, b = _related_rdms(rng, n=10)
+    result = permutation_test_rdm(a, b, method="pearson", n_permutations=4, seed=11)
+    order_rng = np.random.default_rng(11)
+    square_b = squareform(b)
+    for k in range(4):
+        order = order_rng.permutation(10)
+        permuted = squareform(square_b[np.ix_(order, order)], checks=False)
+        assert result.null[k] == pytest.approx(np.corrcoef(a, permuted)[0, 1])
 
 
 def test_proportion_ci_is_wilson():

@@ -135,15 +135,28 @@ def user_data_dir(tmp_path):
     return target
 
 
-def test_user_data_dir_is_read_in_official_order(user_data_dir):
+def test_user_data_dir_index_order_follows_file_content(user_data_dir):
     assert load_concepts(user_data_dir).ids == load_concepts().ids
-    assert load_test_triplets(user_data_dir).index_order == "unique_id"
     assert load_rdm48(user_data_dir).concept_ids == load_rdm48().concept_ids
+    # the bundled triplet file is recognised by content wherever it lies ...
+    assert load_test_triplets(user_data_dir).index_order == "sorted_names"
+    # ... any other triplet file is read in official order (THINGS-data's convention)
+    path = user_data_dir / "test_triplets.csv"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:100]))
+    other = load_test_triplets(user_data_dir)
+    assert other.index_order == "unique_id" and len(other) == 100
+    numbers = np.loadtxt(path, dtype=int)[:, :3]
+    ids = np.array(load_concepts().ids)
+    np.testing.assert_array_equal(other.concept_ids, ids[numbers - 1])
 
 
 def test_user_data_dir_env_variable(user_data_dir, monkeypatch):
+    (user_data_dir / "test_triplets.csv").write_text("1 2 3 1 7\n")
     monkeypatch.setenv("CLIP_HBA_THINGS_DIR", str(user_data_dir))
-    assert load_test_triplets().index_order == "unique_id"
+    triplets = load_test_triplets()
+    assert triplets.index_order == "unique_id"
+    assert triplets.concept_ids.tolist() == [["aardvark", "abacus", "accordion"]]
+    assert triplets.odd_one_out.tolist() == [0] and triplets.subject.tolist() == [7]
 
 
 def test_user_data_dir_errors_name_the_problem(user_data_dir, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     The rename is atomic on POSIX file systems, so readers see either the old file or the new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise InputError(f"Cannot write {path}: it is a directory.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise InputError(f"Cannot write {path}: {err.strerror or err}.") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,11 +55,17 @@ def read_ids(path: str | os.PathLike) -> tuple[str, ...]:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"Cannot read ids file {path}: {_reason(err)}") from None
     ids = [line.replace("\t", ",").split(",")[0].strip() for line in lines]
-    ids = [i for i in ids if i]
+    while ids and not ids[-1]:
+        ids.pop()
     if ids and ids[0].lower() in {"id", "concept_id", "uniqueid"}:
         ids = ids[1:]
     if not ids:
         raise InputError(f"Ids file {path} holds no ids.")
+    if "" in ids:
+        # a blank line would shift every later id onto the wrong row
+        raise InputError(
+            f"Ids file {path} has a blank line among its ids (id number {ids.index('') + 1})."
+        )
     return tuple(ids)
 
 
@@ -69,10 +81,15 @@ def read_matrix(path: Path, what: str) -> np.ndarray:
             values = np.load(path, allow_pickle=False)
         else:
             values = _read_text_matrix(path, {".txt": None, ".csv": ",", ".tsv": "\t"}[suffix])
-        values = np.asarray(values, dtype=np.float64)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError, EOFError) as err:
         raise InputError(f"Cannot read {what} file {path}: {_reason(err)}") from None
-    return values
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise InputError(
+            f"Cannot read {what} file {path}: expected real numbers, got {values.dtype}."
+        )
+    if values.size == 0:
+        raise InputError(f"The {what} file {path} holds no numbers.")
+    return values.astype(np.float64)
 
 
 def _read_text_matrix(path: Path, delimiter: str | None) -> np.ndarray:
@@ -83,7 +100,9 @@ def _read_text_matrix(path: Path, delimiter: str | None) -> np.ndarray:
         [float(v) for v in first.replace(",", " ").split()]
     except ValueError:
         header = 1
-    return np.loadtxt(path, delimiter=delimiter, skiprows=header, ndmin=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an empty file is reported by the caller
+        return np.loadtxt(path, delimiter=delimiter, skiprows=header, ndmin=2)
 
 
 def _reason(err: BaseException) -> str:
@@ -93,4 +112,6 @@ def _reason(err: BaseException) -> str:
         return "it is a directory."
     if isinstance(err, UnicodeDecodeError):
         return "it is not a text file."
+    if isinstance(err, EOFError):
+        return "the file is empty or truncated."
     return str(err).splitlines()[0] if str(err) else type(err).__name__

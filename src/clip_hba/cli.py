@@ -10,13 +10,16 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from clip_hba import __version__
 from clip_hba._io import write_json_atomic
 from clip_hba._validation import InputError
+
+if TYPE_CHECKING:
+    from clip_hba.embeddings import ConceptEmbedding
 
 app = typer.Typer(
     name="clip-hba",
@@ -44,9 +47,14 @@ DataDirOption = Annotated[
         "(default: $CLIP_HBA_THINGS_DIR, else the files bundled with clip-hba).",
     ),
 ]
-SeedOption = Annotated[int, typer.Option(help="Random seed for bootstrap resampling.")]
+SeedOption = Annotated[
+    int, typer.Option(min=0, help="Random seed for bootstrap resampling and permutations.")
+]
 NBootstrapOption = Annotated[
-    int, typer.Option("--n-bootstrap", help="Bootstrap samples (over concepts) for the RDM48 CI.")
+    int,
+    typer.Option(
+        "--n-bootstrap", min=1, help="Bootstrap samples (over concepts) for the RDM48 CI."
+    ),
 ]
 
 
@@ -119,8 +127,11 @@ def evaluate_behavior_command(
     """
     from clip_hba.embeddings import read_embedding
     from clip_hba.evaluate import evaluate_behavior
+    from clip_hba.plots import check_figure_path
     from clip_hba.things import load_concepts
 
+    if plot is not None:
+        check_figure_path(plot)
     default_ids = None if ids is not None else load_concepts(data_dir).ids
     concept_embedding = read_embedding(embedding, ids=ids, default_ids=default_ids)
     result = evaluate_behavior(
@@ -161,10 +172,10 @@ def rsa_compare_command(
         typer.Option(help="How to compare the two RDMs."),
     ] = "spearman",
     n_bootstrap: Annotated[
-        int, typer.Option(help="Bootstrap samples over conditions for the CI (0: no CI).")
+        int, typer.Option(min=0, help="Bootstrap samples over conditions for the CI (0: no CI).")
     ] = 1000,
     n_permutations: Annotated[
-        int, typer.Option(help="Condition permutations for the p-value (0: no test).")
+        int, typer.Option(min=0, help="Condition permutations for the p-value (0: no test).")
     ] = 1000,
     ci_level: Annotated[float, typer.Option(help="Coverage of the confidence interval.")] = 0.95,
     seed: SeedOption = 0,
@@ -212,17 +223,16 @@ def demo_command(
     _emit(result.to_dict(), out / "metrics.json")
 
 
-def _plot_rdm48(embedding, rdm_metric: str, path: Path, data_dir, title: str) -> None:
+def _plot_rdm48(
+    embedding: ConceptEmbedding, rdm_metric: str, path: Path, data_dir: Path | None, title: str
+) -> None:
+    from clip_hba.evaluate import rdm48_rdms
     from clip_hba.plots import plot_rdm_comparison
-    from clip_hba.rsa import RDM
-    from clip_hba.things import load_rdm48
 
-    human = load_rdm48(data_dir)
-    present = [c for c in human.concept_ids if c in embedding]
-    if len(present) < 3:
+    rdms = rdm48_rdms(embedding, rdm_metric, data_dir)  # type: ignore[arg-type]
+    if rdms is None:
         raise InputError("Cannot plot the RDM48: the embedding has fewer than 3 of its concepts.")
-    model = RDM.from_embedding(embedding.select(present), metric=rdm_metric)
-    plot_rdm_comparison(model, human, path, title=title)
+    plot_rdm_comparison(*rdms, path, title=title)
 
 
 def _emit(payload: dict, out: Path | None) -> None:
@@ -234,15 +244,23 @@ def _emit(payload: dict, out: Path | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``clip-hba`` console script."""
     try:
-        app(args=argv, prog_name="clip-hba")
+        code = app(args=argv, prog_name="clip-hba", standalone_mode=False)
     except InputError as err:
-        typer.echo(f"clip-hba: error: {err}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except OSError as err:  # e.g. an output folder that cannot be written
-        typer.echo(
-            f"clip-hba: error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), err=True
-        )
-        sys.exit(EXIT_BAD_INPUT)
+        _fail(str(err))
+    except typer.TyperException as err:  # usage errors of the command line itself
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # a bare group ("clip-hba evaluate"): typer has printed its help
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(err.format_message() + where, getattr(err, "exit_code", EXIT_BAD_INPUT))
+    except typer.Abort:
+        _fail("aborted.", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.echo(f"clip-hba: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@ from clip_hba.things import (
     load_test_triplets,
 )
 
-__all__ = ["BehaviorEvaluation", "evaluate_behavior", "odd_one_out_predictions"]
+__all__ = [
+    "BehaviorEvaluation",
+    "evaluate_behavior",
+    "odd_one_out_predictions",
+    "rdm48_rdms",
+]
 
 Similarity = Literal["dot", "cosine"]
 SIMILARITIES: tuple[str, ...] = ("dot", "cosine")
@@ -106,16 +111,11 @@ def evaluate_behavior(
             f"The embedding has {embedding.n_concepts} concept(s); at least 3 are needed."
         )
     check_things_ids(embedding.concept_ids, data_dir)
-    _check_rows_usable(embedding, rdm_metric, similarity)
 
-    human = load_rdm48(data_dir)
-    present = [c for c in human.concept_ids if c in embedding]
+    rdms = rdm48_rdms(embedding, rdm_metric, data_dir)
     rho, rho_ci = None, None
-    if len(present) >= 3:
-        model = RDM.from_embedding(embedding.select(present), metric=rdm_metric)
-        boot = bootstrap_rdm_correlation(
-            model, human, "spearman", n_bootstrap=n_bootstrap, ci_level=ci_level, seed=seed
-        )
+    if rdms is not None:
+        boot = bootstrap_rdm_correlation(*rdms, "spearman", n_bootstrap, ci_level, seed)
         rho, rho_ci = boot.value, boot.ci
 
     triplets = load_test_triplets(data_dir, triplet_index_order)
@@ -132,7 +132,7 @@ def evaluate_behavior(
     return BehaviorEvaluation(
         rdm48_spearman=rho,
         rdm48_spearman_ci=rho_ci,
-        n_rdm48_concepts=len(present),
+        n_rdm48_concepts=0 if rdms is None else rdms[0].n_concepts,
         odd_one_out_accuracy=accuracy,
         odd_one_out_ci=accuracy_ci,
         n_triplets=int(correct.size),
@@ -146,6 +146,27 @@ def evaluate_behavior(
         seed=seed,
         triplet_index_order=triplets.index_order,
     )
+
+
+def rdm48_rdms(
+    embedding: ConceptEmbedding,
+    rdm_metric: Metric = "pearson",
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[RDM, RDM] | None:
+    """The model's RDM of the 48 held-out concepts it has, and the human RDM48 of the same.
+
+    Returns
+    -------
+    (model, human) : two RDMs over the same concepts in RDM48 order, or None when the
+        embedding has fewer than 3 of them.
+    """
+    human = load_rdm48(data_dir)
+    present = [c for c in human.concept_ids if c in embedding]
+    if len(present) < 3:
+        return None
+    rows = embedding.select(present)
+    _check_rows(rows, rdm_metric, "the model RDM")
+    return RDM.from_embedding(rows, metric=rdm_metric), human.select(present)
 
 
 def odd_one_out_predictions(
@@ -164,10 +185,11 @@ def odd_one_out_predictions(
     check_option("similarity", similarity, SIMILARITIES)
     usable = np.isin(triplets.concept_ids, embedding.concept_ids).all(axis=1)
     ids = triplets.concept_ids[usable]
+    rows = embedding.rows(ids.ravel().tolist()).reshape(ids.shape)
     values = embedding.values
     if similarity == "cosine":
+        _check_rows(embedding.select(np.unique(ids).tolist()), "cosine", "cosine similarity")
         values = values / np.linalg.norm(values, axis=1, keepdims=True)
-    rows = embedding.rows(ids.ravel().tolist()).reshape(ids.shape)
     a, b, c = values[rows[:, 0]], values[rows[:, 1]], values[rows[:, 2]]
     # column k = similarity of the pair that leaves out item k
     pair_similarity = np.stack(
@@ -177,22 +199,18 @@ def odd_one_out_predictions(
     return pair_similarity.argmax(axis=1) == triplets.odd_one_out[usable]
 
 
-def _check_rows_usable(embedding: ConceptEmbedding, rdm_metric: str, similarity: str) -> None:
-    """Rows that make the chosen RDM or similarity undefined are an input error, not NaN."""
+def _check_rows(embedding: ConceptEmbedding, metric: str, used_for: str) -> None:
+    """Rows for which ``metric`` is undefined are an input error, never a NaN in the output."""
     values = embedding.values
-    if rdm_metric == "pearson":
-        constant = np.ptp(values, axis=1) == 0
-        if constant.any():
-            first = embedding.concept_ids[int(np.argmax(constant))]
-            raise InputError(
-                f"{int(constant.sum())} embedding row(s) are constant (first: {first!r}); "
-                "1 - Pearson is undefined for them. Use --rdm-metric cosine or euclidean."
-            )
-    if rdm_metric == "cosine" or similarity == "cosine":
-        zero = ~values.any(axis=1)
-        if zero.any():
-            first = embedding.concept_ids[int(np.argmax(zero))]
-            raise InputError(
-                f"{int(zero.sum())} embedding row(s) are all zero (first: {first!r}); cosine is "
-                "undefined for them."
-            )
+    if metric == "pearson":
+        bad, what, fix = np.ptp(values, axis=1) == 0, "constant", " Use --rdm-metric euclidean."
+    elif metric == "cosine":
+        bad, what, fix = ~values.any(axis=1), "all zero", ""
+    else:
+        return
+    if bad.any():
+        first = embedding.concept_ids[int(np.argmax(bad))]
+        raise InputError(
+            f"{int(bad.sum())} embedding row(s) used for {used_for} are {what} (first: "
+            f"{first!r}); {metric} is undefined for them.{fix}"
+        )

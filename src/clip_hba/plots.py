@@ -13,9 +13,23 @@ import numpy as np
 from scipy import stats
 
 from clip_hba._io import write_atomic
+from clip_hba._validation import InputError
 from clip_hba.rsa import RDM, align
 
-__all__ = ["plot_rdm_comparison"]
+__all__ = ["check_figure_path", "plot_rdm_comparison"]
+
+
+def check_figure_path(path: str | os.PathLike) -> Path:
+    """Raise `InputError` unless matplotlib can write the format named by ``path``'s suffix."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if suffix not in formats:
+        raise InputError(
+            f"Cannot write a figure to {path}: the suffix must name one of the formats "
+            f"{', '.join(sorted(formats))}."
+        )
+    return Path(path)
 
 
 def plot_rdm_comparison(
@@ -25,6 +39,7 @@ def plot_rdm_comparison(
 
     The RDMs are aligned by concept id; the figure is saved to ``path`` (format from suffix).
     """
+    check_figure_path(path)
     model, human = align(model, human)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), constrained_layout=True)
     for ax, rdm_, name in ((axes[0], human, "human"), (axes[1], model, "model")):
@@ -43,7 +58,7 @@ def plot_rdm_comparison(
     axes[2].set_ylabel(f"model dissimilarity ({model.metric})")
     axes[2].set_title(f"Spearman rho = {rho:.3f} ({int(keep.sum())} pairs)")
     fig.suptitle(title)
-    suffix = Path(path).suffix.lstrip(".") or "png"
+    suffix = Path(path).suffix.lstrip(".").lower()
     written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=150, format=suffix))
     plt.close(fig)
     return written

@@ -34,6 +34,7 @@ __all__ = [
     "from_rsatoolbox",
     "n_conditions",
     "pair_index",
+    "paired_condensed",
     "rdm",
     "rdm_torch",
     "read_rdm",
@@ -123,7 +124,7 @@ def rdm(features: Any, metric: Metric = "pearson", condensed: bool = True) -> np
 def n_conditions(n_pairs: int) -> int:
     """Number of conditions ``n`` such that ``n * (n - 1) / 2 == n_pairs``."""
     n = round((1 + math.sqrt(1 + 8 * n_pairs)) / 2)
-    if n * (n - 1) // 2 != n_pairs:
+    if n_pairs < 1 or n * (n - 1) // 2 != n_pairs:
         raise InputError(
             f"A condensed RDM must hold n*(n-1)/2 values for some n, but got {n_pairs} values."
         )
@@ -146,7 +147,8 @@ def to_condensed(rdm_square: Any, name: str = "rdm") -> np.ndarray:
     Parameters
     ----------
     rdm_square : array-like, shape (n, n)
-        NaN entries are allowed where they are mirrored (NaN at ``[i, j]`` and ``[j, i]``).
+        Symmetric, with a zero (or NaN) diagonal. A pair given in one triangle only (NaN in the
+        other, as in decoding RDMs) takes that value; a pair NaN in both stays missing.
     name : str
         Name used in error messages.
 
@@ -157,14 +159,20 @@ def to_condensed(rdm_square: Any, name: str = "rdm") -> np.ndarray:
     square = _to_numpy(rdm_square)
     if square.ndim != 2 or square.shape[0] != square.shape[1]:
         raise InputError(f"{name} given as a square RDM must be n x n, got shape {square.shape}.")
+    square = np.where(np.isnan(square), square.T, square)  # fill a pair from its defined half
     if not np.allclose(square, square.T, rtol=1e-5, atol=1e-8, equal_nan=True):
-        with np.errstate(invalid="ignore"):
-            gap = np.abs(square - square.T)
-        gap = np.where(np.isnan(square) ^ np.isnan(square.T), np.inf, gap)
-        i, j = np.unravel_index(np.nanargmax(gap), gap.shape)
+        i, j = np.unravel_index(np.nanargmax(np.abs(square - square.T)), square.shape)
         raise InputError(
-            f"{name} is not symmetric: [{i}, {j}] = {square[i, j]!r} but [{j}, {i}] = "
-            f"{square[j, i]!r}."
+            f"{name} is not symmetric: [{i}, {j}] = {float(square[i, j]):.6g} but [{j}, {i}] = "
+            f"{float(square[j, i]):.6g}."
+        )
+    diagonal = np.nan_to_num(np.diag(square))
+    scale = max(1.0, float(np.nanmax(np.abs(square), initial=0.0)))
+    if np.any(np.abs(diagonal) > 1e-6 * scale):
+        k = int(np.argmax(np.abs(diagonal) > 1e-6 * scale))
+        raise InputError(
+            f"{name} has a non-zero diagonal ([{k}, {k}] = {float(diagonal[k]):.6g}); an RDM holds "
+            "dissimilarities, 0 (or NaN) on the diagonal. Is it a similarity matrix?"
         )
     return square[np.triu_indices(square.shape[0], k=1)].copy()
 
@@ -325,15 +333,7 @@ def compare(a: Any, b: Any, method: Method = "spearman") -> float:
     1.0
     """
     check_option("method", method, METHODS)
-    if isinstance(a, RDM) and isinstance(b, RDM):
-        a, b = align(a, b)
-    x = _as_condensed(a, "a")
-    y = _as_condensed(b, "b")
-    if x.size != y.size:
-        raise InputError(f"The RDMs differ in size: {x.size} pairs against {y.size} pairs.")
-    for name, values in (("a", x), ("b", y)):
-        if np.isinf(values).any():
-            raise InputError(f"RDM {name} holds infinite dissimilarities.")
+    x, y = paired_condensed(a, b)
     keep = ~(np.isnan(x) | np.isnan(y))
     if keep.sum() < 3:
         raise InputError(
@@ -345,6 +345,33 @@ def compare(a: Any, b: Any, method: Method = "spearman") -> float:
             f"The {method} comparison is undefined: an RDM is constant over the compared pairs."
         )
     return value
+
+
+def paired_condensed(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Condensed vectors of two RDMs over the same conditions, checked.
+
+    Two `RDM` objects are aligned by concept id (`align`); two arrays (square or condensed,
+    numpy or torch) must have the same size. Mixing an `RDM` with an array is refused, since
+    the array's rows could not be matched by id.
+
+    Returns
+    -------
+    x, y : ndarray, shape (n_pairs,)
+    """
+    if isinstance(a, RDM) != isinstance(b, RDM):
+        raise TypeError(
+            "Cannot align an RDM with a plain array: pass two RDM objects (aligned by concept id) "
+            "or two arrays over the same conditions in the same order."
+        )
+    if isinstance(a, RDM):
+        a, b = align(a, b)
+    x, y = _as_condensed(a, "a"), _as_condensed(b, "b")
+    if x.size != y.size:
+        raise InputError(f"The RDMs differ in size: {x.size} pairs against {y.size} pairs.")
+    for name, values in (("a", x), ("b", y)):
+        if np.isinf(values).any():
+            raise InputError(f"RDM {name} holds infinite dissimilarities.")
+    return x, y
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -404,13 +431,11 @@ def _to_numpy(values: Any) -> np.ndarray:
     try:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise InputError(f"Cannot read an RDM from a {type(values).__name__}: {err}") from None
+        raise TypeError(f"Cannot read an RDM from a {type(values).__name__}: {err}") from None
 
 
 def _as_condensed(values: Any, name: str) -> np.ndarray:
-    if isinstance(values, RDM):
-        return values.condensed
-    array = _to_numpy(values)
+    array = _to_numpy(values.condensed if isinstance(values, RDM) else values)
     if array.ndim == 2:
         return to_condensed(array, name=f"RDM {name}")
     if array.ndim != 1:

@@ -11,13 +11,11 @@ from scipy import stats
 from clip_hba._validation import InputError, check_option
 from clip_hba.rsa import (
     COMPARISONS,
-    RDM,
     Method,
-    _as_condensed,
-    align,
     compare,
     n_conditions,
     pair_index,
+    paired_condensed,
 )
 
 __all__ = [
@@ -97,9 +95,10 @@ def bootstrap_rdm_correlation(
     -------
     BootstrapResult
     """
-    x, y = _condensed_pair(a, b)
+    x, y = paired_condensed(a, b)
     _check_count("n_bootstrap", n_bootstrap)
     _check_level(ci_level)
+    _check_seed(seed)
     value = compare(x, y, method)
     n = n_conditions(x.size)
     rng = np.random.default_rng(seed)
@@ -150,7 +149,8 @@ def permutation_test_rdm(
     """
     check_option("alternative", alternative, ("greater", "less", "two-sided"))
     _check_count("n_permutations", n_permutations)
-    x, y = _condensed_pair(a, b)
+    _check_seed(seed)
+    x, y = paired_condensed(a, b)
     value = compare(x, y, method)
     n = n_conditions(x.size)
     rng = np.random.default_rng(seed)
@@ -206,7 +206,7 @@ def rdm_comparison(
     ``n_bootstrap=0`` or ``n_permutations=0`` skips that statistic. `RDM` inputs are aligned by
     concept id first; ``n_pairs`` counts the pairs that hold numbers in both RDMs.
     """
-    x, y = _condensed_pair(a, b)
+    x, y = paired_condensed(a, b)
     value = compare(x, y, method)
     ci = None
     if n_bootstrap:
@@ -237,18 +237,16 @@ def proportion_ci(n_success: int, n_total: int, ci_level: float = 0.95) -> tuple
     return float(interval.low), float(interval.high)
 
 
-def _condensed_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(a, RDM) and isinstance(b, RDM):
-        a, b = align(a, b)
-    x, y = _as_condensed(a, "a"), _as_condensed(b, "b")
-    if x.size != y.size:
-        raise InputError(f"The RDMs differ in size: {x.size} pairs against {y.size} pairs.")
-    return x, y
-
-
 def _check_count(name: str, value: int) -> None:
     if not isinstance(value, int | np.integer) or value < 1:
         raise InputError(f"Invalid value for {name!r}: expected a positive integer, got {value!r}.")
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and not (isinstance(seed, int | np.integer) and seed >= 0):
+        raise InputError(
+            f"Invalid value for 'seed': expected None or an integer >= 0, got {seed!r}."
+        )
 
 
 def _check_level(ci_level: float) -> None:

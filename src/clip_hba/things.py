@@ -16,14 +16,15 @@ chicken*, crystal*, hot*, ice*, pepper* groups). The bundled copies use the **so
 "camera", and the SPoSE embedding predicts the 594 test triplets that involve the 20 concepts
 at 65.8 % under the sorted reading but 44.9 % under the official one (64.2 % on the rest).
 `load_rdm48` checks its index against ``words48`` and so needs no setting;
-`load_test_triplets` takes ``index_order`` ("auto": sorted for the bundled file, official for a
-directory of your own).
+`load_test_triplets` takes ``index_order`` ("auto": sorted for the bundled file, recognised by
+its content wherever it lies; official for any other file).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import importlib.resources
 import logging
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "Concepts",
     "Triplets",
     "bundled_data_dir",
+    "check_things_ids",
     "load_concepts",
     "load_rdm48",
     "load_spose",
@@ -90,8 +92,17 @@ def _file(data_dir: Path, name: str) -> Path:
     return path
 
 
-def _is_bundled(data_dir: Path) -> bool:
-    return data_dir.resolve() == bundled_data_dir().resolve()
+# sha256 of test_triplets.csv files known to number concepts in Python-sorted id order: the
+# copy bundled here (and circulating in public repositories). Any other file is read in the
+# official order of THINGS-data.
+SORTED_ORDER_TRIPLET_FILES = frozenset(
+    {"f2593378408f54fb047b2f9be040e2773be8f24118bc171d46c2c6a6da79afd4"}
+)
+
+
+def _triplet_index_order(path: Path) -> str:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return "sorted_names" if digest in SORTED_ORDER_TRIPLET_FILES else "unique_id"
 
 
 # ---------------------------------------------------------------------------- concepts
@@ -375,13 +386,14 @@ def load_test_triplets(
     data_dir : path, optional
     index_order : {"auto", "unique_id", "sorted_names"}
         List that the file's 1-based concept numbers index: the official order, or the
-        Python-sorted ids. ``"auto"`` takes "sorted_names" for the bundled file (see the module
-        docstring for the evidence) and "unique_id" for a directory of your own.
+        Python-sorted ids. ``"auto"`` recognises the bundled file by content (sha256; it is read
+        as "sorted_names", see the module docstring for the evidence) and reads any other file
+        as "unique_id".
     """
     check_option("index_order", index_order, INDEX_ORDERS)
     directory = resolve_data_dir(data_dir)
     if index_order == "auto":
-        index_order = "sorted_names" if _is_bundled(directory) else "unique_id"
+        index_order = _triplet_index_order(_file(directory, "test_triplets.csv"))
     return _load_test_triplets(directory, index_order)
 
 
