@@ -115,6 +115,7 @@ def read_embedding(
         )
     if ids is not None:
         concept_ids = read_ids(ids) if isinstance(ids, str | os.PathLike) else tuple(ids)
+        check_unique_ids(f"The ids of {path}", concept_ids)
     elif default_ids is not None:
         if values.shape[0] != len(default_ids):
             raise InputError(

@@ -36,10 +36,21 @@ SIMILARITIES: tuple[str, ...] = ("dot", "cosine")
 class BehaviorEvaluation:
     """Alignment of a concept embedding with human behaviour.
 
-    ``rdm48_*`` compare the embedding's RDM of the 48 held-out concepts with the human
-    ``RDM48_triplet`` (Spearman, bootstrap CI over concepts); ``odd_one_out_*`` score the test
-    triplets whose three concepts are all in the embedding (Wilson CI). A value is ``None``
-    when the embedding has too few of the concepts it needs.
+    Attributes
+    ----------
+    rdm48_spearman, rdm48_spearman_ci : float, (float, float) or None
+        Spearman rho between the embedding's RDM of the 48 held-out concepts and the human
+        ``RDM48_triplet``, with its bootstrap CI over concepts; None with fewer than 3 of them.
+    n_rdm48_concepts : int
+        How many of the 48 concepts the embedding has.
+    odd_one_out_accuracy, odd_one_out_ci : float, (float, float) or None
+        Share of the usable test triplets predicted right, with its Wilson CI.
+    n_triplets, n_triplets_total : int
+        Test triplets whose three concepts are all in the embedding; all test triplets.
+    n_concepts, n_dims : int
+        Shape of the embedding.
+    rdm_metric, similarity, ci_level, n_bootstrap, seed, triplet_index_order
+        The settings used.
     """
 
     rdm48_spearman: float | None
