@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,24 +97,26 @@ def read_embedding(
     ----------
     path : path
         ``.npy`` (2-D numeric array), ``.txt`` (whitespace-separated), ``.csv`` (comma) or
-        ``.tsv`` (tab); a non-numeric first line of a text file is taken as a header.
+        ``.tsv`` (tab); a non-numeric first line of a text file is taken as a header, and a
+        ``concept_id`` column in it gives the ids. ``.npz`` files written by ``clip-hba embed``
+        carry their ids (arrays ``embedding`` and ``concept_ids``).
     ids : path or sequence of str, optional
         The concept id of each row (a file with one id per line, see `read_ids`).
     default_ids : sequence of str, optional
-        Ids to use when ``ids`` is not given; the file must then have exactly one row per id
-        (e.g. the 1,854 THINGS concepts in official order).
+        Ids to use when neither ``ids`` nor the file give them; the file must then have exactly
+        one row per id (e.g. the 1,854 THINGS concepts in official order).
 
     Returns
     -------
     ConceptEmbedding
     """
-    values = read_matrix(Path(path), "embedding")
-    if values.ndim != 2:
-        raise InputError(
-            f"Embedding file {path} must hold a 2-D array (n_concepts, n_dims), got shape "
-            f"{values.shape}."
-        )
-    if ids is not None:
+    path = Path(path)
+    values, file_ids, labels = _read_with_ids(path)
+    if file_ids is not None and ids is not None:
+        raise InputError(f"{path} carries its own concept ids; do not give an ids file as well.")
+    if file_ids is not None:
+        concept_ids = file_ids
+    elif ids is not None:
         concept_ids = read_ids(ids) if isinstance(ids, str | os.PathLike) else tuple(ids)
         check_unique_ids(f"The ids of {path}", concept_ids)
     elif default_ids is not None:
@@ -126,4 +129,60 @@ def read_embedding(
         concept_ids = tuple(default_ids)
     else:
         raise InputError(f"No concept ids for the rows of {path}.")
-    return ConceptEmbedding(values, concept_ids)
+    return ConceptEmbedding(values, concept_ids, labels)
+
+
+def _read_with_ids(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """Values, and the ids and column labels where the file carries them."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix in {".csv", ".tsv"} and _header(path)[:1] == ["concept_id"]:
+        return _read_id_table(path, "," if suffix == ".csv" else "\t")
+    values = read_matrix(path, "embedding")
+    if values.ndim != 2:
+        raise InputError(
+            f"Embedding file {path} must hold a 2-D array (n_concepts, n_dims), got shape "
+            f"{values.shape}."
+        )
+    return values, None, None
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...] | None]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            values = np.asarray(archive["embedding"], dtype=np.float64)
+            ids = tuple(str(c) for c in archive["concept_ids"])
+            labels = tuple(str(c) for c in archive["labels"]) if "labels" in archive else None
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise InputError(
+            f"Cannot read embedding file {path}: expected an .npz with arrays 'embedding' and "
+            f"'concept_ids' ({str(err).splitlines()[0] if str(err) else type(err).__name__})."
+        ) from None
+    return values, ids, labels or None
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [f.strip() for f in first.replace("\t", ",").split(",")]
+
+
+def _read_id_table(
+    path: Path, delimiter: str
+) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """A table with a ``concept_id`` column (and optionally ``image_id``) and numeric columns."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter=delimiter))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    skip = 2 if len(header) > 1 and header[1] == "image_id" else 1
+    try:
+        values = np.array([[float(v) for v in r[skip:]] for r in body], dtype=np.float64)
+    except ValueError as err:
+        raise InputError(f"Cannot read embedding file {path}: {err}") from None
+    if values.ndim != 2 or values.size == 0:
+        raise InputError(f"The embedding file {path} holds no numbers.")
+    return values, tuple(r[0] for r in body), tuple(header[skip:])

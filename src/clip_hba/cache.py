@@ -1,0 +1,151 @@
+"""The frozen-prefix cache: hidden states entering the first trainable block, computed once.
+
+While the leading blocks of a tower are frozen and the inputs are fixed, their output never
+changes, so training only needs to run the trainable suffix. The cache is keyed by the model
+(config, prefix weights), the first trainable block and the content of the inputs, so a changed
+model or image gives a new cache instead of stale hidden states.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clip_hba._io import write_atomic
+from clip_hba._validation import check_option
+from clip_hba.backbones import Tower
+from clip_hba.inputs import ConceptInputs
+from clip_hba.models import select_inputs
+
+__all__ = ["PrefixCache", "prefix_key"]
+
+logger = logging.getLogger(__name__)
+
+CacheMode = Literal["auto", "memory", "disk"]
+MEMORY_LIMIT_BYTES = 4 * 2**30  # "auto" keeps caches up to this size in memory
+
+
+def prefix_key(tower: Tower, block: int, inputs: ConceptInputs) -> str:
+    """sha256 of what the cached hidden states depend on."""
+    digest = hashlib.sha256(f"block={block};inputs={inputs.fingerprint};".encode())
+    digest.update(json.dumps(_tower_config(tower), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, param in _prefix_parameters(tower, block):
+            flat = param.detach().double().flatten()
+            stats = torch.stack(
+                [flat.sum(), (flat * flat).sum(), flat[:: max(1, len(flat) // 97)].sum()]
+            )
+            digest.update(name.encode() + stats.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _tower_config(tower: Tower) -> dict:
+    return {"tower": type(tower).__name__, "config": tower.hf_config.to_dict()}
+
+
+def _prefix_parameters(tower: Tower, block: int) -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters that the hidden states entering ``block`` depend on (embedding + blocks)."""
+    in_blocks = {id(p) for b in tower.blocks[block:] for p in b.parameters()}
+    return [(n, p) for n, p in tower.named_parameters() if id(p) not in in_blocks]
+
+
+class PrefixCache:
+    """Hidden states entering block ``block`` for every input row, in memory or on disk (HDF5).
+
+    Parameters
+    ----------
+    hidden : Tensor or h5py.Dataset, shape (N, S, D)
+    block : int
+    key : str
+    """
+
+    def __init__(self, hidden: torch.Tensor | h5py.Dataset, block: int, key: str) -> None:
+        self._hidden = hidden
+        self.block = block
+        self.key = key
+
+    @property
+    def on_disk(self) -> bool:
+        return not isinstance(self._hidden, torch.Tensor)
+
+    def __len__(self) -> int:
+        return len(self._hidden)
+
+    def hidden(self, rows: torch.Tensor) -> torch.Tensor:
+        """Cached hidden states of ``rows``, shape (len(rows), S, D)."""
+        if not self.on_disk:
+            return self._hidden[rows]
+        order = np.argsort(rows.numpy())
+        values = self._hidden[np.sort(rows.numpy())]  # h5py reads increasing indices
+        out = np.empty_like(values)
+        out[order] = values
+        return torch.from_numpy(out)
+
+    @classmethod
+    def build(
+        cls,
+        tower: Tower,
+        block: int,
+        inputs: ConceptInputs,
+        *,
+        mode: CacheMode = "auto",
+        directory: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        verbose: bool = True,
+    ) -> PrefixCache:
+        """Compute (or reopen from ``directory``) the hidden states entering ``block``.
+
+        ``mode="auto"`` keeps the cache in memory up to 4 GiB, else on disk in ``directory``.
+        A disk cache whose key matches is reused; a partial file is never mistaken for one.
+        """
+        check_option("cache", mode, ("auto", "memory", "disk"))
+        key = prefix_key(tower, block, inputs)
+        n = len(inputs)
+        with torch.no_grad():
+            probe = tower.hidden_at(select_inputs(inputs.tensors, [0]), block)
+        nbytes = n * probe[0].numel() * 4
+        if mode == "auto":
+            mode = "memory" if nbytes <= MEMORY_LIMIT_BYTES or directory is None else "disk"
+        if mode == "disk" and directory is None:
+            raise ValueError("A disk cache needs a directory.")
+        path = None if mode == "memory" else Path(directory) / f"prefix-{key[:20]}.h5"
+        if path is not None and path.is_file():
+            logger.info("Reusing the frozen-prefix cache %s", path)
+            return cls(h5py.File(path, "r")["hidden"], block, key)
+        batches = range(0, n, batch_size)
+        progress = tqdm(
+            batches, desc=f"Caching blocks 0-{block - 1}", disable=not verbose, leave=False
+        )
+        if path is None:
+            hidden = torch.empty((n, *probe.shape[1:]), dtype=torch.float32)
+            with torch.no_grad():
+                for i in progress:
+                    rows = list(range(i, min(i + batch_size, n)))
+                    hidden[i : rows[-1] + 1] = tower.hidden_at(
+                        select_inputs(inputs.tensors, rows), block
+                    )
+            return cls(hidden, block, key)
+
+        def write(tmp: Path) -> None:
+            with h5py.File(tmp, "w") as handle, torch.no_grad():
+                data = handle.create_dataset(
+                    "hidden", (n, *probe.shape[1:]), "float32", chunks=(1, *probe.shape[1:])
+                )
+                handle.attrs["key"] = key
+                for i in progress:
+                    rows = list(range(i, min(i + batch_size, n)))
+                    data[i : rows[-1] + 1] = tower.hidden_at(
+                        select_inputs(inputs.tensors, rows), block
+                    ).numpy()
+
+        write_atomic(path, write)
+        return cls(h5py.File(path, "r")["hidden"], block, key)

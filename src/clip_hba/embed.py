@@ -1,0 +1,93 @@
+"""Inference: a trained run (or a base model) -> 66-d embeddings with concept and image ids."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from clip_hba._io import write_atomic
+from clip_hba._validation import InputError
+from clip_hba.backbones import load_backbone
+from clip_hba.checkpoints import CONFIG_FILE
+from clip_hba.embeddings import ConceptEmbedding
+from clip_hba.inputs import ConceptInputs
+from clip_hba.models import BehaviorModel, HeadConfig
+from clip_hba.rsa import rdm
+from clip_hba.things import load_spose_labels
+
+__all__ = ["embed", "load_model", "save_embedding"]
+
+OUTPUT_SUFFIXES = (".npz", ".csv", ".tsv")
+
+
+def load_model(
+    model: str | os.PathLike, data_dir: str | os.PathLike | None = None
+) -> BehaviorModel:
+    """A trained run directory, or a base model (hub id or folder) with the prompt-cosine head."""
+    from clip_hba.train import load_run
+
+    path = Path(model)
+    if (path / CONFIG_FILE).is_file() and (path / "adapter.safetensors").is_file():
+        return load_run(path)
+    backbone = load_backbone(model)
+    return BehaviorModel(backbone, load_spose_labels(data_dir), HeadConfig()).eval()
+
+
+def embed(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64) -> ConceptEmbedding:
+    """Predicted behavioural dimensions of every input, deterministic and batch-independent.
+
+    Returns
+    -------
+    ConceptEmbedding, shape (n_inputs, n_labels), labelled with the model's labels.
+    """
+    if batch_size < 1:
+        raise InputError(f"Invalid value for 'batch_size': expected >= 1, got {batch_size}.")
+    values = model.predict(inputs.tensors, batch_size)
+    return ConceptEmbedding(values, inputs.concept_ids, model.labels)
+
+
+def save_embedding(
+    path: str | os.PathLike,
+    embedding: ConceptEmbedding,
+    item_ids: tuple[str, ...],
+    with_rdm: bool = False,
+) -> Path:
+    """Write an embedding with its ids, atomically.
+
+    ``.npz``: arrays ``embedding`` (N, D), ``concept_ids``, ``image_ids``, ``labels`` and, with
+    ``with_rdm``, ``rdm`` (condensed 1 - Pearson, N*(N-1)/2). ``.csv``/``.tsv``: one row per
+    item, columns ``concept_id``, ``image_id`` and one per label (no RDM).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise InputError(f"Cannot write embeddings to {path}: use a .npz, .csv or .tsv file.")
+    if suffix == ".npz":
+        arrays = {
+            "embedding": embedding.values,
+            "concept_ids": np.array(embedding.concept_ids),
+            "image_ids": np.array(item_ids),
+            "labels": np.array(embedding.dim_labels or ()),
+        }
+        if with_rdm:
+            arrays["rdm"] = rdm(embedding.values, "pearson")
+
+        def write_npz(tmp: Path) -> None:
+            with tmp.open("wb") as handle:  # a file object: np.savez would append ".npz" to a path
+                np.savez(handle, **arrays)
+
+        return write_atomic(path, write_npz)
+    if with_rdm:
+        raise InputError("An RDM can only be written into a .npz file (--rdm).")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="," if suffix == ".csv" else "\t")
+    labels = embedding.dim_labels or tuple(f"dim{k}" for k in range(embedding.n_dims))
+    writer.writerow(["concept_id", "image_id", *labels])
+    for concept, item, row in zip(embedding.concept_ids, item_ids, embedding.values, strict=True):
+        writer.writerow([concept, item, *(repr(float(v)) for v in row)])
+    text = buffer.getvalue()
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

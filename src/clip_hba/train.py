@@ -1,0 +1,458 @@
+"""CLIP-HBA-Behavior training: fit a backbone + head to the SPoSE targets, with early stopping.
+
+One path: load the backbone, add adapters, build the concept inputs, cache the frozen prefix,
+then train the suffix with AdamW on the MSE to the min-max rescaled SPoSE embedding, evaluating
+the validation loss and the held-out 48-object rho after every epoch. The best epoch is saved
+atomically; the last epoch (with optimizer and generator state) lets ``resume`` continue a run
+exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from clip_hba import __version__
+from clip_hba._io import write_atomic, write_json_atomic
+from clip_hba._validation import InputError, check_option
+from clip_hba.adapters import AdapterConfig, adapter_state, add_adapters, load_adapter_state
+from clip_hba.backbones import load_backbone
+from clip_hba.cache import PrefixCache
+from clip_hba.checkpoints import (
+    CONFIG_FILE,
+    LAST_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    load_tensors,
+    optimizer_from_tensors,
+    optimizer_tensors,
+    read_json,
+    save_tensors,
+    write_state,
+)
+from clip_hba.embeddings import ConceptEmbedding
+from clip_hba.evaluate import evaluate_behavior
+from clip_hba.inputs import ConceptInputs, InputConfig, concept_inputs
+from clip_hba.models import BehaviorModel, HeadConfig, first_trainable_block, select_inputs
+from clip_hba.rsa import RDM, compare
+from clip_hba.things import load_rdm48, load_spose, split_concepts
+
+__all__ = ["BehaviorFitConfig", "FitResult", "fit_behavior", "load_run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BehaviorFitConfig:
+    """Everything that defines a CLIP-HBA-Behavior run (saved as the run's config.json)."""
+
+    model: str  # Hugging Face hub id or local directory of the base model
+    out: str  # run directory
+    inputs: InputConfig = field(default_factory=InputConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    epochs: int = 500  # maximum number of epochs
+    batch_size: int = 64
+    lr: float = 3e-4  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    patience: int = 20  # stop after this many epochs without a lower validation MSE
+    seed: int = 0  # split, adapter initialisation and batch order
+    val_fraction: float = 0.2  # share of the 1,806 non-held-out concepts used for validation
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"  # frozen-prefix cache
+    max_concepts: int | None = None  # use only this many train+val concepts (quick runs)
+    data_dir: str | None = None  # THINGS data directory (default: bundled)
+    time_budget_s: float | None = None  # stop training after this many seconds (best kept)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, dict):
+            self.inputs = InputConfig(**self.inputs)
+        if isinstance(self.adapter, dict):
+            self.adapter = AdapterConfig(**self.adapter)
+        if isinstance(self.head, dict):
+            self.head = HeadConfig(**self.head)
+        check_option("cache", self.cache, ("auto", "memory", "disk", "off"))
+        for name in ("epochs", "batch_size", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(
+                    f"Invalid value for {name!r}: expected >= 1, got {getattr(self, name)}."
+                )
+        if not self.lr > 0:
+            raise InputError(f"Invalid value for 'lr': expected > 0, got {self.lr}.")
+        if self.max_concepts is not None and self.max_concepts < 4:
+            raise InputError(
+                f"Invalid value for 'max_concepts': expected >= 4, got {self.max_concepts}."
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BehaviorFitConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class FitResult:
+    """What `fit_behavior` produced."""
+
+    run_dir: Path
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    log: list[dict]
+    model: BehaviorModel = field(repr=False)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def build_model(config: BehaviorFitConfig) -> BehaviorModel:
+    """Base model + head + adapters, seeded; equal to the base model at step 0."""
+    backbone = load_backbone(config.model)
+    labels = load_spose(config.data_dir).dim_labels
+    torch.manual_seed(config.seed)
+    model = BehaviorModel(backbone, labels, config.head)
+    add_adapters(backbone, config.adapter, seed=config.seed)
+    return model
+
+
+def load_run(run_dir: str | Path) -> BehaviorModel:
+    """The best model of a finished (or interrupted) run, in eval mode."""
+    run_dir = Path(run_dir)
+    config = BehaviorFitConfig.from_dict(read_json(run_dir / CONFIG_FILE)["fit"])
+    model = build_model(config)
+    _load_weights(model, load_tensors(run_dir / WEIGHTS_FILE))
+    return model.eval()
+
+
+def _weights(model: BehaviorModel) -> dict[str, torch.Tensor]:
+    tensors = {f"adapter.{k}": v for k, v in adapter_state(model.backbone).items()}
+    if model.linear is not None:
+        tensors.update(
+            {f"head.{k}": v.detach().clone() for k, v in model.linear.state_dict().items()}
+        )
+    return tensors
+
+
+def _load_weights(model: BehaviorModel, tensors: dict[str, torch.Tensor]) -> None:
+    adapters = {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    load_adapter_state(model.backbone, adapters)
+    if model.linear is not None:
+        model.linear.load_state_dict(
+            {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
+        )
+    model.reset_caches()
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class _Batches:
+    """Forward passes over concept rows, through the frozen-prefix cache or the whole model."""
+
+    def __init__(
+        self, model: BehaviorModel, inputs: ConceptInputs, cache: PrefixCache | None
+    ) -> None:
+        self.model, self.inputs, self.cache = model, inputs, cache
+
+    def predict(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            return self.model(select_inputs(self.inputs.tensors, rows))
+        hidden = self.cache.hidden(rows)
+        return self.model.forward_from(
+            hidden, select_inputs(self.inputs.aux, rows), self.cache.block
+        )
+
+    @torch.no_grad()
+    def predict_all(self, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return torch.cat(
+            [self.predict(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+        )
+
+
+def fit_behavior(
+    config: BehaviorFitConfig, *, resume: bool = False, verbose: bool = True
+) -> FitResult:
+    """Train a CLIP-HBA-Behavior model; see `BehaviorFitConfig` for every setting.
+
+    Parameters
+    ----------
+    config : BehaviorFitConfig
+    resume : bool
+        Continue the run in ``config.out`` from its last finished epoch (its saved config must
+        match ``config`` except for ``epochs``, ``patience`` and ``time_budget_s``); the result
+        is identical to a run that was never interrupted.
+    verbose : bool
+        Show progress bars.
+
+    Returns
+    -------
+    FitResult
+    """
+    run_dir = Path(config.out)
+    if resume:
+        _check_resumable(run_dir, config)
+    elif (run_dir / STATE_FILE).exists():
+        raise InputError(
+            f"{run_dir} already holds a run; use --resume to continue it or another --out."
+        )
+    model = build_model(config)
+    split = split_concepts(config.seed, config.val_fraction, config.data_dir)
+    train_ids, val_ids = _limit(split.train_ids, split.val_ids, config)
+    concept_ids = [*train_ids, *val_ids, *split.test_ids]
+    inputs = concept_inputs(model.backbone, concept_ids, config.inputs, config.data_dir)
+    present = set(inputs.concept_ids)
+    train_ids = [c for c in train_ids if c in present]
+    val_ids = [c for c in val_ids if c in present]
+    test_ids = [c for c in split.test_ids if c in present]
+    if len(train_ids) < 2 or not val_ids:
+        raise InputError("Too few training or validation concepts have inputs.")
+
+    targets = load_spose(config.data_dir, rescale="minmax100").select(list(inputs.concept_ids))
+    target = torch.tensor(targets.values, dtype=torch.float32)
+    cache = None
+    if config.cache != "off":
+        start = first_trainable_block(model.concept_tower)
+        cache = PrefixCache.build(
+            model.concept_tower,
+            start,
+            inputs,
+            mode=config.cache,
+            directory=run_dir / "cache",
+            batch_size=config.batch_size,
+            verbose=verbose,
+        )
+    batches = _Batches(model, inputs, cache)
+    rows = {
+        name: inputs.rows(ids)
+        for name, ids in (("train", train_ids), ("val", val_ids), ("test", test_ids))
+    }
+
+    optimizer = torch.optim.AdamW(
+        model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    progress: dict[str, Any] = {
+        "epoch": 0,
+        "best_val_loss": float("inf"),
+        "best_epoch": 0,
+        "bad_epochs": 0,
+    }
+    log: list[dict] = []
+    if resume:
+        progress, log = _restore(run_dir, model, optimizer, generator)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_config(run_dir, config, model, inputs)
+        save_tensors(run_dir / WEIGHTS_FILE, _weights(model))
+        write_json_atomic(run_dir / METRICS_FILE, {"before": _metrics(batches, inputs, config)})
+        log.append(_evaluate_epoch(0, batches, rows, target, inputs, config, train_loss=None))
+        progress["best_val_loss"] = log[0]["val_loss"]
+        _save_last(run_dir, model, optimizer, generator, progress, log)
+
+    model.eval()  # no dropout: the cached prefix and the suffix see the same deterministic model
+    started = time.perf_counter()
+    epochs = tqdm(
+        range(progress["epoch"] + 1, config.epochs + 1),
+        desc="Training",
+        disable=not verbose,
+        initial=progress["epoch"],
+        total=config.epochs,
+    )
+    stopped_early = False
+    for epoch in epochs:
+        train_loss = _train_epoch(
+            batches, rows["train"], target, optimizer, generator, config.batch_size
+        )
+        record = _evaluate_epoch(epoch, batches, rows, target, inputs, config, train_loss)
+        log.append(record)
+        progress["epoch"] = epoch
+        if record["val_loss"] < progress["best_val_loss"]:
+            progress.update(best_val_loss=record["val_loss"], best_epoch=epoch, bad_epochs=0)
+            save_tensors(run_dir / WEIGHTS_FILE, _weights(model))
+        else:
+            progress["bad_epochs"] += 1
+        _save_last(run_dir, model, optimizer, generator, progress, log)
+        epochs.set_postfix(
+            train=f"{train_loss:.3g}",
+            val=f"{record['val_loss']:.3g}",
+            rho48=f"{record['rdm48_spearman']:.3f}",
+            best=progress["best_epoch"],
+        )
+        if progress["bad_epochs"] >= config.patience:
+            stopped_early = True
+            break
+        if (
+            config.time_budget_s is not None
+            and time.perf_counter() - started > config.time_budget_s
+        ):
+            logger.info(
+                "Time budget of %.0f s reached after epoch %d.", config.time_budget_s, epoch
+            )
+            break
+    epochs.close()
+    _load_weights(model, load_tensors(run_dir / WEIGHTS_FILE))
+    metrics = read_json(run_dir / METRICS_FILE)
+    metrics.update(
+        after=_metrics(batches, inputs, config),
+        best_epoch=progress["best_epoch"],
+        best_val_loss=progress["best_val_loss"],
+        epochs_run=progress["epoch"],
+        stopped_early=stopped_early,
+    )
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    return FitResult(
+        run_dir,
+        progress["best_epoch"],
+        progress["best_val_loss"],
+        progress["epoch"],
+        stopped_early,
+        log,
+        model,
+    )
+
+
+def _limit(
+    train_ids: tuple[str, ...], val_ids: tuple[str, ...], config: BehaviorFitConfig
+) -> tuple[list, list]:
+    if config.max_concepts is None:
+        return list(train_ids), list(val_ids)
+    n_val = max(1, round(config.max_concepts * config.val_fraction))
+    return list(train_ids[: config.max_concepts - n_val]), list(val_ids[:n_val])
+
+
+def _train_epoch(
+    batches: _Batches,
+    rows: torch.Tensor,
+    target: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    batch_size: int,
+) -> float:
+    order = rows[torch.randperm(len(rows), generator=generator)]
+    total = 0.0
+    for i in range(0, len(order), batch_size):
+        batch = order[i : i + batch_size]
+        loss = F.mse_loss(batches.predict(batch), target[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+    return total / len(order)
+
+
+def _evaluate_epoch(
+    epoch: int,
+    batches: _Batches,
+    rows: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    inputs: ConceptInputs,
+    config: BehaviorFitConfig,
+    train_loss: float | None,
+) -> dict:
+    val = batches.predict_all(rows["val"], config.batch_size)
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_loss": F.mse_loss(val, target[rows["val"]]).item(),
+        "rdm48_spearman": None,
+    }
+    if len(rows["test"]) >= 3:
+        test = batches.predict_all(rows["test"], config.batch_size).double().numpy()
+        ids = [inputs.concept_ids[k] for k in rows["test"].tolist()]
+        model_rdm = RDM.from_embedding(ConceptEmbedding(test, ids))
+        record["rdm48_spearman"] = compare(model_rdm, load_rdm48(config.data_dir), "spearman")
+    return record
+
+
+# ---------------------------------------------------------------------------- run directory
+
+
+def _write_config(
+    run_dir: Path, config: BehaviorFitConfig, model: BehaviorModel, inputs: ConceptInputs
+) -> None:
+    description = {
+        "clip_hba_version": __version__,
+        "task": "behavior",
+        "base_model": config.model,
+        "backbone_kind": model.backbone.kind,
+        "labels": list(model.labels),
+        "n_concepts_with_inputs": len(inputs),
+        "inputs_fingerprint": inputs.fingerprint,
+        "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
+        "fit": config.to_dict(),
+    }
+    write_json_atomic(run_dir / CONFIG_FILE, description)
+
+
+def _save_last(
+    run_dir: Path,
+    model: BehaviorModel,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    progress: dict,
+    log: list[dict],
+) -> None:
+    tensors, groups = optimizer_tensors(optimizer)
+    tensors.update(_weights(model))
+    tensors["generator_state"] = generator.get_state()
+    save_tensors(run_dir / LAST_FILE, tensors)
+    text = "".join(json.dumps(record) + "\n" for record in log)
+    write_atomic(run_dir / LOG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_state(run_dir / STATE_FILE, {**progress, "param_groups": groups})
+
+
+def _restore(
+    run_dir: Path,
+    model: BehaviorModel,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[dict, list[dict]]:
+    state = read_json(run_dir / STATE_FILE)
+    tensors = load_tensors(run_dir / LAST_FILE)
+    _load_weights(model, tensors)
+    optimizer_from_tensors(optimizer, tensors, state.pop("param_groups"))
+    generator.set_state(tensors["generator_state"])
+    lines = (run_dir / LOG_FILE).read_text(encoding="utf-8").splitlines()
+    log = [json.loads(line) for line in lines if line.strip()][: state["epoch"] + 1]
+    logger.info("Resuming %s after epoch %d", run_dir, state["epoch"])
+    return state, log
+
+
+RESUMABLE_CHANGES = {"epochs", "patience", "time_budget_s"}
+
+
+def _check_resumable(run_dir: Path, config: BehaviorFitConfig) -> None:
+    if not (run_dir / STATE_FILE).is_file():
+        raise InputError(f"Nothing to resume in {run_dir}: it holds no {STATE_FILE}.")
+    saved = read_json(run_dir / CONFIG_FILE)["fit"]
+    current = config.to_dict()
+    changed = sorted(
+        k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
+    )
+    if changed:
+        raise InputError(
+            f"Cannot resume {run_dir} with other settings: {', '.join(changed)} differ."
+        )
+
+
+def _metrics(batches: _Batches, inputs: ConceptInputs, config: BehaviorFitConfig) -> dict:
+    """`evaluate_behavior` of the predictions for every concept with inputs."""
+    predictions = batches.predict_all(torch.arange(len(inputs)), config.batch_size)
+    embedding = ConceptEmbedding(
+        predictions.double().numpy(), inputs.concept_ids, batches.model.labels
+    )
+    return evaluate_behavior(embedding, seed=config.seed, data_dir=config.data_dir).to_dict()

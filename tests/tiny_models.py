@@ -1,0 +1,65 @@
+"""Tiny random models and synthetic images for tests (no network, seconds to build)."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+
+def char_level_clip_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer with a byte-level vocabulary and no merges (one token per character)."""
+    characters = list(bytes_to_unicode().values())
+    tokens = characters + [c + "</w>" for c in characters] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
+
+
+def make_tiny_clip(path: Path, *, vision_layers: int = 3, text_layers: int = 2, image_size: int = 32,
+                   seed: int = 0) -> Path:
+    """Save a randomly initialised CLIP (width 32) and its tokenizer to ``path``."""
+    tokenizer = char_level_clip_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=text_layers, num_attention_heads=4,
+                         max_position_embeddings=77, eos_token_id=eos, pad_token_id=eos,
+                         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>")),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                           num_attention_heads=4, image_size=image_size, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_tiny_bert(path: Path, tokenizer_source: Path | None = None, seed: int = 0) -> Path:
+    """Save a randomly initialised 3-layer BERT (width 32) with a BERT tokenizer to ``path``."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz:/-,.'"]
+    vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab_file = path / "vocab.txt"
+    path.mkdir(parents=True, exist_ok=True)
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=128)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_things_images(root: Path, concept_ids, size: int = 40, seed: int = 0) -> Path:
+    """Synthetic images in the THINGS layout: root/object_images/<id>/<id>_01b.jpg."""
+    rng = np.random.default_rng(seed)
+    for concept in concept_ids:
+        folder = root / "object_images" / concept
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(size, size + 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{concept}_01b.jpg", quality=95)
+    return root
