@@ -16,18 +16,32 @@ def char_level_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
 
 
-def make_tiny_clip(path: Path, *, vision_layers: int = 3, text_layers: int = 2, image_size: int = 32,
-                   seed: int = 0) -> Path:
+def make_tiny_clip(
+    path: Path, *, vision_layers: int = 3, text_layers: int = 2, image_size: int = 32, seed: int = 0
+) -> Path:
     """Save a randomly initialised CLIP (width 32) and its tokenizer to ``path``."""
     tokenizer = char_level_clip_tokenizer()
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=text_layers, num_attention_heads=4,
-                         max_position_embeddings=77, eos_token_id=eos, pad_token_id=eos,
-                         bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>")),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
-                           num_attention_heads=4, image_size=image_size, patch_size=8),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            eos_token_id=eos,
+            pad_token_id=eos,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -47,8 +61,14 @@ def make_tiny_bert(path: Path, tokenizer_source: Path | None = None, seed: int =
     vocab_file.write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                        num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

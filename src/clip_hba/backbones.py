@@ -284,7 +284,7 @@ def load_backbone(name_or_path: str | os.PathLike, *, local_only: bool = False) 
     local_only = local_only or Path(source).is_dir()
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise InputError(
             f"Cannot load a model config from {source!r}: not a local model directory, and the "
             f"hub could not provide it ({str(err).splitlines()[0]})"

@@ -32,6 +32,8 @@ evaluate_app = typer.Typer(
     help="Score embeddings or models against human data.", no_args_is_help=True
 )
 app.add_typer(evaluate_app, name="evaluate")
+fit_app = typer.Typer(help="Fine-tune models on human data.", no_args_is_help=True)
+app.add_typer(fit_app, name="fit")
 rsa_app = typer.Typer(
     help="Representational similarity analysis of RDM files.", no_args_is_help=True
 )
@@ -201,26 +203,220 @@ def rsa_compare_command(
     _emit(result.to_dict(), out)
 
 
+ImagesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Concept images: THINGS layout (object_images/<concept>/<concept>_01b.jpg) or a "
+        "folder with images.csv (columns image,concept_id). Not used by text backbones, which "
+        "read each concept's word and definition."
+    ),
+]
+ImagesCsvOption = Annotated[
+    Path | None, typer.Option(help="CSV of image,concept_id rows (paths relative to --images).")
+]
+ExemplarOption = Annotated[
+    str, typer.Option(help="THINGS layout: file-name suffix of the exemplar image per concept.")
+]
+NormalizationOption = Annotated[
+    Literal["things", "clip"],
+    typer.Option(help="Image normalisation: THINGS mean/std or CLIP's own."),
+]
+SkipMissingOption = Annotated[
+    bool, typer.Option(help="Leave out concepts without an image (reported) instead of failing.")
+]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Concepts per batch.")]
+
+
+def _int_tuple(name: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip()) if text.strip() else ()
+    except ValueError:
+        raise InputError(
+            f"Invalid value for '--{name}': expected comma-separated block numbers such as "
+            f"'-2,-1', got {text!r}."
+        ) from None
+
+
+@fit_app.command("behavior")
+def fit_behavior_command(
+    model: Annotated[
+        str, typer.Option(help="Base model: Hugging Face hub id or local save_pretrained folder.")
+    ] = "openai/clip-vit-large-patch14",
+    out: Annotated[
+        Path, typer.Option(help="Run directory (config, weights, log, metrics).")
+    ] = Path("runs/behavior"),
+    images: ImagesOption = None,
+    images_csv: ImagesCsvOption = None,
+    exemplar: ExemplarOption = "_01b",
+    normalization: NormalizationOption = "things",
+    skip_missing: SkipMissingOption = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = 500,
+    batch_size: BatchSizeOption = 64,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    patience: Annotated[
+        int,
+        typer.Option(min=1, help="Stop after this many epochs without a better validation MSE."),
+    ] = 20,
+    seed: SeedOption = 0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of the 1,806 non-held-out concepts used for validation.")
+    ] = 0.2,
+    rank: Annotated[int, typer.Option(min=1, help="Adapter rank.")] = 32,
+    alpha: Annotated[
+        float, typer.Option(help="Adapter alpha (update scaled by alpha/rank).")
+    ] = 16.0,
+    layers: Annotated[
+        str,
+        typer.Option(
+            help="Blocks of the concept (vision) tower with adapters; negative = from the end."
+        ),
+    ] = "-2,-1",
+    text_layers: Annotated[
+        str,
+        typer.Option(help="Blocks of CLIP's text tower with adapters ('' = frozen text tower)."),
+    ] = "-1",
+    modules: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated module names inside a block to adapt (default: the attention "
+            "output projection, out_proj for CLIP)."
+        ),
+    ] = None,
+    dora: Annotated[bool, typer.Option(help="DoRA (on) or plain LoRA (--no-dora).")] = True,
+    head: Annotated[
+        Literal["prompt_cosine", "linear"],
+        typer.Option(
+            help="prompt_cosine: logit_scale x cos(features, label prompt); linear: a linear map."
+        ),
+    ] = "prompt_cosine",
+    template: Annotated[
+        str, typer.Option(help="Prompt of a dimension label; must contain {label}.")
+    ] = "{label}",
+    logit_scale: Annotated[float, typer.Option(help="Scale of the prompt-cosine head.")] = 100.0,
+    cache: Annotated[
+        Literal["auto", "memory", "disk", "off"],
+        typer.Option(
+            help="Frozen-prefix cache: auto = memory up to 4 GiB, else disk; off = run every block."
+        ),
+    ] = "auto",
+    max_concepts: Annotated[
+        int | None,
+        typer.Option(min=4, help="Use only this many train+validation concepts (quick runs)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from its last epoch.")
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Fine-tune a CLIP (or text) backbone to predict the SPoSE 66-d behavioural embedding.
+
+    Trains DoRA adapters (and the head) on the 1,806 concepts outside the 48-object RDM, with early
+    stopping on the validation MSE; prints the run's metrics.json (before/after) as JSON.
+    """
+    from clip_hba.adapters import AdapterConfig
+    from clip_hba.inputs import InputConfig
+    from clip_hba.models import HeadConfig
+    from clip_hba.train import BehaviorFitConfig, fit_behavior
+
+    config = BehaviorFitConfig(
+        model=model,
+        out=str(out),
+        inputs=InputConfig(
+            images=None if images is None else str(images),
+            images_csv=None if images_csv is None else str(images_csv),
+            exemplar=exemplar,
+            skip_missing=skip_missing,
+            normalization=normalization,
+        ),
+        adapter=AdapterConfig(
+            rank=rank,
+            alpha=alpha,
+            layers=_int_tuple("layers", layers),
+            label_layers=_int_tuple("text-layers", text_layers),
+            modules=None if modules is None else tuple(m.strip() for m in modules.split(",")),
+            use_dora=dora,
+        ),
+        head=HeadConfig(kind=head, template=template, logit_scale=logit_scale),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        seed=seed,
+        val_fraction=val_fraction,
+        cache=cache,
+        max_concepts=max_concepts,
+        data_dir=None if data_dir is None else str(data_dir),
+    )
+    result = fit_behavior(config, resume=resume)
+    _emit(json.loads((result.run_dir / "metrics.json").read_text()), None)
+
+
+@app.command("embed")
+def embed_command(
+    model: Annotated[
+        str,
+        typer.Option(help="A run directory of clip-hba fit, or a base model (hub id or folder)."),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output: .npz (embedding, concept_ids, image_ids, labels[, rdm]) or .csv/.tsv."
+        ),
+    ],
+    images: ImagesOption = None,
+    images_csv: ImagesCsvOption = None,
+    exemplar: ExemplarOption = "_01b",
+    normalization: NormalizationOption = "things",
+    skip_missing: SkipMissingOption = False,
+    batch_size: BatchSizeOption = 64,
+    rdm: Annotated[
+        bool, typer.Option(help="Also store the RDM (1 - Pearson, condensed) in the .npz.")
+    ] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Write the model's 66-d behavioural embedding of every concept image (or concept text).
+
+    Deterministic and independent of --batch-size. Prints a JSON summary.
+    """
+    from clip_hba.embed import embed, load_model, save_embedding
+    from clip_hba.inputs import InputConfig, concept_inputs
+
+    behavior_model = load_model(model, data_dir)
+    config = InputConfig(
+        images=None if images is None else str(images),
+        images_csv=None if images_csv is None else str(images_csv),
+        exemplar=exemplar,
+        skip_missing=skip_missing,
+        normalization=normalization,
+    )
+    inputs = concept_inputs(behavior_model.backbone, None, config, data_dir, things_ids_only=False)
+    embedding = embed(behavior_model, inputs, batch_size)
+    save_embedding(out, embedding, inputs.item_ids, with_rdm=rdm)
+    _emit({"out": str(out), "n_items": embedding.n_concepts, "n_dims": embedding.n_dims}, None)
+
+
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Folder for metrics.json and rdm48.png.")] = Path(
-        "clip-hba-demo"
-    ),
-    n_bootstrap: NBootstrapOption = 1000,
-    seed: SeedOption = 0,
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder for metrics.json, plots, the training log and the checkpoint."),
+    ] = Path("clip-hba-demo"),
+    quick: Annotated[
+        bool, typer.Option(help="A few concepts and 2 epochs: checks the pipeline in seconds.")
+    ] = False,
 ) -> None:
-    """Run the bundled demo: evaluate the SPoSE 66-d embedding against human behaviour.
+    """Train the offline demo: CLIP-HBA-Behavior on all-MiniLM-L6-v2 (needs no GPU or network).
 
-    Needs no data path, GPU or network. Writes OUT/metrics.json and OUT/rdm48.png and prints the
-    metrics as JSON.
+    Each concept is read as "word: definition"; DoRA adapters and the prompt-cosine head over the
+    66 SPoSE labels are trained on the 1,806 training concepts (about 10 minutes on 2 CPU cores).
+    Writes OUT/metrics.json ({"before": ..., "after": ...}), OUT/learning_curves.png,
+    OUT/rdm48.png and the run (OUT/run) and prints the metrics as JSON.
     """
-    from clip_hba.evaluate import evaluate_behavior
-    from clip_hba.things import load_spose
+    from clip_hba.demo import run_demo
 
-    spose = load_spose()
-    result = evaluate_behavior(spose, n_bootstrap=n_bootstrap, seed=seed)
-    _plot_rdm48(spose, "pearson", out / "rdm48.png", None, title="SPoSE 66-d vs human RDM48")
-    _emit(result.to_dict(), out / "metrics.json")
+    _emit(run_demo(out, quick=quick), None)
 
 
 def _plot_rdm48(

@@ -68,6 +68,7 @@ def find_images(
     csv_path: str | os.PathLike | None = None,
     exemplar: str = "_01b",
     skip_missing: bool = False,
+    known_ids: Sequence[str] | None = None,
 ) -> ImageSet:
     """One image per concept from a THINGS-layout folder or a folder plus CSV.
 
@@ -85,6 +86,9 @@ def find_images(
         THINGS layout: the file-name suffix of the exemplar to use (``<concept><exemplar>.jpg``).
     skip_missing : bool
         Leave out concepts without an image (logged with a count) instead of failing.
+    known_ids : sequence of str, optional
+        If given, every concept id that the CSV names must be one of them (catches typos such
+        as ``camera`` for ``camera1``).
 
     Returns
     -------
@@ -96,6 +100,14 @@ def find_images(
     if csv_path is None and (root / "images.csv").is_file():
         csv_path = root / "images.csv"
     found = _from_csv(root, Path(csv_path)) if csv_path else _from_things_layout(root, exemplar)
+    if csv_path and known_ids is not None:
+        known = set(known_ids)
+        unknown = [c for c in found if c not in known]
+        if unknown:
+            raise InputError(
+                f"Image list {csv_path} names {len(unknown)} unknown concept id(s): "
+                f"{_preview(unknown)}."
+            )
     wanted = list(found) if concept_ids is None else list(concept_ids)
     missing = [c for c in wanted if c not in found]
     if missing and not skip_missing:
@@ -138,13 +150,14 @@ def _from_csv(root: Path, csv_path: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for row in rows:
         concept, image = row["concept_id"].strip(), (root / row["image"].strip())
+        if not image.is_file():
+            raise InputError(f"Image list {csv_path} names a missing file: {image}.")
         if concept in found:
             raise InputError(
                 f"Image list {csv_path} gives concept {concept!r} more than one image; "
                 "training uses one image per concept."
             )
-        if image.is_file():
-            found[concept] = image
+        found[concept] = image
     return found
 
 

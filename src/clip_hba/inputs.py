@@ -74,11 +74,16 @@ class ConceptInputs:
 
 def concept_inputs(
     backbone: Backbone,
-    concept_ids: Sequence[str],
+    concept_ids: Sequence[str] | None,
     config: InputConfig,
     data_dir: str | os.PathLike | None = None,
+    things_ids_only: bool = True,
 ) -> ConceptInputs:
-    """Inputs for ``concept_ids``: images for CLIP, word + definition for a text encoder."""
+    """Inputs for ``concept_ids``: images for CLIP, word + definition for a text encoder.
+
+    ``concept_ids=None`` takes every image found (CLIP) or every THINGS concept (text). With
+    ``things_ids_only`` an image list naming a concept outside THINGS is an error.
+    """
     if backbone.kind == "clip":
         if config.images is None:
             raise InputError(
@@ -90,6 +95,7 @@ def concept_inputs(
             csv_path=config.images_csv,
             exemplar=config.exemplar,
             skip_missing=config.skip_missing,
+            known_ids=load_concepts(data_dir).ids if things_ids_only else None,
         )
         size = backbone.concept_tower.image_size
         pixels = load_pixels(found.paths, size, config.normalization)
@@ -100,6 +106,7 @@ def concept_inputs(
             {"pixel_values": pixels}, found.concept_ids, found.image_ids, digest.hexdigest()
         )
     concepts = load_concepts(data_dir)
+    concept_ids = concepts.ids if concept_ids is None else concept_ids
     rows = concepts.index(list(concept_ids))
     texts = [
         config.text_template.format(word=concepts.words[r], definition=concepts.definitions[r])

@@ -16,7 +16,7 @@ from clip_hba._io import write_atomic
 from clip_hba._validation import InputError
 from clip_hba.rsa import RDM, align
 
-__all__ = ["check_figure_path", "plot_rdm_comparison"]
+__all__ = ["check_figure_path", "plot_learning_curves", "plot_rdm_comparison", "plot_rdms"]
 
 
 def check_figure_path(path: str | os.PathLike) -> Path:
@@ -58,10 +58,7 @@ def plot_rdm_comparison(
     axes[2].set_ylabel(f"model dissimilarity ({model.metric})")
     axes[2].set_title(f"Spearman rho = {rho:.3f} ({int(keep.sum())} pairs)")
     fig.suptitle(title)
-    suffix = Path(path).suffix.lstrip(".").lower()
-    written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=150, format=suffix))
-    plt.close(fig)
-    return written
+    return _save(fig, path)
 
 
 def _rank_square(rdm_: RDM) -> np.ndarray:
@@ -69,3 +66,50 @@ def _rank_square(rdm_: RDM) -> np.ndarray:
     square = RDM(ranks * 100, rdm_.concept_ids).square()
     np.fill_diagonal(square, np.nan)
     return square
+
+
+def plot_rdms(rdms: dict[str, RDM], path: str | os.PathLike, title: str = "") -> Path:
+    """RDMs side by side (percentile of dissimilarity), aligned by concept id to the first.
+
+    Panel titles give each RDM's Spearman rho with the first (e.g. the human RDM).
+    """
+    check_figure_path(path)
+    names = list(rdms)
+    reference = rdms[names[0]]
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(4.6 * len(names), 4.4), constrained_layout=True
+    )
+    for ax, name in zip(np.atleast_1d(axes), names, strict=True):
+        first, other = align(reference, rdms[name])
+        image = ax.imshow(_rank_square(other), cmap="viridis", interpolation="nearest")
+        keep = ~(np.isnan(first.condensed) | np.isnan(other.condensed))
+        rho = stats.spearmanr(first.condensed[keep], other.condensed[keep]).statistic
+        ax.set_title(name if rdms[name] is reference else f"{name} (rho = {rho:.3f})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes, shrink=0.8, label="percentile of dissimilarity")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_learning_curves(log: list[dict], path: str | os.PathLike, title: str = "") -> Path:
+    """Training and validation MSE and the held-out 48-object rho per epoch."""
+    check_figure_path(path)
+    epochs = [r["epoch"] for r in log]
+    fig, (loss_ax, rho_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    trained = [r for r in log if r.get("train_loss") is not None]
+    loss_ax.plot([r["epoch"] for r in trained], [r["train_loss"] for r in trained], label="train")
+    loss_ax.plot(epochs, [r["val_loss"] for r in log], label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="MSE (targets 0-100)", title="loss")
+    loss_ax.legend()
+    rho_ax.plot(epochs, [r.get("rdm48_spearman") for r in log], color="C2")
+    rho_ax.set(xlabel="epoch", ylabel="Spearman rho", title="held-out 48-object RDM")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    suffix = Path(path).suffix.lstrip(".").lower()
+    written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=150, format=suffix))
+    plt.close(fig)
+    return written

@@ -41,6 +41,7 @@ from clip_hba.checkpoints import (
     save_tensors,
     write_state,
 )
+from clip_hba.embed import save_embedding
 from clip_hba.embeddings import ConceptEmbedding
 from clip_hba.evaluate import evaluate_behavior
 from clip_hba.inputs import ConceptInputs, InputConfig, concept_inputs
@@ -258,7 +259,9 @@ def fit_behavior(
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_config(run_dir, config, model, inputs)
         save_tensors(run_dir / WEIGHTS_FILE, _weights(model))
-        write_json_atomic(run_dir / METRICS_FILE, {"before": _metrics(batches, inputs, config)})
+        write_json_atomic(
+            run_dir / METRICS_FILE, {"before": _metrics(batches, inputs, config, "before")}
+        )
         log.append(_evaluate_epoch(0, batches, rows, target, inputs, config, train_loss=None))
         progress["best_val_loss"] = log[0]["val_loss"]
         _save_last(run_dir, model, optimizer, generator, progress, log)
@@ -307,7 +310,7 @@ def fit_behavior(
     _load_weights(model, load_tensors(run_dir / WEIGHTS_FILE))
     metrics = read_json(run_dir / METRICS_FILE)
     metrics.update(
-        after=_metrics(batches, inputs, config),
+        after=_metrics(batches, inputs, config, "after"),
         best_epoch=progress["best_epoch"],
         best_val_loss=progress["best_val_loss"],
         epochs_run=progress["epoch"],
@@ -439,7 +442,7 @@ def _check_resumable(run_dir: Path, config: BehaviorFitConfig) -> None:
     if not (run_dir / STATE_FILE).is_file():
         raise InputError(f"Nothing to resume in {run_dir}: it holds no {STATE_FILE}.")
     saved = read_json(run_dir / CONFIG_FILE)["fit"]
-    current = config.to_dict()
+    current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
     changed = sorted(
         k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
     )
@@ -449,10 +452,16 @@ def _check_resumable(run_dir: Path, config: BehaviorFitConfig) -> None:
         )
 
 
-def _metrics(batches: _Batches, inputs: ConceptInputs, config: BehaviorFitConfig) -> dict:
-    """`evaluate_behavior` of the predictions for every concept with inputs."""
+def _metrics(
+    batches: _Batches, inputs: ConceptInputs, config: BehaviorFitConfig, stage: str
+) -> dict:
+    """`evaluate_behavior` of the predictions for every concept with inputs.
+
+    The predictions are saved as ``predictions_<stage>.npz`` in the run directory.
+    """
     predictions = batches.predict_all(torch.arange(len(inputs)), config.batch_size)
     embedding = ConceptEmbedding(
         predictions.double().numpy(), inputs.concept_ids, batches.model.labels
     )
+    save_embedding(Path(config.out) / f"predictions_{stage}.npz", embedding, inputs.item_ids)
     return evaluate_behavior(embedding, seed=config.seed, data_dir=config.data_dir).to_dict()
