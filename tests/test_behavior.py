@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import make_things_images, make_tiny_bert, make_tiny_clip
 
 from clip_hba._validation import InputError
 from clip_hba.adapters import AdapterConfig, add_adapters
@@ -18,6 +17,7 @@ from clip_hba.inputs import InputConfig, concept_inputs
 from clip_hba.models import BehaviorModel, HeadConfig, first_trainable_block
 from clip_hba.things import load_spose_labels, split_concepts
 from clip_hba.train import BehaviorFitConfig, fit_behavior, load_run
+from tiny_models import make_things_images, make_tiny_bert, make_tiny_clip
 
 SPLIT = split_concepts(seed=0)
 TRAIN, VAL = list(SPLIT.train_ids[:16]), list(SPLIT.val_ids[:4])
