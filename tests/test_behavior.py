@@ -15,9 +15,9 @@ from clip_hba.embed import embed, load_model, save_embedding
 from clip_hba.embeddings import read_embedding
 from clip_hba.inputs import InputConfig, concept_inputs
 from clip_hba.models import BehaviorModel, HeadConfig, first_trainable_block
+from clip_hba.testing import make_things_images, make_tiny_bert, make_tiny_clip
 from clip_hba.things import load_spose_labels, split_concepts
 from clip_hba.train import BehaviorFitConfig, fit_behavior, load_run
-from tiny_models import make_things_images, make_tiny_bert, make_tiny_clip
 
 SPLIT = split_concepts(seed=0)
 TRAIN, VAL = list(SPLIT.train_ids[:16]), list(SPLIT.val_ids[:4])
@@ -262,7 +262,10 @@ def test_text_backbone_trains_with_shared_towers(tiny_bert, tmp_path):
         )
         for mode in ("off", "memory")
     ]
-    np.testing.assert_allclose(losses(runs[0].log), losses(runs[1].log), atol=1e-5, rtol=1e-5)
+    # losses only: the rho of a random tiny encoder's nearly tied RDM is not a stable number
+    np.testing.assert_allclose(
+        losses(runs[0].log)[:, :2], losses(runs[1].log)[:, :2], atol=1e-5, rtol=1e-5
+    )
     assert losses(runs[0].log)[-1, 1] < losses(runs[0].log)[0, 1]
 
 

@@ -279,7 +279,9 @@ def load_backbone(name_or_path: str | os.PathLike, *, local_only: bool = False) 
         In eval mode, every parameter frozen (adapters are added later).
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bars and one-line errors only
     source = str(name_or_path)
     local_only = local_only or Path(source).is_dir()
     try:

@@ -111,7 +111,7 @@ class PrefixCache:
         key = prefix_key(tower, block, inputs)
         n = len(inputs)
         with torch.no_grad():
-            probe = tower.hidden_at(select_inputs(inputs.tensors, [0]), block)
+            probe = tower.hidden_at(select_inputs(inputs.tensors, [0], trim=False), block)
         nbytes = n * probe[0].numel() * 4
         if mode == "auto":
             mode = "memory" if nbytes <= MEMORY_LIMIT_BYTES or directory is None else "disk"
@@ -131,7 +131,7 @@ class PrefixCache:
                 for i in progress:
                     rows = list(range(i, min(i + batch_size, n)))
                     hidden[i : rows[-1] + 1] = tower.hidden_at(
-                        select_inputs(inputs.tensors, rows), block
+                        select_inputs(inputs.tensors, rows, trim=False), block
                     )
             return cls(hidden, block, key)
 
@@ -144,7 +144,7 @@ class PrefixCache:
                 for i in progress:
                     rows = list(range(i, min(i + batch_size, n)))
                     data[i : rows[-1] + 1] = tower.hidden_at(
-                        select_inputs(inputs.tensors, rows), block
+                        select_inputs(inputs.tensors, rows, trim=False), block
                     ).numpy()
 
         write_atomic(path, write)

@@ -44,10 +44,28 @@ def first_trainable_block(tower: Tower) -> int:
     return tower.n_blocks
 
 
-def select_inputs(inputs: Inputs, rows: torch.Tensor | np.ndarray | Sequence[int]) -> Inputs:
-    """The given rows of every input tensor."""
+def select_inputs(
+    inputs: Inputs, rows: torch.Tensor | np.ndarray | Sequence[int], trim: bool = True
+) -> Inputs:
+    """The given rows of every input tensor; with ``trim``, without all-padding token columns."""
     index = torch.as_tensor(rows, dtype=torch.long)
-    return {k: v[index] for k, v in inputs.items()}
+    selected = {k: v[index] for k, v in inputs.items()}
+    length = token_length(selected) if trim else None
+    if length is None:
+        return selected
+    return {k: v[:, :length] if v.ndim == 2 else v for k, v in selected.items()}
+
+
+def token_length(inputs: Inputs) -> int | None:
+    """Number of leading token positions that hold a real token in some row (None: no tokens).
+
+    Padding is masked out of attention and pooling, so dropping columns that are padding in
+    every row changes nothing but the work done.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is None or mask.numel() == 0:
+        return None
+    return int(mask.any(dim=0).nonzero().max()) + 1
 
 
 class BehaviorModel(nn.Module):

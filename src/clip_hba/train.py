@@ -45,7 +45,13 @@ from clip_hba.embed import save_embedding
 from clip_hba.embeddings import ConceptEmbedding
 from clip_hba.evaluate import evaluate_behavior
 from clip_hba.inputs import ConceptInputs, InputConfig, concept_inputs
-from clip_hba.models import BehaviorModel, HeadConfig, first_trainable_block, select_inputs
+from clip_hba.models import (
+    BehaviorModel,
+    HeadConfig,
+    first_trainable_block,
+    select_inputs,
+    token_length,
+)
 from clip_hba.rsa import RDM, compare
 from clip_hba.things import load_rdm48, load_spose, split_concepts
 
@@ -172,10 +178,12 @@ class _Batches:
     def predict(self, rows: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
             return self.model(select_inputs(self.inputs.tensors, rows))
+        aux = select_inputs(self.inputs.aux, rows)
         hidden = self.cache.hidden(rows)
-        return self.model.forward_from(
-            hidden, select_inputs(self.inputs.aux, rows), self.cache.block
-        )
+        length = token_length(aux)
+        if length is not None:
+            hidden = hidden[:, :length]
+        return self.model.forward_from(hidden, aux, self.cache.block)
 
     @torch.no_grad()
     def predict_all(self, rows: torch.Tensor, batch_size: int) -> torch.Tensor:

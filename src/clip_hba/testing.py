@@ -1,4 +1,9 @@
-"""Tiny random models and synthetic images for tests (no network, seconds to build)."""
+"""Random models and synthetic images for tests, benchmarks and examples (no network needed).
+
+`make_random_clip` saves a randomly initialised CLIP of any shape (tiny for tests, CLIP ViT-L/14
+for benchmarks) with a character-level CLIP tokenizer; `make_things_images` writes synthetic
+images in the THINGS folder layout.
+"""
 
 from pathlib import Path
 
@@ -8,6 +13,14 @@ from PIL import Image
 from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+__all__ = [
+    "char_level_clip_tokenizer",
+    "make_random_clip",
+    "make_things_images",
+    "make_tiny_bert",
+    "make_tiny_clip",
+]
+
 
 def char_level_clip_tokenizer() -> CLIPTokenizer:
     """A CLIP tokenizer with a byte-level vocabulary and no merges (one token per character)."""
@@ -16,33 +29,44 @@ def char_level_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
 
 
-def make_tiny_clip(
-    path: Path, *, vision_layers: int = 3, text_layers: int = 2, image_size: int = 32, seed: int = 0
+def make_random_clip(
+    path: Path,
+    *,
+    vision: dict | None = None,
+    text: dict | None = None,
+    projection_dim: int = 16,
+    seed: int = 0,
 ) -> Path:
-    """Save a randomly initialised CLIP (width 32) and its tokenizer to ``path``."""
+    """Save a randomly initialised CLIP and a character-level tokenizer to ``path``.
+
+    ``vision`` and ``text`` override the tiny defaults (width 32; 3 vision and 2 text blocks;
+    32 px images in 8 px patches), e.g. ``vision=dict(hidden_size=1024, ...)``.
+    """
     tokenizer = char_level_clip_tokenizer()
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+    )
+    vision_config = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            eos_token_id=eos,
-            pad_token_id=eos,
-            bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=8,
-        ),
-        projection_dim=16,
+        text_config={**text_config, **(text or {})},
+        vision_config={**vision_config, **(vision or {})},
+        projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(path)
@@ -50,7 +74,12 @@ def make_tiny_clip(
     return path
 
 
-def make_tiny_bert(path: Path, tokenizer_source: Path | None = None, seed: int = 0) -> Path:
+def make_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """A tiny CLIP (width 32; 3 vision and 2 text blocks; 32 px images) for tests."""
+    return make_random_clip(path, seed=seed)
+
+
+def make_tiny_bert(path: Path, seed: int = 0) -> Path:
     """Save a randomly initialised 3-layer BERT (width 32) with a BERT tokenizer to ``path``."""
     from transformers import BertTokenizerFast
 
