@@ -366,3 +366,18 @@ def test_wrong_label_count_is_rejected(tiny_clip, images, tmp_path):
 def test_unloadable_model_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="Cannot load a model config"):
         load_backbone(tmp_path)
+
+
+def test_train_dropout_is_seeded_resumable_and_cache_exact(tiny_bert, tmp_path):
+    def config(out, **overrides):
+        settings = dict(adapter=AdapterConfig(rank=4, layers=(1, 2)), train_dropout=True)
+        return fit_config(tiny_bert, tmp_path / out, **{**settings, **overrides})
+
+    full = fit_behavior(config("full", epochs=4), verbose=False)
+    without = fit_behavior(config("plain", epochs=4, train_dropout=False), verbose=False)
+    assert not np.allclose(losses(full.log)[1:, 0], losses(without.log)[1:, 0])  # dropout acts
+    uncached = fit_behavior(config("uncached", epochs=4, cache="off"), verbose=False)
+    np.testing.assert_allclose(losses(uncached.log)[:, :2], losses(full.log)[:, :2], rtol=1e-5)
+    fit_behavior(config("split", epochs=2), verbose=False)
+    resumed = fit_behavior(config("split", epochs=4), resume=True, verbose=False)
+    np.testing.assert_array_equal(losses(resumed.log), losses(full.log))

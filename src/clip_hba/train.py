@@ -80,6 +80,7 @@ class BehaviorFitConfig:
     max_concepts: int | None = None  # use only this many train+val concepts (quick runs)
     data_dir: str | None = None  # THINGS data directory (default: bundled)
     time_budget_s: float | None = None  # stop training after this many seconds (best kept)
+    train_dropout: bool = False  # dropout of the trainable blocks (and adapters) while training
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, dict):
@@ -274,7 +275,9 @@ def fit_behavior(
         progress["best_val_loss"] = log[0]["val_loss"]
         _save_last(run_dir, model, optimizer, generator, progress, log)
 
-    model.eval()  # no dropout: the cached prefix and the suffix see the same deterministic model
+    # Frozen blocks always run in eval mode, so the cached prefix is what the model computes;
+    # only the trainable blocks may use their dropout while training (train_dropout).
+    model.eval()
     started = time.perf_counter()
     epochs = tqdm(
         range(progress["epoch"] + 1, config.epochs + 1),
@@ -285,9 +288,11 @@ def fit_behavior(
     )
     stopped_early = False
     for epoch in epochs:
+        _set_dropout(model, config.train_dropout)
         train_loss = _train_epoch(
             batches, rows["train"], target, optimizer, generator, config.batch_size
         )
+        _set_dropout(model, False)
         record = _evaluate_epoch(epoch, batches, rows, target, inputs, config, train_loss)
         log.append(record)
         progress["epoch"] = epoch
@@ -343,6 +348,14 @@ def _limit(
         return list(train_ids), list(val_ids)
     n_val = max(1, round(config.max_concepts * config.val_fraction))
     return list(train_ids[: config.max_concepts - n_val]), list(val_ids[:n_val])
+
+
+def _set_dropout(model: BehaviorModel, active: bool) -> None:
+    """Train mode (dropout on) for the blocks from the first trainable one on, or eval mode."""
+    towers = {id(t): t for t in (model.concept_tower, model.backbone.label_tower) if t is not None}
+    for tower in towers.values():
+        for block in tower.blocks[first_trainable_block(tower) :]:
+            block.train(active)
 
 
 def _train_epoch(
@@ -420,6 +433,7 @@ def _save_last(
     tensors, groups = optimizer_tensors(optimizer)
     tensors.update(_weights(model))
     tensors["generator_state"] = generator.get_state()
+    tensors["torch_rng_state"] = torch.get_rng_state()  # dropout draws from the global generator
     save_tensors(run_dir / LAST_FILE, tensors)
     text = "".join(json.dumps(record) + "\n" for record in log)
     write_atomic(run_dir / LOG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -437,6 +451,7 @@ def _restore(
     _load_weights(model, tensors)
     optimizer_from_tensors(optimizer, tensors, state.pop("param_groups"))
     generator.set_state(tensors["generator_state"])
+    torch.set_rng_state(tensors["torch_rng_state"])
     lines = (run_dir / LOG_FILE).read_text(encoding="utf-8").splitlines()
     log = [json.loads(line) for line in lines if line.strip()][: state["epoch"] + 1]
     logger.info("Resuming %s after epoch %d", run_dir, state["epoch"])
