@@ -240,6 +240,14 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_clip, images, tmp_
         torch.testing.assert_close(load_file(tmp_path / "killed" / "last.safetensors")[key], value)
 
 
+def test_cosine_schedule():
+    from clip_hba.train import epoch_lr
+
+    config = fit_config("m", "o", lr=0.1, epochs=4, lr_schedule="cosine")
+    assert [round(epoch_lr(config, e), 6) for e in (1, 2, 3, 4)] == [0.1, 0.085355, 0.05, 0.014645]
+    assert epoch_lr(fit_config("m", "o", lr=0.1), 3) == 0.1
+
+
 def test_resume_and_overwrite_errors(tiny_clip, images, tmp_path):
     with pytest.raises(InputError, match="Nothing to resume"):
         fit_behavior(fit_config(tiny_clip, tmp_path / "none", images), resume=True, verbose=False)
@@ -249,6 +257,14 @@ def test_resume_and_overwrite_errors(tiny_clip, images, tmp_path):
     with pytest.raises(InputError, match="other settings: lr"):
         fit_behavior(
             fit_config(tiny_clip, tmp_path / "run", images, lr=0.5), resume=True, verbose=False
+        )
+    cosine = dict(epochs=1, lr_schedule="cosine")
+    fit_behavior(fit_config(tiny_clip, tmp_path / "cos", images, **cosine), verbose=False)
+    with pytest.raises(InputError, match="other settings: epochs"):  # the schedule depends on it
+        fit_behavior(
+            fit_config(tiny_clip, tmp_path / "cos", images, epochs=3, lr_schedule="cosine"),
+            resume=True,
+            verbose=False,
         )
 
 

@@ -300,6 +300,14 @@ def fit_behavior_command(
             help="Frozen-prefix cache: auto = memory up to 4 GiB, else disk; off = run every block."
         ),
     ] = "auto",
+    lr_schedule: Annotated[
+        Literal["constant", "cosine"],
+        typer.Option(help="Learning rate per epoch: constant, or cosine decay to 0 over --epochs."),
+    ] = "constant",
+    train_dropout: Annotated[
+        bool,
+        typer.Option(help="Use the backbone's dropout in the trained blocks while training."),
+    ] = False,
     max_concepts: Annotated[
         int | None,
         typer.Option(min=4, help="Use only this many train+validation concepts (quick runs)."),
@@ -346,6 +354,8 @@ def fit_behavior_command(
         seed=seed,
         val_fraction=val_fraction,
         cache=cache,
+        lr_schedule=lr_schedule,
+        train_dropout=train_dropout,
         max_concepts=max_concepts,
         data_dir=None if data_dir is None else str(data_dir),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class BehaviorFitConfig:
     data_dir: str | None = None  # THINGS data directory (default: bundled)
     time_budget_s: float | None = None  # stop training after this many seconds (best kept)
     train_dropout: bool = False  # dropout of the trainable blocks (and adapters) while training
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr -> 0 over `epochs`
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, dict):
@@ -90,6 +92,7 @@ class BehaviorFitConfig:
         if isinstance(self.head, dict):
             self.head = HeadConfig(**self.head)
         check_option("cache", self.cache, ("auto", "memory", "disk", "off"))
+        check_option("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         for name in ("epochs", "batch_size", "patience"):
             if int(getattr(self, name)) < 1:
                 raise InputError(
@@ -289,6 +292,8 @@ def fit_behavior(
     stopped_early = False
     for epoch in epochs:
         _set_dropout(model, config.train_dropout)
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(config, epoch)
         train_loss = _train_epoch(
             batches, rows["train"], target, optimizer, generator, config.batch_size
         )
@@ -348,6 +353,13 @@ def _limit(
         return list(train_ids), list(val_ids)
     n_val = max(1, round(config.max_concepts * config.val_fraction))
     return list(train_ids[: config.max_concepts - n_val]), list(val_ids[:n_val])
+
+
+def epoch_lr(config: BehaviorFitConfig, epoch: int) -> float:
+    """Learning rate of epoch ``epoch`` (1-based): constant, or cosine decay to 0 at the end."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
 
 
 def _set_dropout(model: BehaviorModel, active: bool) -> None:
@@ -466,9 +478,8 @@ def _check_resumable(run_dir: Path, config: BehaviorFitConfig) -> None:
         raise InputError(f"Nothing to resume in {run_dir}: it holds no {STATE_FILE}.")
     saved = read_json(run_dir / CONFIG_FILE)["fit"]
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
-    changed = sorted(
-        k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
-    )
+    free = RESUMABLE_CHANGES - ({"epochs"} if config.lr_schedule == "cosine" else set())
+    changed = sorted(k for k in current if k not in free and saved.get(k) != current[k])
     if changed:
         raise InputError(
             f"Cannot resume {run_dir} with other settings: {', '.join(changed)} differ."
