@@ -63,6 +63,9 @@ class ConceptInputs:
     def __len__(self) -> int:
         return len(self.concept_ids)
 
+    def __contains__(self, concept_id: object) -> bool:
+        return concept_id in self._row
+
     def rows(self, concept_ids: Sequence[str]) -> torch.Tensor:
         return torch.tensor([self._row[c] for c in concept_ids], dtype=torch.long)
 

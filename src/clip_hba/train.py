@@ -223,25 +223,12 @@ def fit_behavior(
             f"{run_dir} already holds a run; use --resume to continue it or another --out."
         )
     model = build_model(config)
-    split = split_concepts(config.seed, config.val_fraction, config.data_dir)
-    train_ids, val_ids = _limit(split.train_ids, split.val_ids, config)
-    concept_ids = [*train_ids, *val_ids, *split.test_ids]
-    inputs = concept_inputs(model.backbone, concept_ids, config.inputs, config.data_dir)
-    present = set(inputs.concept_ids)
-    train_ids = [c for c in train_ids if c in present]
-    val_ids = [c for c in val_ids if c in present]
-    test_ids = [c for c in split.test_ids if c in present]
-    if len(train_ids) < 2 or not val_ids:
-        raise InputError("Too few training or validation concepts have inputs.")
-
-    targets = load_spose(config.data_dir, rescale="minmax100").select(list(inputs.concept_ids))
-    target = torch.tensor(targets.values, dtype=torch.float32)
+    inputs, rows, target = _training_data(model, config)
     cache = None
     if config.cache != "off":
-        start = first_trainable_block(model.concept_tower)
         cache = PrefixCache.build(
             model.concept_tower,
-            start,
+            first_trainable_block(model.concept_tower),
             inputs,
             mode=config.cache,
             directory=run_dir / "cache",
@@ -249,10 +236,6 @@ def fit_behavior(
             verbose=verbose,
         )
     batches = _Batches(model, inputs, cache)
-    rows = {
-        name: inputs.rows(ids)
-        for name, ids in (("train", train_ids), ("val", val_ids), ("test", test_ids))
-    }
 
     optimizer = torch.optim.AdamW(
         model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -310,7 +293,7 @@ def fit_behavior(
         epochs.set_postfix(
             train=f"{train_loss:.3g}",
             val=f"{record['val_loss']:.3g}",
-            rho48=f"{record['rdm48_spearman']:.3f}",
+            rho48=f"{record['rdm48_spearman'] or float('nan'):.3f}",
             best=progress["best_epoch"],
         )
         if progress["bad_epochs"] >= config.patience:
@@ -344,6 +327,29 @@ def fit_behavior(
         log,
         model,
     )
+
+
+def _training_data(
+    model: BehaviorModel, config: BehaviorFitConfig
+) -> tuple[ConceptInputs, dict[str, torch.Tensor], torch.Tensor]:
+    """Inputs of the train, validation and held-out concepts, their rows, and the targets.
+
+    Returns
+    -------
+    inputs : ConceptInputs
+    rows : dict with "train", "val", "test" -> row numbers into ``inputs``
+    target : Tensor, shape (len(inputs), 66), SPoSE rescaled to [0, 100]
+    """
+    split = split_concepts(config.seed, config.val_fraction, config.data_dir)
+    train_ids, val_ids = _limit(split.train_ids, split.val_ids, config)
+    concept_ids = [*train_ids, *val_ids, *split.test_ids]
+    inputs = concept_inputs(model.backbone, concept_ids, config.inputs, config.data_dir)
+    groups = {"train": train_ids, "val": val_ids, "test": split.test_ids}
+    rows = {name: inputs.rows([c for c in ids if c in inputs]) for name, ids in groups.items()}
+    if len(rows["train"]) < 2 or len(rows["val"]) < 1:
+        raise InputError("Too few training or validation concepts have inputs.")
+    targets = load_spose(config.data_dir, rescale="minmax100").select(list(inputs.concept_ids))
+    return inputs, rows, torch.tensor(targets.values, dtype=torch.float32)
 
 
 def _limit(
