@@ -42,7 +42,7 @@ def check_unique_ids(name: str, ids: Sequence[str]) -> None:
     duplicates = [i for i in ids if i in seen or seen.add(i)]
     if duplicates:
         raise InputError(
-            f"{name} repeats {len(duplicates)} concept id(s): {_preview(sorted(set(duplicates)))}."
+            f"{name} repeats {len(duplicates)} concept id(s): {preview(sorted(set(duplicates)))}."
         )
 
 
@@ -50,9 +50,10 @@ def check_known_ids(name: str, ids: Iterable[str], known: set[str] | dict[str, i
     """Raise `InputError` naming the ids of ``ids`` that are not in ``known``."""
     unknown = [i for i in ids if i not in known]
     if unknown:
-        raise InputError(f"{name} holds {len(unknown)} unknown concept id(s): {_preview(unknown)}.")
+        raise InputError(f"{name} holds {len(unknown)} unknown concept id(s): {preview(unknown)}.")
 
 
-def _preview(items: Sequence[Any], n: int = 5) -> str:
+def preview(items: Sequence[Any], n: int = 5) -> str:
+    """The first ``n`` items, quoted, and how many more there are."""
     shown = ", ".join(repr(i) for i in items[:n])
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from clip_hba._validation import InputError, _preview, check_option
+from clip_hba._validation import InputError, check_option, preview
 
 __all__ = [
     "NORMALIZATIONS",
@@ -106,18 +106,18 @@ def find_images(
         if unknown:
             raise InputError(
                 f"Image list {csv_path} names {len(unknown)} unknown concept id(s): "
-                f"{_preview(unknown)}."
+                f"{preview(unknown)}."
             )
     wanted = list(found) if concept_ids is None else list(concept_ids)
     missing = [c for c in wanted if c not in found]
     if missing and not skip_missing:
         raise InputError(
-            f"No image for {len(missing)} of {len(wanted)} concepts in {root}: {_preview(missing)}"
+            f"No image for {len(missing)} of {len(wanted)} concepts in {root}: {preview(missing)}"
             " (use --skip-missing to leave them out)."
         )
     if missing:
         logger.warning(
-            "Skipping %d concept(s) without an image: %s", len(missing), _preview(missing)
+            "Skipping %d concept(s) without an image: %s", len(missing), preview(missing)
         )
     kept = [c for c in wanted if c in found]
     if not kept:
