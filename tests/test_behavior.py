@@ -290,7 +290,7 @@ def test_text_backbone_trains_with_shared_towers(tiny_bert, tmp_path):
 
 def test_embedding_is_batch_independent(tiny_clip, images, tmp_path):
     fit_behavior(fit_config(tiny_clip, tmp_path / "run", images, epochs=1), verbose=False)
-    model = load_model(tmp_path / "run")
+    model, _ = load_model(tmp_path / "run")
     inputs = concept_inputs(model.backbone, CONCEPTS, InputConfig(images=str(images)))
     one = embed(model, inputs, batch_size=1)
     sixteen = embed(model, inputs, batch_size=16)
@@ -308,7 +308,8 @@ def test_embedding_is_batch_independent(tiny_clip, images, tmp_path):
 
 
 def test_base_model_embeds_without_a_run(tiny_clip, images):
-    model = load_model(tiny_clip)
+    model, settings = load_model(tiny_clip)
+    assert settings == InputConfig()
     inputs = concept_inputs(model.backbone, TRAIN[:3], InputConfig(images=str(images)))
     assert embed(model, inputs).values.shape == (3, 66)
 

@@ -80,10 +80,12 @@ class Tower(nn.Module):
         """Pooled features from the hidden states entering ``blocks[block]``, shape (B, P).
 
         With ``pooled_only`` the last block computes only the token that the pooling reads
-        (its query, attention output and MLP), which gives the same features for less work.
+        (its query, attention output and MLP), which gives the same features for less work; a
+        last block in train mode (dropout) always runs whole.
         """
         bias = self.attention_bias(inputs, hidden.dtype)
-        position = self.pooled_position(hidden, inputs) if pooled_only else None
+        shortcut = pooled_only and not self.blocks[-1].training
+        position = self.pooled_position(hidden, inputs) if shortcut else None
         stop = self.n_blocks - 1 if position is not None else self.n_blocks
         for layer in self.blocks[block:stop]:
             hidden = layer(hidden, bias)

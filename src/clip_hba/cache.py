@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -21,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from clip_hba._io import write_atomic
-from clip_hba._validation import check_option
+from clip_hba._validation import InputError, check_option
 from clip_hba.backbones import Tower
 from clip_hba.inputs import ConceptInputs
-from clip_hba.models import select_inputs
+from clip_hba.models import select_inputs, to_device
 
 __all__ = ["PrefixCache", "prefix_key"]
 
@@ -38,13 +39,8 @@ def prefix_key(tower: Tower, block: int, inputs: ConceptInputs) -> str:
     """sha256 of what the cached hidden states depend on."""
     digest = hashlib.sha256(f"block={block};inputs={inputs.fingerprint};".encode())
     digest.update(json.dumps(_tower_config(tower), sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, param in _prefix_parameters(tower, block):
-            flat = param.detach().double().flatten()
-            stats = torch.stack(
-                [flat.sum(), (flat * flat).sum(), flat[:: max(1, len(flat) // 97)].sum()]
-            )
-            digest.update(name.encode() + stats.numpy().tobytes())
+    for name, param in _prefix_parameters(tower, block):
+        digest.update(name.encode() + param.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -72,6 +68,11 @@ class PrefixCache:
         self._hidden = hidden
         self.block = block
         self.key = key
+
+    def close(self) -> None:
+        """Close the HDF5 file of a disk cache (a memory cache has nothing to close)."""
+        if self.on_disk:
+            self._hidden.file.close()
 
     @property
     def on_disk(self) -> bool:
@@ -111,41 +112,55 @@ class PrefixCache:
         key = prefix_key(tower, block, inputs)
         n = len(inputs)
         with torch.no_grad():
-            probe = tower.hidden_at(select_inputs(inputs.tensors, [0], trim=False), block)
-        nbytes = n * probe[0].numel() * 4
+            shape = _hidden_batch(tower, block, inputs, [0]).shape[1:]
         if mode == "auto":
-            mode = "memory" if nbytes <= MEMORY_LIMIT_BYTES or directory is None else "disk"
-        if mode == "disk" and directory is None:
-            raise ValueError("A disk cache needs a directory.")
-        path = None if mode == "memory" else Path(directory) / f"prefix-{key[:20]}.h5"
-        if path is not None and path.is_file():
-            logger.info("Reusing the frozen-prefix cache %s", path)
-            return cls(h5py.File(path, "r")["hidden"], block, key)
-        batches = range(0, n, batch_size)
-        progress = tqdm(
-            batches, desc=f"Caching blocks 0-{block - 1}", disable=not verbose, leave=False
-        )
-        if path is None:
-            hidden = torch.empty((n, *probe.shape[1:]), dtype=torch.float32)
-            with torch.no_grad():
-                for i in progress:
-                    rows = list(range(i, min(i + batch_size, n)))
-                    hidden[i : rows[-1] + 1] = tower.hidden_at(
-                        select_inputs(inputs.tensors, rows, trim=False), block
-                    )
+            small = n * shape.numel() * 4 <= MEMORY_LIMIT_BYTES
+            mode = "memory" if small or directory is None else "disk"
+        if mode == "memory":
+            hidden = torch.empty((n, *shape), dtype=torch.float32)
+            for rows, values in _prefix_batches(tower, block, inputs, batch_size, verbose):
+                hidden[rows] = values
             return cls(hidden, block, key)
+        if directory is None:
+            raise InputError("A disk cache needs a directory (PrefixCache.build(directory=...)).")
+        path = Path(directory) / f"prefix-{key[:20]}.h5"
+        if path.is_file():
+            handle = h5py.File(path, "r")
+            if handle.attrs.get("key") == key and len(handle["hidden"]) == n:
+                logger.info("Reusing the frozen-prefix cache %s", path)
+                return cls(handle["hidden"], block, key)
+            handle.close()
+            logger.warning("Rebuilding %s: it was made for another model or inputs.", path)
 
         def write(tmp: Path) -> None:
-            with h5py.File(tmp, "w") as handle, torch.no_grad():
-                data = handle.create_dataset(
-                    "hidden", (n, *probe.shape[1:]), "float32", chunks=(1, *probe.shape[1:])
-                )
-                handle.attrs["key"] = key
-                for i in progress:
-                    rows = list(range(i, min(i + batch_size, n)))
-                    data[i : rows[-1] + 1] = tower.hidden_at(
-                        select_inputs(inputs.tensors, rows, trim=False), block
-                    ).numpy()
+            with h5py.File(tmp, "w") as handle:
+                data = handle.create_dataset("hidden", (n, *shape), "float32", chunks=(1, *shape))
+                for rows, values in _prefix_batches(tower, block, inputs, batch_size, verbose):
+                    data[rows.start : rows.stop] = values.numpy()
+                handle.attrs["key"] = key  # last: a file without it is never reused
 
         write_atomic(path, write)
         return cls(h5py.File(path, "r")["hidden"], block, key)
+
+
+def _hidden_batch(tower: Tower, block: int, inputs: ConceptInputs, rows: list[int]) -> torch.Tensor:
+    device = next(tower.parameters()).device
+    batch = to_device(select_inputs(inputs.tensors, rows, trim=False), device)
+    return tower.hidden_at(batch, block).float().cpu()
+
+
+def _prefix_batches(
+    tower: Tower, block: int, inputs: ConceptInputs, batch_size: int, verbose: bool
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, hidden states entering ``block``) for consecutive batches of inputs, on the CPU."""
+    n = len(inputs)
+    starts = tqdm(
+        range(0, n, batch_size),
+        desc=f"Caching blocks 0-{block - 1}",
+        disable=not verbose,
+        leave=False,
+    )
+    with torch.no_grad():
+        for start in starts:
+            stop = min(start + batch_size, n)
+            yield slice(start, stop), _hidden_batch(tower, block, inputs, list(range(start, stop)))

@@ -2,9 +2,9 @@
 
 A run directory holds ``config.json`` (the resolved configuration), ``adapter.safetensors`` (the
 best epoch's trained weights: adapters and head only, never the base model), ``last.safetensors``
-+ ``state.json`` (the last finished epoch, with optimizer and random-generator state, for
-``--resume``), ``log.jsonl`` and ``metrics.json``. Nothing is pickled and every file is written
-atomically.
+(the last finished epoch with optimizer and random-generator state, and the progress that
+``--resume`` trusts, in one file so they can never disagree; ``state.json`` is a readable copy),
+``log.jsonl`` and ``metrics.json``. Nothing is pickled and every file is written atomically.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from clip_hba._io import write_atomic, write_json_atomic
+from clip_hba._io import write_atomic
 from clip_hba._validation import InputError
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "METRICS_FILE",
     "STATE_FILE",
     "WEIGHTS_FILE",
+    "load_metadata",
     "load_tensors",
     "optimizer_from_tensors",
     "optimizer_tensors",
@@ -43,10 +44,13 @@ LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write tensors to a safetensors file atomically."""
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> Path:
+    """Write tensors (and JSON-able ``metadata``) to a safetensors file atomically."""
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return write_atomic(path, lambda tmp: save_file(flat, str(tmp)))
+    header = None if metadata is None else {"clip_hba": json.dumps(metadata)}
+    return write_atomic(path, lambda tmp: save_file(flat, str(tmp), metadata=header))
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -55,6 +59,16 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (OSError, SafetensorError) as err:
         raise InputError(f"Cannot read weights {path}: {err}") from None
+
+
+def load_metadata(path: str | os.PathLike) -> dict:
+    """The ``metadata`` saved with `save_tensors` (empty if none)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (OSError, SafetensorError) as err:
+        raise InputError(f"Cannot read weights {path}: {err}") from None
+    return json.loads(header.get("clip_hba", "{}"))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -86,8 +100,3 @@ def optimizer_from_tensors(
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def write_state(path: str | os.PathLike, state: dict) -> Path:
-    """Write the training progress (JSON) atomically."""
-    return write_json_atomic(path, state)

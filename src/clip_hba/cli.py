@@ -315,6 +315,7 @@ def fit_behavior_command(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last epoch.")
     ] = False,
+    device: DeviceOption = "auto",
     data_dir: DataDirOption = None,
 ) -> None:
     """Fine-tune a CLIP (or text) backbone to predict the SPoSE 66-d behavioural embedding.
@@ -357,10 +358,17 @@ def fit_behavior_command(
         lr_schedule=lr_schedule,
         train_dropout=train_dropout,
         max_concepts=max_concepts,
+        device=device,
         data_dir=None if data_dir is None else str(data_dir),
     )
     result = fit_behavior(config, resume=resume)
     _emit(json.loads((result.run_dir / "metrics.json").read_text()), None)
+
+
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="Torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."),
+]
 
 
 @app.command("embed")
@@ -377,29 +385,40 @@ def embed_command(
     ],
     images: ImagesOption = None,
     images_csv: ImagesCsvOption = None,
-    exemplar: ExemplarOption = "_01b",
-    normalization: NormalizationOption = "things",
+    exemplar: Annotated[
+        str | None,
+        typer.Option(help="THINGS layout: exemplar suffix (default: the run's, else _01b)."),
+    ] = None,
+    normalization: Annotated[
+        Literal["things", "clip"] | None,
+        typer.Option(help="Image normalisation (default: the run's, else things)."),
+    ] = None,
     skip_missing: SkipMissingOption = False,
     batch_size: BatchSizeOption = 64,
     rdm: Annotated[
         bool, typer.Option(help="Also store the RDM (1 - Pearson, condensed) in the .npz.")
     ] = False,
+    device: DeviceOption = "auto",
     data_dir: DataDirOption = None,
 ) -> None:
     """Write the model's 66-d behavioural embedding of every concept image (or concept text).
 
+    Images are prepared as the run was trained (normalisation, text template) unless overridden.
     Deterministic and independent of --batch-size. Prints a JSON summary.
     """
-    from clip_hba.embed import embed, load_model, save_embedding
-    from clip_hba.inputs import InputConfig, concept_inputs
+    import dataclasses
 
-    behavior_model = load_model(model, data_dir)
-    config = InputConfig(
+    from clip_hba.embed import embed, load_model, save_embedding
+    from clip_hba.inputs import concept_inputs
+
+    behavior_model, trained_inputs = load_model(model, data_dir, device)
+    config = dataclasses.replace(
+        trained_inputs,
         images=None if images is None else str(images),
         images_csv=None if images_csv is None else str(images_csv),
-        exemplar=exemplar,
+        exemplar=exemplar or trained_inputs.exemplar,
+        normalization=normalization or trained_inputs.normalization,
         skip_missing=skip_missing,
-        normalization=normalization,
     )
     inputs = concept_inputs(behavior_model.backbone, None, config, data_dir, things_ids_only=False)
     embedding = embed(behavior_model, inputs, batch_size)

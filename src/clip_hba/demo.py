@@ -80,7 +80,7 @@ def run_demo(out: str | os.PathLike, quick: bool = False, verbose: bool = True) 
     out = Path(out)
     started = time.perf_counter()
     config = demo_config(out, quick)
-    if (Path(config.out) / "state.json").exists():
+    if (Path(config.out) / "last.safetensors").exists():
         raise InputError(f"{out} already holds a demo run; choose another --out.")
     result = fit_behavior(config, verbose=verbose)
     run = result.run_dir

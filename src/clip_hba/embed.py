@@ -14,7 +14,7 @@ from clip_hba._validation import InputError
 from clip_hba.backbones import load_backbone
 from clip_hba.checkpoints import CONFIG_FILE
 from clip_hba.embeddings import ConceptEmbedding
-from clip_hba.inputs import ConceptInputs
+from clip_hba.inputs import ConceptInputs, InputConfig
 from clip_hba.models import BehaviorModel, HeadConfig
 from clip_hba.rsa import rdm
 from clip_hba.things import load_spose_labels
@@ -25,16 +25,20 @@ OUTPUT_SUFFIXES = (".npz", ".csv", ".tsv")
 
 
 def load_model(
-    model: str | os.PathLike, data_dir: str | os.PathLike | None = None
-) -> BehaviorModel:
-    """A trained run directory, or a base model (hub id or folder) with the prompt-cosine head."""
-    from clip_hba.train import load_run
+    model: str | os.PathLike, data_dir: str | os.PathLike | None = None, device: str = "auto"
+) -> tuple[BehaviorModel, InputConfig]:
+    """A trained run directory, or a base model (hub id or folder) with the prompt-cosine head.
+
+    Returns the model and the input settings it expects (a run's own; defaults for a base).
+    """
+    from clip_hba.train import load_run, resolve_device, run_config
 
     path = Path(model)
     if (path / CONFIG_FILE).is_file() and (path / "adapter.safetensors").is_file():
-        return load_run(path)
+        return load_run(path, device), run_config(path).inputs
     backbone = load_backbone(model)
-    return BehaviorModel(backbone, load_spose_labels(data_dir), HeadConfig()).eval()
+    base = BehaviorModel(backbone, load_spose_labels(data_dir), HeadConfig())
+    return base.to(resolve_device(device)).eval(), InputConfig()
 
 
 def embed(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64) -> ConceptEmbedding:

@@ -14,7 +14,14 @@ from torch import nn
 from clip_hba._validation import InputError, check_option
 from clip_hba.backbones import Backbone, Inputs, Tower
 
-__all__ = ["BehaviorModel", "HeadConfig", "first_trainable_block", "select_inputs"]
+__all__ = [
+    "BehaviorModel",
+    "HeadConfig",
+    "first_trainable_block",
+    "select_inputs",
+    "to_device",
+    "token_length",
+]
 
 
 @dataclass
@@ -56,6 +63,11 @@ def select_inputs(
     return {k: v[:, :length] if v.ndim == 2 else v for k, v in selected.items()}
 
 
+def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
+    """Every input tensor on ``device``."""
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
 def token_length(inputs: Inputs) -> int | None:
     """Number of leading token positions that hold a real token in some row (None: no tokens).
 
@@ -87,7 +99,7 @@ class BehaviorModel(nn.Module):
         self.head_config = head
         self.linear: nn.Linear | None = None
         self._label_inputs: Inputs | None = None
-        self._label_hidden: torch.Tensor | None = None
+        self._label_hidden: tuple[int, torch.Tensor] | None = None  # (block, hidden states)
         self._frozen_label_features: torch.Tensor | None = None
         if head.kind == "linear":
             self.linear = nn.Linear(backbone.concept_tower.feature_dim, len(self.labels))
@@ -99,6 +111,10 @@ class BehaviorModel(nn.Module):
         else:
             prompts = [head.template.format(label=label) for label in self.labels]
             self._label_inputs = backbone.tokenize(prompts)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone_model.parameters()).device
 
     @property
     def concept_tower(self) -> Tower:
@@ -119,12 +135,13 @@ class BehaviorModel(nn.Module):
         if start == tower.n_blocks:
             if self._frozen_label_features is None:
                 with torch.no_grad():
-                    self._frozen_label_features = tower(self._label_inputs)
+                    self._frozen_label_features = tower(to_device(self._label_inputs, self.device))
             return self._frozen_label_features
-        if self._label_hidden is None or self._label_hidden.shape[0] != len(self.labels):
+        inputs = to_device(self._label_inputs, self.device)
+        if self._label_hidden is None or self._label_hidden[0] != start:
             with torch.no_grad():
-                self._label_hidden = tower.hidden_at(self._label_inputs, start)
-        return tower.features_from(self._label_hidden, self._label_inputs, start)
+                self._label_hidden = (start, tower.hidden_at(inputs, start))
+        return tower.features_from(self._label_hidden[1], inputs, start)
 
     def reset_caches(self) -> None:
         """Forget cached label features (after loading other weights)."""
@@ -149,12 +166,15 @@ class BehaviorModel(nn.Module):
     @torch.no_grad()
     def predict(self, inputs: Inputs, batch_size: int = 64) -> np.ndarray:
         """Deterministic predictions in eval mode, batch by batch, shape (N, n_labels)."""
-        was_training = self.training
+        modes = {module: module.training for module in self.modules()}
         self.eval()
         n = len(next(iter(inputs.values())))
         out = [
-            self(select_inputs(inputs, range(i, min(i + batch_size, n)))).numpy()
+            self(to_device(select_inputs(inputs, range(i, min(i + batch_size, n))), self.device))
+            .cpu()
+            .numpy()
             for i in range(0, n, batch_size)
         ]
-        self.train(was_training)
+        for module, training in modes.items():
+            module.training = training
         return np.concatenate(out).astype(np.float64)

@@ -28,6 +28,7 @@ import hashlib
 import importlib.resources
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -253,18 +254,24 @@ def load_spose_labels(data_dir: str | os.PathLike | None = None) -> tuple[str, .
 
 
 def rescale_minmax(
-    embedding: ConceptEmbedding, low: float = 0.0, high: float = 100.0
+    embedding: ConceptEmbedding,
+    low: float = 0.0,
+    high: float = 100.0,
+    reference_ids: Sequence[str] | None = None,
 ) -> ConceptEmbedding:
     """Map the global minimum of ``embedding`` to ``low`` and its maximum to ``high``.
 
     One scale for the whole matrix (not per dimension), so the relative sizes of dimensions are
-    kept, as in CLIP-HBA.
+    kept, as in CLIP-HBA. With ``reference_ids`` the minimum and maximum are taken over those
+    rows only (e.g. the training concepts), and other rows may fall outside [low, high].
     """
-    values = embedding.values
-    span = values.max() - values.min()
+    reference = (
+        embedding.values if reference_ids is None else embedding.select(reference_ids).values
+    )
+    span = reference.max() - reference.min()
     if span == 0:
         raise InputError("Cannot min-max rescale a constant embedding.")
-    scaled = low + (values - values.min()) * (high - low) / span
+    scaled = low + (embedding.values - reference.min()) * (high - low) / span
     return ConceptEmbedding(scaled, embedding.concept_ids, embedding.dim_labels)
 
 

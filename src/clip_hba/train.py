@@ -35,12 +35,12 @@ from clip_hba.checkpoints import (
     METRICS_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
+    load_metadata,
     load_tensors,
     optimizer_from_tensors,
     optimizer_tensors,
     read_json,
     save_tensors,
-    write_state,
 )
 from clip_hba.embed import save_embedding
 from clip_hba.embeddings import ConceptEmbedding
@@ -51,10 +51,11 @@ from clip_hba.models import (
     HeadConfig,
     first_trainable_block,
     select_inputs,
+    to_device,
     token_length,
 )
 from clip_hba.rsa import RDM, compare
-from clip_hba.things import load_rdm48, load_spose, split_concepts
+from clip_hba.things import load_rdm48, load_spose, rescale_minmax, split_concepts
 
 __all__ = ["BehaviorFitConfig", "FitResult", "fit_behavior", "load_run"]
 
@@ -83,8 +84,11 @@ class BehaviorFitConfig:
     time_budget_s: float | None = None  # stop training after this many seconds (best kept)
     train_dropout: bool = False  # dropout of the trainable blocks (and adapters) while training
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr -> 0 over `epochs`
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self) -> None:
+        if Path(self.model).is_dir():  # a local model: absolute, so the run loads from anywhere
+            self.model = str(Path(self.model).resolve())
         if isinstance(self.inputs, dict):
             self.inputs = InputConfig(**self.inputs)
         if isinstance(self.adapter, dict):
@@ -130,6 +134,21 @@ class FitResult:
 # ---------------------------------------------------------------------------- building
 
 
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: the first CUDA device if there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"Invalid value for 'device': {device!r} is not a torch device.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"Invalid value for 'device': {device!r}, but no CUDA device is available."
+        )
+    return resolved
+
+
 def build_model(config: BehaviorFitConfig) -> BehaviorModel:
     """Base model + head + adapters, seeded; equal to the base model at step 0."""
     backbone = load_backbone(config.model)
@@ -137,16 +156,21 @@ def build_model(config: BehaviorFitConfig) -> BehaviorModel:
     torch.manual_seed(config.seed)
     model = BehaviorModel(backbone, labels, config.head)
     add_adapters(backbone, config.adapter, seed=config.seed)
-    return model
+    return model.to(resolve_device(config.device)).eval()  # peft adds modules in train mode
 
 
-def load_run(run_dir: str | Path) -> BehaviorModel:
+def load_run(run_dir: str | Path, device: str = "auto") -> BehaviorModel:
     """The best model of a finished (or interrupted) run, in eval mode."""
-    run_dir = Path(run_dir)
-    config = BehaviorFitConfig.from_dict(read_json(run_dir / CONFIG_FILE)["fit"])
+    config = run_config(run_dir)
+    config.device = device
     model = build_model(config)
-    _load_weights(model, load_tensors(run_dir / WEIGHTS_FILE))
+    _load_weights(model, load_tensors(Path(run_dir) / WEIGHTS_FILE))
     return model.eval()
+
+
+def run_config(run_dir: str | Path) -> BehaviorFitConfig:
+    """The resolved configuration a run was trained with."""
+    return BehaviorFitConfig.from_dict(read_json(Path(run_dir) / CONFIG_FILE)["fit"])
 
 
 def _weights(model: BehaviorModel) -> dict[str, torch.Tensor]:
@@ -180,20 +204,24 @@ class _Batches:
         self.model, self.inputs, self.cache = model, inputs, cache
 
     def predict(self, rows: torch.Tensor) -> torch.Tensor:
+        """Predictions for input rows (on the CPU), shape (len(rows), n_labels), on the device."""
+        device = self.model.device
         if self.cache is None:
-            return self.model(select_inputs(self.inputs.tensors, rows))
+            return self.model(to_device(select_inputs(self.inputs.tensors, rows), device))
         aux = select_inputs(self.inputs.aux, rows)
         hidden = self.cache.hidden(rows)
         length = token_length(aux)
         if length is not None:
             hidden = hidden[:, :length]
-        return self.model.forward_from(hidden, aux, self.cache.block)
+        return self.model.forward_from(hidden.to(device), to_device(aux, device), self.cache.block)
 
     @torch.no_grad()
     def predict_all(self, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
-        return torch.cat(
-            [self.predict(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
-        )
+        """Predictions for many rows, batch by batch, without gradients, on the CPU."""
+        parts = [
+            self.predict(rows[i : i + batch_size]).cpu() for i in range(0, len(rows), batch_size)
+        ]
+        return torch.cat(parts)
 
 
 def fit_behavior(
@@ -218,7 +246,7 @@ def fit_behavior(
     run_dir = Path(config.out)
     if resume:
         _check_resumable(run_dir, config)
-    elif (run_dir / STATE_FILE).exists():
+    elif (run_dir / LAST_FILE).exists():
         raise InputError(
             f"{run_dir} already holds a run; use --resume to continue it or another --out."
         )
@@ -249,6 +277,11 @@ def fit_behavior(
     }
     log: list[dict] = []
     if resume:
+        saved = read_json(run_dir / CONFIG_FILE)["inputs_fingerprint"]
+        if saved != inputs.fingerprint:
+            raise InputError(
+                f"Cannot resume {run_dir}: the concept inputs (images or texts) have changed."
+            )
         progress, log = _restore(run_dir, model, optimizer, generator)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +307,9 @@ def fit_behavior(
     )
     stopped_early = False
     for epoch in epochs:
+        if progress["bad_epochs"] >= config.patience:  # e.g. resuming a run that had stopped
+            stopped_early = True
+            break
         _set_dropout(model, config.train_dropout)
         for group in optimizer.param_groups:
             group["lr"] = epoch_lr(config, epoch)
@@ -296,9 +332,6 @@ def fit_behavior(
             rho48=f"{record['rdm48_spearman'] or float('nan'):.3f}",
             best=progress["best_epoch"],
         )
-        if progress["bad_epochs"] >= config.patience:
-            stopped_early = True
-            break
         if (
             config.time_budget_s is not None
             and time.perf_counter() - started > config.time_budget_s
@@ -318,6 +351,8 @@ def fit_behavior(
         stopped_early=stopped_early,
     )
     write_json_atomic(run_dir / METRICS_FILE, metrics)
+    if cache is not None:
+        cache.close()
     return FitResult(
         run_dir,
         progress["best_epoch"],
@@ -338,7 +373,8 @@ def _training_data(
     -------
     inputs : ConceptInputs
     rows : dict with "train", "val", "test" -> row numbers into ``inputs``
-    target : Tensor, shape (len(inputs), 66), SPoSE rescaled to [0, 100]
+    target : Tensor, shape (len(inputs), 66), SPoSE rescaled to [0, 100] by the minimum and
+        maximum of the 1,806 non-held-out concepts (held-out concepts never set the scale)
     """
     split = split_concepts(config.seed, config.val_fraction, config.data_dir)
     train_ids, val_ids = _limit(split.train_ids, split.val_ids, config)
@@ -348,7 +384,9 @@ def _training_data(
     rows = {name: inputs.rows([c for c in ids if c in inputs]) for name, ids in groups.items()}
     if len(rows["train"]) < 2 or len(rows["val"]) < 1:
         raise InputError("Too few training or validation concepts have inputs.")
-    targets = load_spose(config.data_dir, rescale="minmax100").select(list(inputs.concept_ids))
+    spose = load_spose(config.data_dir)
+    scaled = rescale_minmax(spose, reference_ids=[*split.train_ids, *split.val_ids])
+    targets = scaled.select(list(inputs.concept_ids))
     return inputs, rows, torch.tensor(targets.values, dtype=torch.float32)
 
 
@@ -388,7 +426,7 @@ def _train_epoch(
     total = 0.0
     for i in range(0, len(order), batch_size):
         batch = order[i : i + batch_size]
-        loss = F.mse_loss(batches.predict(batch), target[batch])
+        loss = F.mse_loss(batches.predict(batch), target[batch].to(batches.model.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -452,10 +490,11 @@ def _save_last(
     tensors.update(_weights(model))
     tensors["generator_state"] = generator.get_state()
     tensors["torch_rng_state"] = torch.get_rng_state()  # dropout draws from the global generator
-    save_tensors(run_dir / LAST_FILE, tensors)
     text = "".join(json.dumps(record) + "\n" for record in log)
     write_atomic(run_dir / LOG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    write_state(run_dir / STATE_FILE, {**progress, "param_groups": groups})
+    # one file holds everything resume needs, so a crash between writes cannot mix epochs
+    save_tensors(run_dir / LAST_FILE, tensors, {**progress, "param_groups": groups})
+    write_json_atomic(run_dir / STATE_FILE, progress)  # a readable copy for people
 
 
 def _restore(
@@ -464,7 +503,7 @@ def _restore(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> tuple[dict, list[dict]]:
-    state = read_json(run_dir / STATE_FILE)
+    state = load_metadata(run_dir / LAST_FILE)
     tensors = load_tensors(run_dir / LAST_FILE)
     _load_weights(model, tensors)
     optimizer_from_tensors(optimizer, tensors, state.pop("param_groups"))
@@ -480,11 +519,12 @@ RESUMABLE_CHANGES = {"epochs", "patience", "time_budget_s"}
 
 
 def _check_resumable(run_dir: Path, config: BehaviorFitConfig) -> None:
-    if not (run_dir / STATE_FILE).is_file():
-        raise InputError(f"Nothing to resume in {run_dir}: it holds no {STATE_FILE}.")
+    if not (run_dir / LAST_FILE).is_file():
+        raise InputError(f"Nothing to resume in {run_dir}: it holds no {LAST_FILE}.")
     saved = read_json(run_dir / CONFIG_FILE)["fit"]
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
     free = RESUMABLE_CHANGES - ({"epochs"} if config.lr_schedule == "cosine" else set())
+    free = free | {"out"}  # the run directory itself (given as run/ or ./run)
     changed = sorted(k for k in current if k not in free and saved.get(k) != current[k])
     if changed:
         raise InputError(
