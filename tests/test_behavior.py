@@ -398,3 +398,52 @@ def test_train_dropout_is_seeded_resumable_and_cache_exact(tiny_bert, tmp_path):
     fit_behavior(config("split", epochs=2), verbose=False)
     resumed = fit_behavior(config("split", epochs=4), resume=True, verbose=False)
     np.testing.assert_array_equal(losses(resumed.log), losses(full.log))
+
+
+def test_linear_head_is_trained_saved_and_reloaded(tiny_clip, images, tmp_path):
+    config = fit_config(tiny_clip, tmp_path / "run", images, head=HeadConfig(kind="linear"))
+    result = fit_behavior(config, verbose=False)
+    weights = load_file(tmp_path / "run" / "adapter.safetensors")
+    assert {"head.weight", "head.bias"} <= weights.keys()
+    reloaded = load_run(tmp_path / "run")
+    torch.testing.assert_close(reloaded.linear.weight, result.model.linear.weight)
+    assert not torch.equal(
+        reloaded.linear.weight,
+        BehaviorModel(
+            load_backbone(tiny_clip), load_spose_labels(), HeadConfig(kind="linear")
+        ).linear.weight,
+    )
+
+
+def test_text_predictions_are_batch_independent(tiny_bert):
+    model = BehaviorModel(load_backbone(tiny_bert), load_spose_labels(), HeadConfig())
+    inputs = concept_inputs(model.backbone, CONCEPTS[:20], InputConfig())
+    one, many = embed(model, inputs, batch_size=1), embed(model, inputs, batch_size=16)
+    np.testing.assert_allclose(one.values, many.values, rtol=1e-5, atol=1e-5)
+
+
+def test_resuming_a_stopped_run_trains_no_further(tiny_clip, images, tmp_path):
+    config = fit_config(tiny_clip, tmp_path / "run", images, epochs=6, patience=1, lr=1.0)
+    first = fit_behavior(config, verbose=False)
+    assert first.stopped_early and first.epochs_run < 6
+    again = fit_behavior(config, resume=True, verbose=False)
+    assert again.epochs_run == first.epochs_run and again.stopped_early
+    np.testing.assert_array_equal(losses(again.log), losses(first.log))
+
+
+def test_disk_cache_is_reused_only_for_the_same_model_and_inputs(tiny_clip, images, tmp_path):
+    backbone = load_backbone(tiny_clip)
+    inputs = concept_inputs(backbone, TRAIN[:6], InputConfig(images=str(images)))
+    build = dict(mode="disk", directory=tmp_path, verbose=False)
+    first = PrefixCache.build(backbone.concept_tower, 2, inputs, **build)
+    path = next(tmp_path.glob("prefix-*.h5"))
+    stamp = path.stat().st_mtime_ns
+    second = PrefixCache.build(backbone.concept_tower, 2, inputs, **build)
+    assert path.stat().st_mtime_ns == stamp  # reopened, not rebuilt
+    rows = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(second.hidden(rows), first.hidden(rows))
+    memory = PrefixCache.build(backbone.concept_tower, 2, inputs, verbose=False)
+    torch.testing.assert_close(second.hidden(rows), memory.hidden(rows))
+    other = concept_inputs(backbone, TRAIN[1:7], InputConfig(images=str(images)))
+    assert PrefixCache.build(backbone.concept_tower, 2, other, **build).key != first.key
+    assert len(list(tmp_path.glob("prefix-*.h5"))) == 2
