@@ -5,9 +5,10 @@ patch 14, 224 px; text: 12 blocks, width 768), 32 synthetic images, batch 16, Do
 on ``out_proj`` of the last 2 vision blocks and the last text block. Both paths run in this
 process on the same model and data:
 
-- cached: the hidden states entering vision block 23 are computed once (timed separately as
-  ``cache_build_s``); each step runs block 23, the class token's path through block 24, and the
-  label prompts' last text block from their own cached prefix;
+- cached: the hidden states entering the 23rd of the 24 vision blocks (index 22, printed as
+  ``first_trained_block``) are computed once (timed separately as ``cache_build_s``); each step
+  runs that block, the class token's path through the last block, and the label prompts' last
+  text block from their own cached prefix;
 - uncached: each step runs all 24 vision blocks and the 66 label prompts (padded to CLIP's 77
   tokens) through the whole text tower, as the reference implementation does.
 
@@ -114,7 +115,7 @@ def run(tmp: Path, args: argparse.Namespace) -> dict:
         "images": args.images,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
-        "first_cached_block": block,
+        "first_trained_block": block,
     }
 
 
