@@ -53,19 +53,24 @@ def minilm_path() -> Path:
 
 
 def demo_config(out: str | os.PathLike, quick: bool = False) -> BehaviorFitConfig:
-    """The demo's training settings (``quick``: 40 concepts, 2 epochs, for tests)."""
+    """The demo's training settings (``quick``: 40 concepts, 2 epochs, for tests).
+
+    Chosen by the held-out rho they reach in about 10 minutes on 2 CPU cores: DoRA rank 16 on
+    every linear map of MiniLM's blocks 2-5, lr 2e-3, the encoder's own dropout while training.
+    """
     return BehaviorFitConfig(
         model=str(minilm_path()),
         out=str(Path(out) / "run"),
         adapter=AdapterConfig(rank=16, alpha=8.0, layers=(2, 3, 4, 5), modules=DEMO_MODULES),
         head=HeadConfig(kind="prompt_cosine", template="{label}", logit_scale=100.0),
-        epochs=2 if quick else 40,
+        epochs=2 if quick else 20,
         batch_size=64,
         lr=2e-3,
         patience=6,
         seed=0,
+        train_dropout=True,
         max_concepts=40 if quick else None,
-        time_budget_s=None if quick else 11 * 60,
+        time_budget_s=None if quick else 10 * 60,
     )
 
 
