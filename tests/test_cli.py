@@ -36,17 +36,6 @@ def spose_txt(tmp_path_factory, spose):
     return path
 
 
-def test_demo_writes_metrics_and_plot(capsys, tmp_path):
-    code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--n-bootstrap", "100")
-    assert code == 0
-    printed = json.loads(out)
-    assert printed == json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert printed["rdm48_spearman"] == pytest.approx(0.8648, abs=1e-4)
-    assert printed["odd_one_out_accuracy"] == pytest.approx(0.64255)
-    assert (tmp_path / "demo" / "rdm48.png").read_bytes()[:4] == b"\x89PNG"
-    assert not list((tmp_path / "demo").glob(".*tmp"))
-
-
 def test_evaluate_behavior_prints_required_keys(capsys, spose_txt, tmp_path):
     out_file = tmp_path / "scores.json"
     code, out, _ = run(
