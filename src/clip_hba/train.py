@@ -263,40 +263,103 @@ def fit_behavior(
             batch_size=config.batch_size,
             verbose=verbose,
         )
-    batches = _Batches(model, inputs, cache)
-
     optimizer = torch.optim.AdamW(
         model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    generator = torch.Generator().manual_seed(config.seed)
-    progress: dict[str, Any] = {
-        "epoch": 0,
-        "best_val_loss": float("inf"),
-        "best_epoch": 0,
-        "bad_epochs": 0,
-    }
-    log: list[dict] = []
+    run = _Run(
+        config,
+        run_dir,
+        _Batches(model, inputs, cache),
+        rows,
+        target,
+        optimizer,
+        torch.Generator().manual_seed(config.seed),
+    )
     if resume:
-        saved = read_json(run_dir / CONFIG_FILE)["inputs_fingerprint"]
-        if saved != inputs.fingerprint:
-            raise InputError(
-                f"Cannot resume {run_dir}: the concept inputs (images or texts) have changed."
-            )
-        progress, log = _restore(run_dir, model, optimizer, generator)
+        _resume(run)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(run_dir, config, model, inputs)
-        save_tensors(run_dir / WEIGHTS_FILE, _weights(model))
-        write_json_atomic(
-            run_dir / METRICS_FILE, {"before": _metrics(batches, inputs, config, "before")}
-        )
-        log.append(_evaluate_epoch(0, batches, rows, target, inputs, config, train_loss=None))
-        progress["best_val_loss"] = log[0]["val_loss"]
-        _save_last(run_dir, model, optimizer, generator, progress, log)
+        _start(run)
+    stopped_early = _run_epochs(run, verbose)
+    _finish(run, stopped_early)
+    if cache is not None:
+        cache.close()
+    return FitResult(
+        run_dir,
+        run.progress["best_epoch"],
+        run.progress["best_val_loss"],
+        run.progress["epoch"],
+        stopped_early,
+        run.log,
+        model,
+    )
 
-    # Frozen blocks always run in eval mode, so the cached prefix is what the model computes;
-    # only the trainable blocks may use their dropout while training (train_dropout).
-    model.eval()
+
+@dataclass
+class _Run:
+    """The state of one training run while it is going on."""
+
+    config: BehaviorFitConfig
+    run_dir: Path
+    batches: _Batches
+    rows: dict[str, torch.Tensor]  # "train", "val", "test" -> input rows
+    target: torch.Tensor  # (n_inputs, 66)
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # batch order
+    progress: dict[str, Any] = field(
+        default_factory=lambda: {
+            "epoch": 0,
+            "best_val_loss": float("inf"),
+            "best_epoch": 0,
+            "bad_epochs": 0,
+        }
+    )
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def model(self) -> BehaviorModel:
+        return self.batches.model
+
+    def evaluate(self, epoch: int, train_loss: float | None) -> dict:
+        return _evaluate_epoch(
+            epoch,
+            self.batches,
+            self.rows,
+            self.target,
+            self.batches.inputs,
+            self.config,
+            train_loss,
+        )
+
+    def save_last(self) -> None:
+        _save_last(
+            self.run_dir, self.model, self.optimizer, self.generator, self.progress, self.log
+        )
+
+
+def _start(run: _Run) -> None:
+    """A new run directory: config, base weights, metrics before training, epoch-0 evaluation."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(run.run_dir, run.config, run.model, run.batches.inputs)
+    save_tensors(run.run_dir / WEIGHTS_FILE, _weights(run.model))
+    before = _metrics(run.batches, run.batches.inputs, run.config, "before")
+    write_json_atomic(run.run_dir / METRICS_FILE, {"before": before})
+    run.log.append(run.evaluate(0, train_loss=None))
+    run.progress["best_val_loss"] = run.log[0]["val_loss"]
+    run.save_last()
+
+
+def _resume(run: _Run) -> None:
+    saved = read_json(run.run_dir / CONFIG_FILE)["inputs_fingerprint"]
+    if saved != run.batches.inputs.fingerprint:
+        raise InputError(
+            f"Cannot resume {run.run_dir}: the concept inputs (images or texts) have changed."
+        )
+    run.progress, run.log = _restore(run.run_dir, run.model, run.optimizer, run.generator)
+
+
+def _run_epochs(run: _Run, verbose: bool) -> bool:
+    """Train until the epoch budget, early stopping or the time budget; True if stopped early."""
+    config, progress = run.config, run.progress
     started = time.perf_counter()
     epochs = tqdm(
         range(progress["epoch"] + 1, config.epochs + 1),
@@ -305,63 +368,63 @@ def fit_behavior(
         initial=progress["epoch"],
         total=config.epochs,
     )
-    stopped_early = False
+    with epochs:
+        return _epoch_loop(run, epochs, started)
+
+
+def _epoch_loop(run: _Run, epochs: tqdm, started: float) -> bool:
+    config, progress = run.config, run.progress
     for epoch in epochs:
-        if progress["bad_epochs"] >= config.patience:  # e.g. resuming a run that had stopped
-            stopped_early = True
-            break
-        _set_dropout(model, config.train_dropout)
-        for group in optimizer.param_groups:
+        if progress["bad_epochs"] >= config.patience:  # also when resuming a stopped run
+            return True
+        # Frozen blocks always run in eval mode, so the cached prefix is what the model
+        # computes; only the trainable blocks may use their dropout (train_dropout).
+        _set_dropout(run.model, config.train_dropout)
+        for group in run.optimizer.param_groups:
             group["lr"] = epoch_lr(config, epoch)
         train_loss = _train_epoch(
-            batches, rows["train"], target, optimizer, generator, config.batch_size
+            run.batches,
+            run.rows["train"],
+            run.target,
+            run.optimizer,
+            run.generator,
+            config.batch_size,
         )
-        _set_dropout(model, False)
-        record = _evaluate_epoch(epoch, batches, rows, target, inputs, config, train_loss)
-        log.append(record)
+        _set_dropout(run.model, False)
+        record = run.evaluate(epoch, train_loss)
+        run.log.append(record)
         progress["epoch"] = epoch
         if record["val_loss"] < progress["best_val_loss"]:
             progress.update(best_val_loss=record["val_loss"], best_epoch=epoch, bad_epochs=0)
-            save_tensors(run_dir / WEIGHTS_FILE, _weights(model))
+            save_tensors(run.run_dir / WEIGHTS_FILE, _weights(run.model))
         else:
             progress["bad_epochs"] += 1
-        _save_last(run_dir, model, optimizer, generator, progress, log)
+        run.save_last()
         epochs.set_postfix(
             train=f"{train_loss:.3g}",
             val=f"{record['val_loss']:.3g}",
             rho48=f"{record['rdm48_spearman'] or float('nan'):.3f}",
             best=progress["best_epoch"],
         )
-        if (
-            config.time_budget_s is not None
-            and time.perf_counter() - started > config.time_budget_s
-        ):
-            logger.info(
-                "Time budget of %.0f s reached after epoch %d.", config.time_budget_s, epoch
-            )
+        budget = config.time_budget_s
+        if budget is not None and time.perf_counter() - started > budget:
+            logger.info("Time budget of %.0f s reached after epoch %d.", budget, epoch)
             break
-    epochs.close()
-    _load_weights(model, load_tensors(run_dir / WEIGHTS_FILE))
-    metrics = read_json(run_dir / METRICS_FILE)
+    return False
+
+
+def _finish(run: _Run, stopped_early: bool) -> None:
+    """Load the best epoch and write the metrics after training."""
+    _load_weights(run.model, load_tensors(run.run_dir / WEIGHTS_FILE))
+    metrics = read_json(run.run_dir / METRICS_FILE)
     metrics.update(
-        after=_metrics(batches, inputs, config, "after"),
-        best_epoch=progress["best_epoch"],
-        best_val_loss=progress["best_val_loss"],
-        epochs_run=progress["epoch"],
+        after=_metrics(run.batches, run.batches.inputs, run.config, "after"),
+        best_epoch=run.progress["best_epoch"],
+        best_val_loss=run.progress["best_val_loss"],
+        epochs_run=run.progress["epoch"],
         stopped_early=stopped_early,
     )
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
-    if cache is not None:
-        cache.close()
-    return FitResult(
-        run_dir,
-        progress["best_epoch"],
-        progress["best_val_loss"],
-        progress["epoch"],
-        stopped_early,
-        log,
-        model,
-    )
+    write_json_atomic(run.run_dir / METRICS_FILE, metrics)
 
 
 def _training_data(
