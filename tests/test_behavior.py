@@ -447,3 +447,28 @@ def test_disk_cache_is_reused_only_for_the_same_model_and_inputs(tiny_clip, imag
     other = concept_inputs(backbone, TRAIN[1:7], InputConfig(images=str(images)))
     assert PrefixCache.build(backbone.concept_tower, 2, other, **build).key != first.key
     assert len(list(tmp_path.glob("prefix-*.h5"))) == 2
+
+
+def test_vision_only_backbone_trains_with_the_linear_head(tmp_path, images):
+    from clip_hba.testing import make_tiny_vit
+
+    vit = make_tiny_vit(tmp_path / "vit")
+    backbone = load_backbone(vit)
+    assert backbone.kind == "vision" and backbone.label_tower is None
+    with pytest.raises(InputError, match="needs a text tower.*--head linear"):
+        BehaviorModel(backbone, load_spose_labels(), HeadConfig())
+    pixels = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    with torch.no_grad():
+        expected = backbone.model(**pixels).last_hidden_state[:, 0]
+        torch.testing.assert_close(
+            backbone.concept_tower(pixels), backbone.model.layernorm(expected)
+        )
+    linear = HeadConfig(kind="linear")
+    runs = [
+        fit_behavior(
+            fit_config(vit, tmp_path / mode, images, head=linear, cache=mode), verbose=False
+        )
+        for mode in ("off", "memory")
+    ]
+    np.testing.assert_allclose(losses(runs[0].log)[:, :2], losses(runs[1].log)[:, :2], rtol=1e-5)
+    assert losses(runs[0].log)[-1, 1] < losses(runs[0].log)[0, 1]

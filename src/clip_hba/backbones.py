@@ -2,9 +2,10 @@
 
 A `Tower` exposes the three stages separately so that frozen leading blocks can be run once and
 cached (`Tower.hidden_at`), and training runs only the trainable suffix (`Tower.features_from`).
-Three towers cover the backbones of clip-hba: CLIP's vision tower (class token -> post-norm ->
-visual projection), CLIP's text tower (end-of-text token -> final norm -> text projection) and
-a BERT-style text encoder such as all-MiniLM-L6-v2 (mean over tokens, as sentence-transformers).
+Four towers cover the backbones of clip-hba: CLIP's vision tower (class token -> post-norm ->
+visual projection), CLIP's text tower (end-of-text token -> final norm -> text projection), a
+ViT (class token -> final norm; no text tower, so the linear head) and a BERT-style text
+encoder such as all-MiniLM-L6-v2 (mean over tokens, as sentence-transformers).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "ClipTextTower",
     "ClipVisionTower",
     "Tower",
+    "VitTower",
     "load_backbone",
 ]
 
@@ -223,6 +225,30 @@ class BertTextTower(Tower):
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+class VitTower(Tower):
+    """A vision transformer (ViT): patches + class token -> blocks -> final norm(class token)."""
+
+    block_prefix = "layers"
+    attention_output = "attention.o_proj"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.hf_config = model.config
+        self.model = model
+        self.blocks = model.layers
+        self.feature_dim = model.config.hidden_size
+        self.image_size = model.config.image_size
+
+    def embed(self, inputs: Inputs) -> torch.Tensor:
+        return self.model.embeddings(inputs["pixel_values"])
+
+    def attention_bias(self, inputs: Inputs, dtype: torch.dtype) -> None:
+        return None
+
+    def pool(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+        return self.model.layernorm(hidden[:, 0])
+
+
 @dataclass
 class Backbone:
     """A loaded model with the tower that encodes concepts and, if any, the tower for labels.
@@ -240,7 +266,8 @@ class Backbone:
         Tokenizer of the text tower, or None.
     name_or_path : str
         What was loaded (a hub id or a local directory).
-    kind : {"clip", "text"}
+    kind : {"clip", "vision", "text"}
+        ``vision`` backbones (ViT) have no text tower and use the linear head.
     """
 
     model: nn.Module
@@ -296,21 +323,23 @@ def load_backbone(name_or_path: str | os.PathLike, *, local_only: bool = False) 
     if config.model_type == "clip":
         model = CLIPModel.from_pretrained(source, local_files_only=local_only)
         concept, label, kind = ClipVisionTower(model), ClipTextTower(model), "clip"
-    elif config.model_type in {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert"}:
-        if config.model_type not in {"bert", "roberta", "xlm-roberta"}:
-            raise InputError(f"Text encoders of type {config.model_type!r} are not supported yet.")
+    elif config.model_type == "vit":
+        model = AutoModel.from_pretrained(source, local_files_only=local_only)
+        concept, label, kind = VitTower(model), None, "vision"
+    elif config.model_type in {"bert", "roberta", "xlm-roberta"}:
         model = AutoModel.from_pretrained(source, local_files_only=local_only)
         concept = label = BertTextTower(model)
         kind = "text"
     else:
         raise InputError(
-            f"Unsupported backbone type {config.model_type!r} in {source!r}; expected a CLIP "
-            "model or a BERT-style text encoder."
+            f"Unsupported backbone type {config.model_type!r} in {source!r}; expected CLIP, ViT "
+            "or a BERT-style text encoder (bert, roberta, xlm-roberta)."
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
-        logger.warning("No tokenizer found in %s; the prompt-cosine head needs one.", source)
+    tokenizer = None
+    if kind != "vision":
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError, TypeError):
+            logger.warning("No tokenizer found in %s; the prompt-cosine head needs one.", source)
     model.eval().requires_grad_(False)
     return Backbone(model, concept, label, tokenizer, source, kind)

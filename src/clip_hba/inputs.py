@@ -87,10 +87,10 @@ def concept_inputs(
     ``concept_ids=None`` takes every image found (CLIP) or every THINGS concept (text). With
     ``things_ids_only`` an image list naming a concept outside THINGS is an error.
     """
-    if backbone.kind == "clip":
+    if backbone.kind in ("clip", "vision"):
         if config.images is None:
             raise InputError(
-                "A CLIP backbone needs concept images: give an image folder (--images)."
+                "An image backbone needs concept images: give an image folder (--images)."
             )
         found = find_images(
             config.images,

@@ -19,6 +19,7 @@ __all__ = [
     "make_things_images",
     "make_tiny_bert",
     "make_tiny_clip",
+    "make_tiny_vit",
 ]
 
 
@@ -77,6 +78,23 @@ def make_random_clip(
 def make_tiny_clip(path: Path, seed: int = 0) -> Path:
     """A tiny CLIP (width 32; 3 vision and 2 text blocks; 32 px images) for tests."""
     return make_random_clip(path, seed=seed)
+
+
+def make_tiny_vit(path: Path, seed: int = 0) -> Path:
+    """Save a randomly initialised ViT (width 32, 2 blocks, 32 px images) to ``path``."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    ViTModel(config).save_pretrained(path)
+    return path
 
 
 def make_tiny_bert(path: Path, seed: int = 0) -> Path:
