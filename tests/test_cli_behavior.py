@@ -98,6 +98,9 @@ def test_fit_help_lists_the_options(capsys):
         "--cache",
         "--head",
         "--template",
+        "--text-template",
+        "--adapter-dropout",
+        "--device",
     ):
         assert option in out, option
     code, out, _ = run(capsys, "embed", "--help")
@@ -117,6 +120,9 @@ def test_fit_bad_inputs_are_one_line_errors(capsys, setup, tmp_path):
         *run(capsys, *common, "--images", str(images), "--layers", "x"), "--layers"
     )
     assert_one_line_error(*run(capsys, *common), "needs concept images")
+    assert_one_line_error(
+        *run(capsys, *common, "--text-template", "{name}"), "'text_template'", "{name}"
+    )
     assert_one_line_error(
         *run(capsys, *common[:2], "--model", str(tmp_path), "--out", "x"),
         "Cannot load a model config",

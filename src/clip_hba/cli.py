@@ -284,6 +284,17 @@ def fit_behavior_command(
         ),
     ] = None,
     dora: Annotated[bool, typer.Option(help="DoRA (on) or plain LoRA (--no-dora).")] = True,
+    adapter_dropout: Annotated[
+        float,
+        typer.Option(help="Dropout on the adapters' input while training (needs --train-dropout)."),
+    ] = 0.0,
+    text_template: Annotated[
+        str,
+        typer.Option(help="Text backbones: the text of a concept, from {word} and {definition}."),
+    ] = "{word}: {definition}",
+    max_text_tokens: Annotated[
+        int, typer.Option(min=4, help="Text backbones: longest concept text in tokens.")
+    ] = 64,
     head: Annotated[
         Literal["prompt_cosine", "linear"],
         typer.Option(
@@ -337,6 +348,8 @@ def fit_behavior_command(
             exemplar=exemplar,
             skip_missing=skip_missing,
             normalization=normalization,
+            text_template=text_template,
+            max_text_tokens=max_text_tokens,
         ),
         adapter=AdapterConfig(
             rank=rank,
@@ -345,6 +358,7 @@ def fit_behavior_command(
             label_layers=_int_tuple("text-layers", text_layers),
             modules=None if modules is None else tuple(m.strip() for m in modules.split(",")),
             use_dora=dora,
+            dropout=adapter_dropout,
         ),
         head=HeadConfig(kind=head, template=template, logit_scale=logit_scale),
         epochs=epochs,

@@ -34,6 +34,15 @@ class InputConfig:
     text_template: str = "{word}: {definition}"  # text backbones: the text of a concept
     max_text_tokens: int = 64
 
+    def __post_init__(self) -> None:
+        try:
+            self.text_template.format(word="w", definition="d")
+        except (KeyError, IndexError, ValueError):
+            raise InputError(
+                "Invalid value for 'text_template': it may use {word} and {definition} only, "
+                f"got {self.text_template!r}."
+            ) from None
+
 
 @dataclass
 class ConceptInputs:
