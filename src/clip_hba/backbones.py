@@ -97,6 +97,20 @@ class Tower(nn.Module):
             hidden = hidden.index_put((rows, position), token)
         return self.pool(hidden, inputs)
 
+    def layer_features(self, inputs: Inputs) -> torch.Tensor:
+        """The tower's pooling applied after every block, shape (n_blocks, B, P).
+
+        CLIP: each block's class (or end-of-text) token through the final norm and projection;
+        text encoders: each block's masked mean over tokens. The last row equals `forward`.
+        """
+        hidden = self.embed(inputs)
+        bias = self.attention_bias(inputs, hidden.dtype)
+        features = []
+        for layer in self.blocks:
+            hidden = layer(hidden, bias)
+            features.append(self.pool(hidden, inputs))
+        return torch.stack(features)
+
     def forward(self, inputs: Inputs) -> torch.Tensor:
         """Pooled features of ``inputs`` through every block, shape (B, P)."""
         return self.features_from(self.embed(inputs), inputs, 0, pooled_only=False)

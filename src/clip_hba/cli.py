@@ -17,6 +17,7 @@ import typer
 from clip_hba import __version__
 from clip_hba._io import write_json_atomic
 from clip_hba._validation import InputError
+from clip_hba.cli_meg import meg_app, simulate_app
 
 if TYPE_CHECKING:
     from clip_hba.embeddings import ConceptEmbedding
@@ -38,6 +39,8 @@ rsa_app = typer.Typer(
     help="Representational similarity analysis of RDM files.", no_args_is_help=True
 )
 app.add_typer(rsa_app, name="rsa")
+app.add_typer(meg_app, name="meg")
+app.add_typer(simulate_app, name="simulate")
 
 EXIT_BAD_INPUT = 2
 
@@ -412,6 +415,14 @@ def embed_command(
     rdm: Annotated[
         bool, typer.Option(help="Also store the RDM (1 - Pearson, condensed) in the .npz.")
     ] = False,
+    layers: Annotated[
+        bool,
+        typer.Option(
+            help="Instead of the 66-d head, write every block's pooled feature (CLIP: class "
+            "token through the final norm and projection; text: mean over tokens) as an .npz "
+            "of shape (blocks, items, dim), for `meg rsa`'s layer x time matrix."
+        ),
+    ] = False,
     device: DeviceOption = "auto",
     data_dir: DataDirOption = None,
 ) -> None:
@@ -422,7 +433,13 @@ def embed_command(
     """
     import dataclasses
 
-    from clip_hba.embed import embed, load_model, save_embedding
+    from clip_hba.embed import (
+        embed,
+        embed_layers,
+        load_model,
+        save_embedding,
+        save_layer_embedding,
+    )
     from clip_hba.inputs import concept_inputs
 
     behavior_model, trained_inputs = load_model(model, data_dir, device)
@@ -435,6 +452,14 @@ def embed_command(
         skip_missing=skip_missing,
     )
     inputs = concept_inputs(behavior_model.backbone, None, config, data_dir, things_ids_only=False)
+    if layers:
+        if rdm:
+            raise InputError("--rdm and --layers cannot be combined.")
+        features = embed_layers(behavior_model, inputs, batch_size)
+        save_layer_embedding(out, features, inputs.concept_ids, inputs.item_ids)
+        n_layers, n_items, n_dims = features.shape
+        _emit({"out": str(out), "n_items": n_items, "n_layers": n_layers, "n_dims": n_dims}, None)
+        return
     embedding = embed(behavior_model, inputs, batch_size)
     save_embedding(out, embedding, inputs.item_ids, with_rdm=rdm)
     _emit({"out": str(out), "n_items": embedding.n_concepts, "n_dims": embedding.n_dims}, None)

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from clip_hba._io import write_atomic
 from clip_hba._validation import InputError
@@ -15,11 +16,11 @@ from clip_hba.backbones import load_backbone
 from clip_hba.checkpoints import CONFIG_FILE
 from clip_hba.embeddings import ConceptEmbedding
 from clip_hba.inputs import ConceptInputs, InputConfig
-from clip_hba.models import BehaviorModel, HeadConfig
+from clip_hba.models import BehaviorModel, HeadConfig, select_inputs, to_device
 from clip_hba.rsa import rdm
 from clip_hba.things import load_spose_labels
 
-__all__ = ["embed", "load_model", "save_embedding"]
+__all__ = ["embed", "embed_layers", "load_model", "save_embedding", "save_layer_embedding"]
 
 OUTPUT_SUFFIXES = (".npz", ".csv", ".tsv")
 
@@ -52,6 +53,55 @@ def embed(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64) -> 
         raise InputError(f"Invalid value for 'batch_size': expected >= 1, got {batch_size}.")
     values = model.predict(inputs.tensors, batch_size)
     return ConceptEmbedding(values, inputs.concept_ids, model.labels)
+
+
+def embed_layers(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64) -> np.ndarray:
+    """Every block's pooled feature of every input (see `Tower.layer_features`).
+
+    Returns
+    -------
+    ndarray, shape (n_blocks, n_inputs, feature_dim), float64; batch-independent (eval mode).
+    """
+    if batch_size < 1:
+        raise InputError(f"Invalid value for 'batch_size': expected >= 1, got {batch_size}.")
+    tower = model.concept_tower
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    n = len(inputs)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            rows = range(start, min(start + batch_size, n))
+            batch = to_device(select_inputs(inputs.tensors, rows), model.device)
+            parts.append(tower.layer_features(batch).cpu().double().numpy())
+    for module, training in modes.items():
+        module.training = training
+    return np.concatenate(parts, axis=1)
+
+
+def save_layer_embedding(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    concept_ids: tuple[str, ...],
+    item_ids: tuple[str, ...],
+) -> Path:
+    """Write layer-wise features (L, N, D) as ``.npz`` with ``embedding``, ``concept_ids``,
+    ``image_ids`` and ``layers`` (``block_1`` ... ``block_L``), atomically."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise InputError(f"Layer-wise features go into an .npz file, got {path}.")
+    arrays = {
+        "embedding": features,
+        "concept_ids": np.array(concept_ids),
+        "image_ids": np.array(item_ids),
+        "layers": np.array([f"block_{k + 1}" for k in range(features.shape[0])]),
+    }
+
+    def write_npz(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+
+    return write_atomic(path, write_npz)
 
 
 def save_embedding(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,7 +18,14 @@ from clip_hba._io import write_atomic
 from clip_hba._validation import InputError
 from clip_hba.rsa import RDM, align
 
-__all__ = ["check_figure_path", "plot_learning_curves", "plot_rdm_comparison", "plot_rdms"]
+__all__ = [
+    "check_figure_path",
+    "plot_layer_time",
+    "plot_learning_curves",
+    "plot_rdm_comparison",
+    "plot_rdms",
+    "plot_rsa_curves",
+]
 
 
 def check_figure_path(path: str | os.PathLike) -> Path:
@@ -105,6 +114,81 @@ def plot_learning_curves(log: list[dict], path: str | os.PathLike, title: str = 
     rho_ax.plot(epochs, [r.get("rdm48_spearman") for r in log], color="C2")
     rho_ax.set(xlabel="epoch", ylabel="Spearman rho", title="held-out 48-object RDM")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_rsa_curves(result: Any, path: str | os.PathLike, max_curves: int = 8) -> Path:
+    """RSA curves over time with the noise-ceiling band and significant clusters.
+
+    ``result`` is a `time_rsa.TimeRSAResult`. Solid: the mean of the participants' own curves,
+    which the noise-ceiling band bounds; dashed: the correlation with the participants' mean
+    RDM, whose significant clusters are the bars under the curves. Layer-wise models show their
+    best layer only (their layer x time matrix has its own figure).
+    """
+    check_figure_path(path)
+    times = result.times_ms
+    names = _curves_to_show(result, max_curves)
+    fig, ax = plt.subplots(figsize=(9, 4.8), constrained_layout=True)
+    lower, upper = result.noise_ceiling["lower"], result.noise_ceiling["upper"]
+    if np.isfinite(upper).any():
+        ax.fill_between(times, lower, upper, color="0.85", label="noise ceiling", linewidth=0)
+    top = np.nanmax([np.nanmax(result.group[n]) for n in names] + [np.nanmax(upper, initial=0)])
+    step = 0.03 * (top if np.isfinite(top) and top > 0 else 1.0)
+    for k, name in enumerate(names):
+        color = f"C{k % 10}"
+        ax.plot(times, result.participant_mean(name), color=color, label=name, linewidth=1.6)
+        ax.plot(times, result.group[name], color=color, linewidth=1.0, linestyle="--")
+        clusters = result.clusters.get(name, {}).get("group", [])
+        for cluster in clusters:
+            if cluster.p_value < result.config.alpha:
+                y = -step * (k + 1)
+                ax.plot([cluster.start_ms, cluster.stop_ms], [y, y], color=color, linewidth=4)
+    ax.axhline(0, color="k", linewidth=0.6)
+    ax.axvline(0, color="k", linewidth=0.6, linestyle=":")
+    ax.set(
+        xlabel="time (ms)",
+        ylabel=f"model-MEG correlation ({result.config.method})",
+        title=(
+            f"Time-resolved RSA, {len(result.participant_ids)} participant(s), "
+            f"{len(result.concept_ids)} concepts\nsolid: mean of participants' curves; dashed: "
+            f"vs mean RDM; bars: its clusters p < {result.config.alpha:g}"
+        ),
+    )
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)
+
+
+def _curves_to_show(result: Any, max_curves: int) -> list[str]:
+    layered = {f"{m}/{label}": m for m, labels in result.layer_labels.items() for label in labels}
+    names = [n for n in result.group if n not in layered]
+    for model, labels in result.layer_labels.items():
+        best = max(labels, key=lambda lab: np.nanmax(result.group[f"{model}/{lab}"]))
+        names.append(f"{model}/{best}")
+    return names[:max_curves]
+
+
+def plot_layer_time(
+    matrix: np.ndarray,
+    times_ms: np.ndarray,
+    layer_labels: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "Layer x time RSA",
+) -> Path:
+    """Heatmap of a layer x time correlation matrix (L, T), with each time's best layer."""
+    check_figure_path(path)
+    fig, ax = plt.subplots(figsize=(9, 0.25 * len(layer_labels) + 2.5), constrained_layout=True)
+    step = np.median(np.diff(times_ms)) if len(times_ms) > 1 else 1.0
+    extent = (times_ms[0] - step / 2, times_ms[-1] + step / 2, len(layer_labels) - 0.5, -0.5)
+    image = ax.imshow(matrix, aspect="auto", cmap="magma", extent=extent, interpolation="nearest")
+    filled = np.nan_to_num(matrix, nan=-np.inf)
+    best = np.argmax(filled, axis=0)
+    shown = np.isfinite(filled).any(0)
+    ax.plot(times_ms[shown], best[shown], color="cyan", linewidth=0.8, label="best layer")
+    ax.set_yticks(range(len(layer_labels)), layer_labels, fontsize=7)
+    ax.axvline(0, color="w", linewidth=0.6, linestyle=":")
+    ax.set(xlabel="time (ms)", ylabel="layer", title=title)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.colorbar(image, ax=ax, label="correlation")
     return _save(fig, path)
 
 

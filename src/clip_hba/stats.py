@@ -1,4 +1,5 @@
-"""Statistics for RDM correlations and accuracies: bootstrap CIs, permutation tests, Wilson CIs."""
+"""Statistics for RDM correlations and accuracies: bootstrap CIs, permutation tests (also
+cluster-based, over time), Wilson CIs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
+from scipy import ndimage, stats
 
 from clip_hba._validation import InputError, check_option
 from clip_hba.rsa import (
@@ -20,9 +21,11 @@ from clip_hba.rsa import (
 
 __all__ = [
     "BootstrapResult",
+    "Cluster",
     "PermutationResult",
     "RDMComparison",
     "bootstrap_rdm_correlation",
+    "cluster_permutation_test",
     "permutation_test_rdm",
     "proportion_ci",
     "rdm_comparison",
@@ -171,6 +174,96 @@ def permutation_test_rdm(
         extreme = np.abs(null) >= abs(value)
     p_value = (1 + int(extreme.sum())) / (1 + null.size)
     return PermutationResult(value, p_value, null)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A run of consecutive supra-threshold timepoints and its permutation p-value.
+
+    ``start_ms`` and ``stop_ms`` are the first and last timepoint (inclusive); ``mass`` is the
+    sum of the tested values over the cluster.
+    """
+
+    start_ms: float
+    stop_ms: float
+    mass: float
+    p_value: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cluster_permutation_test(
+    observed: Any,
+    null: Any,
+    times_ms: Any,
+    threshold_p: float = 0.05,
+) -> list[Cluster]:
+    """Cluster-based permutation test over time (Maris & Oostenveld 2007), one-sided (> null).
+
+    Each timepoint is compared with its own permutation distribution: it is supra-threshold when
+    it exceeds the ``1 - threshold_p`` quantile of the null at that time. Consecutive
+    supra-threshold timepoints form a cluster whose mass is the sum of the observed values. A
+    cluster's p-value is the share of permutations whose largest cluster mass (found the same
+    way) reaches it, which controls the family-wise error over the whole time axis.
+
+    Parameters
+    ----------
+    observed : array-like, shape (T,)
+        The statistic per timepoint (e.g. an RSA correlation, baseline-corrected or not).
+    null : array-like, shape (n_permutations, T)
+        The statistic under the null, each row one permutation of the whole time course (so
+        temporal autocorrelation is kept).
+    times_ms : array-like, shape (T,)
+    threshold_p : float
+        Cluster-forming threshold, in (0, 1).
+
+    Returns
+    -------
+    list of Cluster, in time order
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> null = rng.normal(size=(500, 50))
+    >>> observed = np.zeros(50)
+    >>> observed[20:30] = 3.0
+    >>> [(c.start_ms, c.stop_ms) for c in cluster_permutation_test(observed, null, range(50))
+    ...  if c.p_value < 0.05]
+    [(20.0, 29.0)]
+    """
+    observed = np.asarray(observed, dtype=np.float64)
+    null = np.asarray(null, dtype=np.float64)
+    times_ms = np.asarray(times_ms, dtype=np.float64)
+    if not 0 < threshold_p < 1:
+        raise InputError(f"Invalid value for 'threshold_p': expected in (0, 1), got {threshold_p}.")
+    if observed.ndim != 1 or null.ndim != 2 or null.shape[1] != observed.size:
+        raise InputError(
+            f"Expected observed (T,) and null (n_permutations, T), got {observed.shape} and "
+            f"{null.shape}."
+        )
+    if times_ms.shape != observed.shape:
+        raise InputError(f"times_ms has {times_ms.size} values for {observed.size} timepoints.")
+    null = np.nan_to_num(null, nan=-np.inf)
+    threshold = np.quantile(null, 1.0 - threshold_p, axis=0)
+    null_max = np.array([_max_cluster_mass(row, threshold) for row in null])
+    labels, n_clusters = ndimage.label(np.nan_to_num(observed, nan=-np.inf) > threshold)
+    clusters = []
+    for k in range(1, n_clusters + 1):
+        where = np.flatnonzero(labels == k)
+        mass = float(observed[where].sum())
+        p_value = (1 + int((null_max >= mass).sum())) / (1 + len(null_max))
+        clusters.append(
+            Cluster(float(times_ms[where[0]]), float(times_ms[where[-1]]), mass, p_value)
+        )
+    return clusters
+
+
+def _max_cluster_mass(values: np.ndarray, threshold: np.ndarray) -> float:
+    labels, n_clusters = ndimage.label(values > threshold)
+    if n_clusters == 0:
+        return -np.inf
+    return float(ndimage.sum_labels(values, labels, np.arange(1, n_clusters + 1)).max())
 
 
 @dataclass(frozen=True)

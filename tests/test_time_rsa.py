@@ -1,0 +1,249 @@
+"""Time-resolved RSA: vectorised correlations, curves, noise ceiling, cluster test, recovery."""
+
+import json
+
+import numpy as np
+import pytest
+
+from clip_hba._validation import InputError
+from clip_hba.meg import RDMStore, StoreWriter
+from clip_hba.rsa import COMPARISONS, METHODS, compare, rdm
+from clip_hba.simulate import SimulationConfig, simulate_meg
+from clip_hba.stats import cluster_permutation_test
+from clip_hba.things import load_spose
+from clip_hba.time_rsa import (
+    ModelRDMs,
+    TimeRSAConfig,
+    correlate,
+    load_model_rdms,
+    save_time_rsa,
+    time_resolved_rsa,
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_correlate_matches_compare_row_by_row(rng, method):
+    meg = rng.normal(size=(5, 45))
+    meg[1, [3, 7]] = np.nan  # rows missing different pairs
+    meg[2, 9] = np.nan
+    models = rng.normal(size=(3, 45))
+    models[0, :] = models[0, :] + meg[0]  # one related model
+    models[2, 11] = np.nan  # pairs NaN in a model are skipped for all models
+    out = correlate(meg, models, method)
+    assert out.shape == (5, 3)
+    for t in range(5):
+        for m in range(3):
+            keep = ~np.isnan(models).any(0) & ~np.isnan(meg[t])
+            expected = COMPARISONS[method](meg[t, keep], models[m, keep])
+            assert out[t, m] == pytest.approx(expected, abs=1e-10)
+
+
+def test_correlate_gives_nan_without_enough_pairs():
+    meg = np.array([[1.0, np.nan, np.nan, 2.0], [1.0, 2.0, 3.0, 4.0]])
+    out = correlate(meg, np.array([[1.0, 2.0, 3.0, 5.0]]))
+    assert np.isnan(out[0, 0]) and out[1, 0] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------- the analysis
+
+
+IDS = [f"k{n:02d}" for n in range(10)]
+TIMES = np.arange(-20.0, 60.0, 10.0)  # 8 timepoints
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    values = rng.normal(size=(3, len(TIMES), 45)).astype(np.float32)
+    values[2, :, 4] = np.nan
+    path = tmp_path_factory.mktemp("rsa") / "s.h5"
+    with StoreWriter(path, IDS, ["p1", "p2", "p3"], TIMES) as writer:
+        for p in range(3):
+            writer.write_block(p, 0, values[p])
+    return path, values
+
+
+def model_from(rng, name, ids=IDS):
+    return ModelRDMs.from_features(name, rng.normal(size=(len(ids), 6)), ids)
+
+
+def test_curves_and_noise_ceiling_match_direct_computation(small_store, rng):
+    path, values = small_store
+    model = model_from(rng, "m")
+    result = time_resolved_rsa(path, [model], TimeRSAConfig(n_permutations=0), verbose=False)
+    mean = np.nanmean(values, axis=0)
+    for t in range(len(TIMES)):
+        assert result.group["m"][t] == pytest.approx(compare(mean[t], model.values[0]))
+        for p in range(3):
+            expected = compare(values[p, t], model.values[0])
+            assert result.participants["m"][p, t] == pytest.approx(expected)
+        lower = [
+            compare(values[p, t], np.nanmean(np.delete(values[:, t], p, axis=0), axis=0))
+            for p in range(3)
+        ]
+        upper = [compare(values[p, t], mean[t]) for p in range(3)]
+        assert result.noise_ceiling["lower"][t] == pytest.approx(np.mean(lower))
+        assert result.noise_ceiling["upper"][t] == pytest.approx(np.mean(upper))
+
+
+def test_only_shared_and_selected_concepts_are_compared(small_store, rng):
+    path, _values = small_store
+    ids = [*IDS[3:], "extra1", "extra2"]  # 7 shared concepts
+    model = model_from(rng, "m", ids)
+    config = TimeRSAConfig(n_permutations=0, concept_ids=["k09", "k04", "k05", "k06", "zz"])
+    result = time_resolved_rsa(path, [model], config, verbose=False)
+    assert result.concept_ids == ("k04", "k05", "k06", "k09")  # store order
+    with pytest.raises(InputError, match="shares 2 concept"):
+        time_resolved_rsa(path, [model_from(rng, "m", ["k00", "k01", "x"])], verbose=False)
+    with pytest.raises(InputError, match="Only 2 of the 2 selected"):
+        time_resolved_rsa(path, [model], TimeRSAConfig(concept_ids=["k03", "k04"]), verbose=False)
+
+
+def test_layer_wise_and_time_resolved_models(small_store, rng):
+    path, values = small_store
+    layers = ModelRDMs.from_features(
+        "net", rng.normal(size=(4, 10, 5)), IDS, kind="layers", labels=["b1", "b2", "b3", "b4"]
+    )
+    features = rng.normal(size=(len(TIMES), 10, 5))
+    timed = ModelRDMs.from_features("timed", features, IDS, kind="time", times_ms=TIMES)
+    result = time_resolved_rsa(
+        path, [layers, timed], TimeRSAConfig(n_permutations=20), verbose=False
+    )
+    assert result.layer_time["net"].shape == (4, len(TIMES))
+    np.testing.assert_array_equal(result.layer_time["net"][2], result.group["net/b3"])
+    mean = np.nanmean(values, axis=0)
+    for t in range(len(TIMES)):
+        assert result.group["timed"][t] == pytest.approx(compare(mean[t], rdm(features[t])))
+    summary = result.summary()
+    assert set(summary["layers"]["net"]) == {"best_layer_per_time", "peak_layer"}
+    wrong = ModelRDMs.from_features("bad", features[:3], IDS, kind="time", times_ms=TIMES[:3])
+    with pytest.raises(InputError, match="has 3 timepoints"):
+        time_resolved_rsa(path, [wrong], verbose=False)
+
+
+def test_bad_settings(small_store, rng):
+    path, _ = small_store
+    with pytest.raises(InputError, match="'method'"):
+        TimeRSAConfig(method="nope")
+    with pytest.raises(InputError, match="pre-stimulus baseline"):
+        time_resolved_rsa(
+            path,
+            [model_from(rng, "m")],
+            TimeRSAConfig(baseline="prestimulus", window_ms=(0, 50)),
+            verbose=False,
+        )
+    with pytest.raises(InputError, match="Unknown participant"):
+        time_resolved_rsa(
+            path, [model_from(rng, "m")], TimeRSAConfig(participants=["p9"]), verbose=False
+        )
+
+
+# ---------------------------------------------------------------------------- cluster test
+
+
+def test_cluster_test_false_positive_rate_is_nominal():
+    """Observed and null curves from one autocorrelated process: P(any cluster p < .05) ~ .05."""
+    rng = np.random.default_rng(0)
+    n_reps, n_perm, n_t = 600, 199, 40
+    kernel = np.exp(-(np.arange(-6, 7) ** 2) / 8.0)
+
+    def curves(n):
+        white = rng.normal(size=(n, n_t + 12))
+        return np.array([np.convolve(w, kernel, "valid") for w in white])
+
+    times = np.arange(n_t)
+    hits = 0
+    for _ in range(n_reps):
+        draws = curves(n_perm + 1)
+        clusters = cluster_permutation_test(draws[0], draws[1:], times)
+        hits += any(c.p_value < 0.05 for c in clusters)
+    rate = hits / n_reps
+    assert 0.025 <= rate <= 0.085, rate
+
+
+def test_end_to_end_null_rate_is_near_nominal(tmp_path):
+    """Pure-noise MEG and a random model: few false clusters through the whole pipeline."""
+    rng = np.random.default_rng(1)
+    ids = IDS[:8]
+    hits = 0
+    n_reps = 60
+    times = np.arange(0.0, 150.0, 10.0)
+    for rep in range(n_reps):
+        path = tmp_path / f"null{rep}.h5"
+        noise = rng.normal(size=(len(times), 28))
+        noise = np.cumsum(noise, axis=0) * 0.5 + noise  # temporally correlated
+        with StoreWriter(path, ids, ["p"], times) as writer:
+            writer.write_block(0, 0, noise)
+        model = ModelRDMs.from_features("m", rng.normal(size=(8, 4)), ids)
+        config = TimeRSAConfig(n_permutations=99, seed=rep)
+        result = time_resolved_rsa(path, [model], config, verbose=False)
+        hits += any(c.p_value < 0.05 for c in result.clusters["m"]["group"])
+    assert hits / n_reps <= 0.15
+
+
+def test_recovers_the_planted_behavioural_component(tmp_path):
+    config = SimulationConfig(n_concepts=60, n_participants=3, tmin_ms=-100, tmax_ms=800, seed=5)
+    path = simulate_meg(tmp_path / "sim.h5", config, verbose=False)
+    with RDMStore(path) as store:
+        truth = store.ground_truth()
+        ids = store.concept_ids
+    spose = ModelRDMs.from_features("spose", load_spose().select(ids).values, ids)
+    result = time_resolved_rsa(path, [spose], TimeRSAConfig(n_permutations=200), verbose=False)
+    summary = result.summary()["curves"]["spose"]
+    course = truth["time_courses"][:, 2].mean(0)  # behaviour component, mean over participants
+    window = truth["times_ms"][course >= 0.5 * course.max()]
+    assert window[0] <= summary["peak_latency_ms"] <= window[-1]
+    assert summary["onset_ms"] is not None and 20 <= summary["onset_ms"] <= 250
+    assert summary["peak"] > 0.2
+
+
+def test_outputs_written(small_store, rng, tmp_path):
+    path, _ = small_store
+    layers = ModelRDMs.from_features(
+        "net", rng.normal(size=(3, 10, 5)), IDS, kind="layers", labels=["b1", "b2", "b3"]
+    )
+    result = time_resolved_rsa(
+        path, [model_from(rng, "m"), layers], TimeRSAConfig(n_permutations=10), verbose=False
+    )
+    summary = save_time_rsa(result, tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert written["curves"]["m"].keys() >= {"peak", "peak_latency_ms", "onset_ms", "auc"}
+    assert written["noise_ceiling"].keys() >= {"upper_peak", "lower_peak"}
+    for name in (
+        "curves.csv",
+        "curves.npz",
+        "layer_time_net.npy",
+        "layer_time_net.png",
+        "rsa_curves.png",
+    ):
+        assert (tmp_path / "out" / name).is_file(), name
+    header = (tmp_path / "out" / "curves.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["time_ms", "m"] and "m@p2" in header
+    assert np.load(tmp_path / "out" / "layer_time_net.npy").shape == (3, len(TIMES))
+    assert summary["files"]["curves_png"].endswith("rsa_curves.png")
+
+
+def test_load_model_rdms_kinds(tmp_path, rng):
+    np.savez(
+        tmp_path / "layers.npz",
+        embedding=rng.normal(size=(2, 5, 3)),
+        concept_ids=np.array(IDS[:5]),
+        layers=np.array(["b1", "b2"]),
+    )
+    np.savez(
+        tmp_path / "timed.npz",
+        embedding=rng.normal(size=(3, 5, 3)),
+        concept_ids=np.array(IDS[:5]),
+        times_ms=np.array([0.0, 5.0, 10.0]),
+    )
+    np.savetxt(tmp_path / "static.txt", rng.normal(size=(5, 3)))
+    ids_file = tmp_path.parent / f"{tmp_path.name}_ids.txt"
+    ids_file.write_text("\n".join(IDS[:5]))
+    models = load_model_rdms(tmp_path, ids=ids_file)
+    kinds = {m.name: m.kind for m in models}
+    assert kinds == {"layers": "layers", "static": "static", "timed": "time"}
+    np.savez(
+        tmp_path / "odd.npz", embedding=rng.normal(size=(2, 5, 3)), concept_ids=np.array(IDS[:5])
+    )
+    with pytest.raises(InputError, match="neither 'times_ms' nor 'layers'"):
+        load_model_rdms(tmp_path / "odd.npz")
