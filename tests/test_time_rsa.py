@@ -247,3 +247,28 @@ def test_load_model_rdms_kinds(tmp_path, rng):
     )
     with pytest.raises(InputError, match="neither 'times_ms' nor 'layers'"):
         load_model_rdms(tmp_path / "odd.npz")
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson", "rho_a", "cosine"])
+def test_fast_path_equals_the_general_path(tmp_path, rng, monkeypatch, method):
+    from clip_hba import time_rsa
+
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, IDS, ["a", "b"], TIMES) as writer:
+        for p in range(2):
+            writer.write_block(p, 0, rng.normal(size=(len(TIMES), 45)))
+    models = [
+        model_from(rng, "static"),
+        ModelRDMs.from_features(
+            "timed", rng.normal(size=(8, 10, 3)), IDS, kind="time", times_ms=TIMES
+        ),
+    ]
+    config = TimeRSAConfig(method=method, n_permutations=30)
+    fast = time_resolved_rsa(path, models, config, verbose=False)
+    monkeypatch.setattr(time_rsa, "FAST_PATH", False)
+    slow = time_resolved_rsa(path, models, config, verbose=False)
+    for name in ("static", "timed"):
+        np.testing.assert_allclose(fast.group[name], slow.group[name], atol=1e-10)
+        np.testing.assert_allclose(fast.participants[name], slow.participants[name], atol=1e-10)
+        for target, clusters in slow.clusters[name].items():
+            assert [c.p_value for c in fast.clusters[name][target]] == [c.p_value for c in clusters]

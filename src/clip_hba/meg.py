@@ -396,7 +396,7 @@ class StoreWriter:
             "rdm",
             shape=shape,
             dtype=dtype,
-            chunks=(1, 1, min(self.n_pairs, CHUNK_PAIRS)),
+            chunks=(1, 1, _chunk_pairs(self.n_pairs)),
             fillvalue=np.nan,
         )
         strings = h5py.string_dtype()
@@ -491,6 +491,12 @@ def _check_axes(
         raise InputError("The time axis must be a non-empty list of finite times in ms.")
     if np.any(np.diff(times_ms) <= 0):
         raise InputError("The time axis must be strictly increasing.")
+
+
+def _chunk_pairs(n_pairs: int) -> int:
+    """Chunk length: a row in equal parts of at most `CHUNK_PAIRS` (no half-empty last chunk)."""
+    n_chunks = -(-n_pairs // CHUNK_PAIRS)
+    return -(-n_pairs // n_chunks)
 
 
 def _participant_rows(participant_ids: Sequence[str], wanted: Sequence[str]) -> np.ndarray:

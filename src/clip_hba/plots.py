@@ -131,7 +131,8 @@ def plot_rsa_curves(result: Any, path: str | os.PathLike, max_curves: int = 8) -
     fig, ax = plt.subplots(figsize=(9, 4.8), constrained_layout=True)
     lower, upper = result.noise_ceiling["lower"], result.noise_ceiling["upper"]
     if np.isfinite(upper).any():
-        ax.fill_between(times, lower, upper, color="0.85", label="noise ceiling", linewidth=0)
+        ax.fill_between(times, lower, upper, color="0.92", label="noise ceiling", linewidth=0)
+        ax.plot(times, lower, color="0.6", linewidth=0.8)
     top = np.nanmax([np.nanmax(result.group[n]) for n in names] + [np.nanmax(upper, initial=0)])
     step = 0.03 * (top if np.isfinite(top) and top > 0 else 1.0)
     for k, name in enumerate(names):
@@ -173,8 +174,13 @@ def plot_layer_time(
     layer_labels: Sequence[str],
     path: str | os.PathLike,
     title: str = "Layer x time RSA",
+    significant: np.ndarray | None = None,
 ) -> Path:
-    """Heatmap of a layer x time correlation matrix (L, T), with each time's best layer."""
+    """Heatmap of a layer x time correlation matrix (L, T), with each time's best layer.
+
+    ``significant`` (T,) bool limits the best-layer trace to those times (e.g. where some
+    layer's curve is in a significant cluster).
+    """
     check_figure_path(path)
     fig, ax = plt.subplots(figsize=(9, 0.25 * len(layer_labels) + 2.5), constrained_layout=True)
     step = np.median(np.diff(times_ms)) if len(times_ms) > 1 else 1.0
@@ -183,7 +189,16 @@ def plot_layer_time(
     filled = np.nan_to_num(matrix, nan=-np.inf)
     best = np.argmax(filled, axis=0)
     shown = np.isfinite(filled).any(0)
-    ax.plot(times_ms[shown], best[shown], color="cyan", linewidth=0.8, label="best layer")
+    if significant is not None:
+        shown &= significant
+    trace = np.where(shown, best, np.nan)
+    ax.plot(
+        times_ms,
+        trace,
+        color="cyan",
+        linewidth=1.0,
+        label="best layer (significant times)" if significant is not None else "best layer",
+    )
     ax.set_yticks(range(len(layer_labels)), layer_labels, fontsize=7)
     ax.axvline(0, color="w", linewidth=0.6, linestyle=":")
     ax.set(xlabel="time (ms)", ylabel="layer", title=title)

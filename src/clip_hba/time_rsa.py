@@ -45,6 +45,7 @@ __all__ = [
 Kind = Literal["static", "time", "layers"]
 EMBEDDING_SUFFIXES = (".npz", ".npy", ".csv", ".tsv", ".txt")
 NULL_BYTES = 256 << 20  # permuted model RDMs held at once
+FAST_PATH = True  # standardise complete models once (tests switch it off to compare)
 
 
 # ---------------------------------------------------------------------------- model RDMs
@@ -316,6 +317,19 @@ class TimeRSAResult:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN timepoints stay NaN
             return np.nanmean(self.participants[name], axis=0)
 
+    def significant_times(self, names: Sequence[str], target: str = "group") -> np.ndarray | None:
+        """(T,) bool: times inside a significant cluster of any of the curves ``names``."""
+        if not self.clusters:
+            return None
+        inside = np.zeros(len(self.times_ms), dtype=bool)
+        for name in names:
+            for cluster in self.clusters[name].get(target, []):
+                if cluster.p_value < self.config.alpha:
+                    inside |= (self.times_ms >= cluster.start_ms) & (
+                        self.times_ms <= cluster.stop_ms
+                    )
+        return inside
+
     def summary(self) -> dict[str, Any]:
         """JSON-able summary numbers of every curve, and of the noise ceiling."""
         alpha = self.config.alpha
@@ -468,6 +482,7 @@ def _run(
     ceiling = {"lower": np.full((n_p, n_t), np.nan), "upper": np.full((n_p, n_t), np.nan)}
     blocks = store.iter_times(config.window_ms, concept_ids, list(participant_ids))
     offset = 0
+    standardized: dict[str, np.ndarray] = {}
     bar = tqdm(total=n_t, desc="Time-resolved RSA", unit="time", disable=not verbose)
     with bar:
         for time_rows, block in blocks:
@@ -475,7 +490,7 @@ def _run(
             _block_noise_ceiling(block, config.method, ceiling, span)
             rows = [_nanmean(block), *block]
             for model in models:
-                _block_model(model, rows, span, config, permutations, curves, nulls)
+                _block_model(model, rows, span, config, permutations, curves, nulls, standardized)
             offset += len(time_rows)
             bar.update(len(time_rows))
     clusters = _clusters(curves, nulls, times, targets, config)
@@ -565,11 +580,33 @@ def _block_model(
     permutations: _Permutations,
     curves: dict[str, np.ndarray],
     nulls: dict[str, np.ndarray],
+    standardized: dict[str, np.ndarray],
 ) -> None:
-    """Fill this block's timepoints of the model's curves (and null curves) for every target."""
+    """Fill this block's timepoints of the model's curves (and null curves) for every target.
+
+    Without missing pairs, relabelling the concepts only reorders the model's ranks, so the
+    model is standardised (ranked, centred, scaled) once and each permutation is a gather;
+    otherwise every permuted model is re-ranked over the pairs the MEG holds.
+    """
     names = model.curve_names()
     method = config.method
+    fast = FAST_PATH and method != "kendall_tau_a" and not np.isnan(model.values).any()
+    if fast and model.name not in standardized:
+        standardized[model.name] = _standardize(model.values, method)
     for target, meg in enumerate(rows):  # (Tb, n_pairs)
+        if fast and not np.isnan(meg).any():
+            _fast_target(
+                model,
+                meg,
+                target,
+                span,
+                config,
+                permutations,
+                curves,
+                nulls,
+                standardized[model.name],
+            )
+            continue
         if model.kind == "time":
             values = model.values[span]
             curves[names[0]][target, span] = _correlate_rowwise(meg, values, method)
@@ -587,6 +624,36 @@ def _block_model(
             null = correlate(meg, permuted, method).reshape(len(meg), len(chunk), len(names))
             for m, name in enumerate(names):
                 nulls[name][target, start : start + len(chunk), span] = null[:, :, m].T
+
+
+def _fast_target(
+    model: ModelRDMs,
+    meg: np.ndarray,
+    target: int,
+    span: slice,
+    config: TimeRSAConfig,
+    permutations: _Permutations,
+    curves: dict[str, np.ndarray],
+    nulls: dict[str, np.ndarray],
+    z_model: np.ndarray,
+) -> None:
+    names = model.curve_names()
+    z_meg = _standardize(meg.astype(np.float64), config.method)  # (Tb, n)
+    if model.kind == "time":
+        z_time = z_model[span]
+        curves[names[0]][target, span] = (z_meg * z_time).sum(1)
+        for start, chunk in permutations.chunks():
+            for k, pairs in enumerate(chunk):
+                nulls[names[0]][target, start + k, span] = (z_meg * z_time[:, pairs]).sum(1)
+        return
+    observed = z_meg @ z_model.T  # (Tb, M)
+    for m, name in enumerate(names):
+        curves[name][target, span] = observed[:, m]
+    for start, chunk in permutations.chunks():
+        permuted = np.concatenate([z_model[:, pairs] for pairs in chunk])  # (k*M, n)
+        null = (z_meg @ permuted.T).reshape(len(meg), len(chunk), len(names))
+        for m, name in enumerate(names):
+            nulls[name][target, start : start + len(chunk), span] = null[:, :, m].T
 
 
 def _block_noise_ceiling(
@@ -687,6 +754,9 @@ def save_time_rsa(result: TimeRSAResult, out: str | os.PathLike, plots: bool = T
                     result.layer_labels[name],
                     out / f"{stem}.png",
                     title=f"{name}: layer x time RSA ({result.config.method})",
+                    significant=result.significant_times(
+                        [f"{name}/{label}" for label in result.layer_labels[name]]
+                    ),
                 )
             )
     if plots:
