@@ -1,6 +1,7 @@
 """The fit / embed / demo commands end to end on tiny models."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,11 @@ def test_demo_quick(capsys, tmp_path):
     assert metrics["before"]["rdm48_spearman"] == pytest.approx(0.41, abs=0.01)
     for name in ("learning_curves.png", "rdm48.png", "run/adapter.safetensors", "run/log.jsonl"):
         assert (tmp_path / "demo" / name).is_file(), name
+    # the MEG stages on simulated participants
+    meg = metrics["meg"]
+    assert {"group_vs_base", "layer_weights", "specificity", "plots"} <= meg.keys()
+    assert np.array(meg["specificity"]["matrix"]).shape == (3, 3)
+    for path in meg["plots"].values():
+        assert Path(path).is_file(), path
+    for person in ("sim01", "sim02", "sim03"):
+        assert (tmp_path / "demo" / "meg" / "individual" / person / "adapter.safetensors").is_file()

@@ -16,7 +16,14 @@ from peft import (
 from clip_hba._validation import InputError
 from clip_hba.backbones import Backbone, Tower
 
-__all__ = ["AdapterConfig", "adapter_state", "add_adapters", "load_adapter_state", "resolve_blocks"]
+__all__ = [
+    "AdapterConfig",
+    "adapter_state",
+    "add_adapters",
+    "load_adapter_state",
+    "merge_adapters",
+    "resolve_blocks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +138,26 @@ def load_adapter_state(backbone: Backbone, state: dict[str, torch.Tensor]) -> No
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise InputError(f"Adapter weights do not fit this model: unexpected {unexpected[:3]}.")
+
+
+def merge_adapters(backbone: Backbone) -> int:
+    """Fold every adapter into its base weight and remove it; the backbone is frozen after.
+
+    Used to start a run from another run's fine-tuned weights: the merged model computes what
+    the adapted one did, and new adapters can then be added on top. Returns how many merged.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model = backbone.model
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+            merged += 1
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    for param in model.parameters():
+        param.requires_grad = False
+    return merged

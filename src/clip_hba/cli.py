@@ -17,7 +17,13 @@ import typer
 from clip_hba import __version__
 from clip_hba._io import write_json_atomic
 from clip_hba._validation import InputError
-from clip_hba.cli_meg import meg_app, simulate_app
+from clip_hba.cli_meg import (
+    evaluate_meg_command,
+    fit_individual_command,
+    fit_meg_command,
+    meg_app,
+    simulate_app,
+)
 
 if TYPE_CHECKING:
     from clip_hba.embeddings import ConceptEmbedding
@@ -39,6 +45,9 @@ rsa_app = typer.Typer(
     help="Representational similarity analysis of RDM files.", no_args_is_help=True
 )
 app.add_typer(rsa_app, name="rsa")
+fit_app.command("meg")(fit_meg_command)
+fit_app.command("individual")(fit_individual_command)
+evaluate_app.command("meg")(evaluate_meg_command)
 app.add_typer(meg_app, name="meg")
 app.add_typer(simulate_app, name="simulate")
 
@@ -442,6 +451,10 @@ def embed_command(
     )
     from clip_hba.inputs import concept_inputs
 
+    meg_run = Path(model) / "config.json"
+    if meg_run.is_file() and json.loads(meg_run.read_text()).get("task") == "meg":
+        _embed_meg(Path(model), out, images, images_csv, batch_size, rdm, device)
+        return
     behavior_model, trained_inputs = load_model(model, data_dir, device)
     config = dataclasses.replace(
         trained_inputs,
@@ -465,6 +478,47 @@ def embed_command(
     _emit({"out": str(out), "n_items": embedding.n_concepts, "n_dims": embedding.n_dims}, None)
 
 
+def _embed_meg(
+    run_dir: Path,
+    out: Path,
+    images: Path | None,
+    images_csv: Path | None,
+    batch_size: int,
+    with_rdm: bool,
+    device: str,
+) -> None:
+    """`embed` for a MEG run: (T, N, 66) embeddings with the time axis (and (T, pairs) RDMs)."""
+    import dataclasses
+
+    from clip_hba.embed import meg_embeddings, save_time_embedding
+    from clip_hba.inputs import concept_inputs
+    from clip_hba.things import load_spose_labels
+    from clip_hba.train_meg import MegFitConfig, load_meg_run
+
+    config = MegFitConfig.from_dict(json.loads((run_dir / "config.json").read_text())["fit"])
+    model = load_meg_run(run_dir, device)
+    inputs_config = dataclasses.replace(
+        config.inputs,
+        images=str(images) if images else config.inputs.images,
+        images_csv=str(images_csv) if images_csv else config.inputs.images_csv,
+    )
+    inputs = concept_inputs(
+        model.backbone, None, inputs_config, config.data_dir, things_ids_only=False
+    )
+    embeddings = meg_embeddings(model, inputs, batch_size)
+    save_time_embedding(
+        out,
+        embeddings,
+        model.times_ms,
+        inputs.concept_ids,
+        inputs.item_ids,
+        load_spose_labels(config.data_dir),
+        with_rdm,
+    )
+    n_times, n_items, n_dims = embeddings.shape
+    _emit({"out": str(out), "n_items": n_items, "n_times": n_times, "n_dims": n_dims}, None)
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[
@@ -472,15 +526,19 @@ def demo_command(
         typer.Option(help="Folder for metrics.json, plots, the training log and the checkpoint."),
     ] = Path("clip-hba-demo"),
     quick: Annotated[
-        bool, typer.Option(help="A few concepts and 2 epochs: checks the pipeline in seconds.")
+        bool,
+        typer.Option(help="A few concepts and epochs in every stage: checks the pipeline fast."),
     ] = False,
 ) -> None:
-    """Train the offline demo: CLIP-HBA-Behavior on all-MiniLM-L6-v2 (needs no GPU or network).
+    """Run the offline demo on all-MiniLM-L6-v2 (needs no GPU or network).
 
-    Each concept is read as "word: definition"; DoRA adapters and the prompt-cosine head over the
-    66 SPoSE labels are trained on the 1,806 training concepts (about 10 minutes on 2 CPU cores).
-    Writes OUT/metrics.json ({"before": ..., "after": ...}), OUT/learning_curves.png,
-    OUT/rdm48.png and the run (OUT/run) and prints the metrics as JSON.
+    Behaviour: each concept is read as "word: definition"; DoRA adapters and the prompt-cosine
+    head over the 66 SPoSE labels are trained on the 1,806 training concepts. MEG: on 4
+    simulated participants (300 concepts), the group CLIP-HBA-MEG model starts from that run,
+    is evaluated on held-out concepts against the base and behaviour models, and one
+    individualized model per participant gives the specificity matrix. About 15 minutes on 2
+    CPU cores. Writes OUT/metrics.json ({"before", "after", "meg": ...}), plots, the runs
+    (OUT/run, OUT/meg/...) and prints the metrics as JSON.
     """
     from clip_hba.demo import run_demo
 

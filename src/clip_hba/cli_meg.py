@@ -404,3 +404,285 @@ def simulate_meg_command(
         export_things_mat(out, export_mat)
     with RDMStore(out) as store:
         _emit(store.info())
+
+
+# ---------------------------------------------------------------------------- fit / evaluate MEG
+
+StoreOption = Annotated[Path, typer.Option(help="The MEG RDM store (.h5) with the targets.")]
+MegModelOption = Annotated[
+    str, typer.Option(help="Base model: Hugging Face hub id or local save_pretrained folder.")
+]
+MegImagesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Concept images (THINGS layout or a folder with images.csv); text backbones read "
+        "each concept's word and definition instead."
+    ),
+]
+TimeWindowOption = Annotated[
+    str | None, typer.Option(help="Target times START,STOP in ms (inclusive); default all.")
+]
+Stage0LrOption = Annotated[
+    float, typer.Option(help="AdamW learning rate of the layer weights W (both stages).")
+]
+Stage1LrOption = Annotated[
+    float, typer.Option(help="AdamW learning rate of the DoRA adapters (stage 1).")
+]
+Stage0EpochsOption = Annotated[
+    int, typer.Option(min=1, help="Stage 0 (W only, cached features): most epochs.")
+]
+Stage1EpochsOption = Annotated[
+    int, typer.Option(min=0, help="Stage 1 (W + DoRA): most epochs (0: skip).")
+]
+PatienceOption = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Each stage stops after this many epochs without a better validation loss."
+    ),
+]
+MegBatchOption = Annotated[int, typer.Option(min=3, help="Concepts per batch.")]
+WindowOption = Annotated[
+    int, typer.Option(min=0, help="Smooth W over +- this many timepoints (3 = +-15 ms at 5 ms).")
+]
+NoNoiseOption = Annotated[bool, typer.Option("--no-noise", help="Train without noise injection.")]
+MegSeedOption = Annotated[int, typer.Option(min=0, help="Split, batch order, noise, adapters.")]
+ValFractionOption = Annotated[
+    float, typer.Option(help="Share of the non-held-out concepts used for validation.")
+]
+TestFractionOption = Annotated[
+    float,
+    typer.Option(help="Share of the store's concepts held out (the 48 RDM concepts first)."),
+]
+LayersOption = Annotated[
+    str, typer.Option(help="Blocks with DoRA adapters, comma-separated ('' = every block).")
+]
+AlphaOption = Annotated[float, typer.Option(help="Adapter alpha (update scaled by alpha/rank).")]
+MaxConceptsOption = Annotated[
+    int | None, typer.Option(min=10, help="Use only this many of the store's concepts.")
+]
+BudgetOption = Annotated[
+    float | None, typer.Option(help="Stop training after this many seconds (best kept).")
+]
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
+MegDeviceOption = Annotated[
+    str, typer.Option(help="Torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...")
+]
+QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+
+
+def _meg_config(options: dict, out: Path, participant: str | None, init_meg: str | None):
+    from clip_hba.adapters import AdapterConfig
+    from clip_hba.inputs import InputConfig
+    from clip_hba.meg_model import MegModelConfig
+    from clip_hba.train_meg import MegFitConfig
+
+    layers = options["layers"]
+    return MegFitConfig(
+        store=str(options["store"]),
+        model=options["model"],
+        out=str(out),
+        inputs=InputConfig(images=None if options["images"] is None else str(options["images"])),
+        init_behavior=None if init_meg else _path(options.get("init_behavior")),
+        init_meg=init_meg,
+        participant=participant,
+        participants=_split(options.get("participants")),
+        exclude_participants=_split(options.get("exclude_participants")),
+        time_window=_window(options["time_window"]),
+        meg=MegModelConfig(window=options["window"], noise=not options["no_noise"]),
+        adapter=AdapterConfig(
+            rank=options["rank"],
+            alpha=options["alpha"],
+            layers=tuple(int(v) for v in layers.split(",") if v.strip()),
+            label_layers=(),
+        ),
+        stage0_lr=options["stage0_lr"],
+        stage1_lr=options["stage1_lr"],
+        stage0_epochs=options["stage0_epochs"],
+        stage1_epochs=options["stage1_epochs"],
+        patience=options["patience"],
+        batch_size=options["batch_size"],
+        seed=options["seed"],
+        val_fraction=options["val_fraction"],
+        test_fraction=options["test_fraction"],
+        max_concepts=options["max_concepts"],
+        time_budget_s=options["time_budget"],
+        device=options["device"],
+    )
+
+
+def _path(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def fit_meg_command(
+    store: StoreOption,
+    model: MegModelOption,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/meg"),
+    images: MegImagesOption = None,
+    init_behavior: Annotated[
+        Path | None,
+        typer.Option(help="A CLIP-HBA-Behavior run to start from; its label embeddings are used."),
+    ] = None,
+    participants: Annotated[
+        str | None, typer.Option(help="Comma-separated participants to average (default all).")
+    ] = None,
+    exclude_participants: Annotated[
+        str | None, typer.Option(help="Comma-separated participants to leave out.")
+    ] = None,
+    time_window: TimeWindowOption = None,
+    stage0_lr: Stage0LrOption = 3e-3,
+    stage1_lr: Stage1LrOption = 3e-5,
+    stage0_epochs: Stage0EpochsOption = 200,
+    stage1_epochs: Stage1EpochsOption = 50,
+    patience: PatienceOption = 5,
+    batch_size: MegBatchOption = 50,
+    window: WindowOption = 3,
+    no_noise: NoNoiseOption = False,
+    rank: Annotated[int, typer.Option(min=1, help="DoRA rank.")] = 32,
+    alpha: AlphaOption = 16.0,
+    layers: LayersOption = "",
+    seed: MegSeedOption = 0,
+    val_fraction: ValFractionOption = 0.2,
+    test_fraction: TestFractionOption = 0.2,
+    max_concepts: MaxConceptsOption = None,
+    time_budget: BudgetOption = None,
+    resume: ResumeOption = False,
+    device: MegDeviceOption = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Fit CLIP-HBA-MEG to the participants' mean MEG RDMs (group model).
+
+    Stage 0 trains the layer weights W on cached features of the frozen backbone; stage 1 adds
+    DoRA adapters to every block. Prints the run's metrics.json.
+    """
+    from clip_hba.train_meg import fit_meg
+
+    config = _meg_config(locals(), out, None, None)
+    result = fit_meg(config, resume=resume, verbose=not quiet)
+    _emit(json.loads((result.run_dir / "metrics.json").read_text()))
+
+
+def fit_individual_command(
+    store: StoreOption,
+    model: MegModelOption,
+    participant: Annotated[
+        str, typer.Option(help="Participant id, or 'all' for one model per participant.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Folder of the runs: one sub-folder per participant.")
+    ] = Path("runs/individual"),
+    init: Annotated[
+        Literal["group", "behavior", "base"],
+        typer.Option(
+            help="Start from the group MEG run (--group-run), a behaviour run "
+            "(--init-behavior) or the base model."
+        ),
+    ] = "group",
+    group_run: Annotated[
+        Path | None, typer.Option(help="The group MEG run (for --init group).")
+    ] = None,
+    init_behavior: Annotated[
+        Path | None, typer.Option(help="The behaviour run (for --init behavior).")
+    ] = None,
+    images: MegImagesOption = None,
+    time_window: TimeWindowOption = None,
+    stage0_lr: Stage0LrOption = 3e-3,
+    stage1_lr: Stage1LrOption = 3e-5,
+    stage0_epochs: Stage0EpochsOption = 200,
+    stage1_epochs: Stage1EpochsOption = 50,
+    patience: PatienceOption = 5,
+    batch_size: MegBatchOption = 50,
+    window: WindowOption = 3,
+    no_noise: NoNoiseOption = False,
+    rank: Annotated[int, typer.Option(min=1, help="DoRA rank.")] = 6,
+    alpha: AlphaOption = 16.0,
+    layers: LayersOption = "",
+    seed: MegSeedOption = 0,
+    val_fraction: ValFractionOption = 0.2,
+    test_fraction: TestFractionOption = 0.2,
+    max_concepts: MaxConceptsOption = None,
+    time_budget: BudgetOption = None,
+    resume: ResumeOption = False,
+    device: MegDeviceOption = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Fit individualized CLIP-HBA-MEG models: one participant's MEG RDMs each.
+
+    Writes OUT/<participant>/ per participant (one after another with --participant all) and
+    prints each run's metrics.json.
+    """
+    from clip_hba.meg import RDMStore
+    from clip_hba.train_meg import fit_meg
+
+    if init == "group" and group_run is None:
+        raise InputError("--init group needs the group MEG run: give --group-run.")
+    if init == "behavior" and init_behavior is None:
+        raise InputError("--init behavior needs the behaviour run: give --init-behavior.")
+    options = dict(locals())
+    if init != "behavior":
+        options["init_behavior"] = None
+    with RDMStore(store) as opened:
+        everyone = list(opened.participant_ids)
+    chosen = everyone if participant == "all" else [participant]
+    results = {}
+    for person in (
+        typer.progressbar(chosen, label="Participants") if len(chosen) > 1 and not quiet else chosen
+    ):
+        config = _meg_config(
+            options, out / person, person, _path(group_run) if init == "group" else None
+        )
+        result = fit_meg(config, resume=resume, verbose=not quiet)
+        results[person] = json.loads((result.run_dir / "metrics.json").read_text())
+    _emit(results)
+
+
+def evaluate_meg_command(
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A MEG run (full evaluation), or a folder of individualized runs (one "
+            "sub-folder per participant: the specificity matrix)."
+        ),
+    ],
+    store: StoreOption,
+    out: Annotated[Path, typer.Option(help="Folder for the JSON summary and plots.")],
+    n_permutations: Annotated[
+        int, typer.Option("--permutations", min=0, help="Permutations of the cluster tests.")
+    ] = 1000,
+    window: Annotated[
+        str, typer.Option(help="Specificity: time window START,STOP in ms.")
+    ] = "0,1000",
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the permutations.")] = 0,
+    device: MegDeviceOption = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Evaluate CLIP-HBA-MEG on held-out concepts, or the specificity of personal models.
+
+    A run: time-resolved RSA of the MEG model, the base model and the behaviour model it started
+    from, the learned W beside the base model's layer x time RSA, and behavioural alignment per
+    timepoint. A folder of individualized runs: S[i, j] = mean RSA (over --window) of
+    participant i's model with participant j's held-out MEG, diagonal minus off-diagonal and a
+    permutation p-value. Prints the JSON summary.
+    """
+    from clip_hba.checkpoints import CONFIG_FILE
+    from clip_hba.evaluate_meg import evaluate_meg_run, save_specificity, specificity
+
+    if (model / CONFIG_FILE).is_file():
+        _emit(evaluate_meg_run(model, store, out, n_permutations, seed, device, not quiet))
+        return
+    runs = (
+        {sub.name: sub for sub in sorted(model.iterdir()) if (sub / CONFIG_FILE).is_file()}
+        if model.is_dir()
+        else {}
+    )
+    if not runs:
+        raise InputError(f"{model} is neither a MEG run nor a folder of MEG runs.")
+    result = specificity(
+        runs,
+        store,
+        _window(window),
+        n_permutations=max(n_permutations, 1),
+        seed=seed,
+        device=device,
+    )
+    _emit(save_specificity(result, out))

