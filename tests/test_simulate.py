@@ -86,3 +86,21 @@ def test_time_course_shape():
 def test_bad_settings(kwargs, message):
     with pytest.raises(InputError, match=message):
         SimulationConfig(**kwargs)
+
+
+def test_attention_jitter_gives_each_participant_a_behavioural_space(tmp_path):
+    base = SimulationConfig(n_concepts=30, n_participants=2, tmin_ms=200, tmax_ms=300, noise=0.01)
+    plain = simulate_meg(tmp_path / "plain.h5", base, verbose=False)
+    config = SimulationConfig(**{**base.__dict__, "attention_jitter": 1.0})
+    personal = simulate_meg(tmp_path / "personal.h5", config, verbose=False)
+    with RDMStore(plain) as store:
+        assert (store.ground_truth()["attention"] == 1).all()
+        same = store.read().values.mean(1)
+    with RDMStore(personal) as store:
+        truth = store.ground_truth()
+        own = store.read().values.mean(1)
+    assert truth["attention"].shape == (2, 66) and truth["attention"].std() > 0.5
+    # without jitter the two participants differ by their mixtures only; with it, by more
+    r_plain = np.corrcoef(same[0], same[1])[0, 1]
+    r_personal = np.corrcoef(own[0], own[1])[0, 1]
+    assert r_personal < r_plain

@@ -625,9 +625,9 @@ def fit_individual_command(
         everyone = list(opened.participant_ids)
     chosen = everyone if participant == "all" else [participant]
     results = {}
-    for person in (
-        typer.progressbar(chosen, label="Participants") if len(chosen) > 1 and not quiet else chosen
-    ):
+    from tqdm.auto import tqdm
+
+    for person in tqdm(chosen, desc="Participants", disable=quiet or len(chosen) == 1):
         config = _meg_config(
             options, out / person, person, _path(group_run) if init == "group" else None
         )

@@ -16,9 +16,11 @@ over the concept pairs, where z_k are z-scored model-independent component RDMs:
 
 ``a_pk(t) = gain_p * weight_pk * h_k(t - shift_pk)`` with ``h_k`` a gamma-shaped curve, zero
 before the component's onset (so zero before 0 ms), and participant-specific latency shifts,
-gains and mixture weights. The noise is Gaussian per pair and autocorrelated over time (AR(1),
-time constant 15 ms). The truth -- components, their RDMs and the per-participant time courses
-``a_pk(t)`` -- is saved in the store's ``ground_truth`` group.
+gains and mixture weights; with ``attention_jitter`` each participant also weighs the 66 SPoSE
+dimensions differently in the behavioural component (a personal behavioural space). The noise
+is Gaussian per pair and autocorrelated over time (AR(1), time constant 15 ms). The truth --
+components, their RDMs, the per-participant time courses ``a_pk(t)`` and dimension weights --
+is saved in the store's ``ground_truth`` group.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class SimulationConfig:
     latency_jitter_ms: float = 15.0  # sd of each participant's shift of all latencies
     gain_jitter: float = 0.25  # sd of log gain across participants
     weight_jitter: float = 0.3  # sd of log mixture weight across participants and components
+    attention_jitter: float = 0.0  # sd of log weight of each SPoSE dimension per participant
 
     def __post_init__(self) -> None:
         if not 3 <= self.n_concepts <= 1854:
@@ -148,6 +151,11 @@ def simulate_meg(
     names = list(COMPONENTS)
     z = np.stack(list(component_rdms(concept_ids, config.seed, data_dir).values()))
     truth = _participant_truth(config, rng, times)
+    attention = np.ones((config.n_participants, 66))
+    if config.attention_jitter > 0:  # drawn only when used: other settings keep their data
+        attention = np.exp(rng.normal(0.0, config.attention_jitter, attention.shape))
+    spose = load_spose(data_dir).select(list(concept_ids)).values
+    behaviour = names.index("behaviour")
     participants = [f"sim{p + 1:02d}" for p in range(config.n_participants)]
     attrs = {
         "kind": "simulated_decoding_accuracy",
@@ -161,6 +169,7 @@ def simulate_meg(
             {
                 "components": np.array(names),
                 "component_rdms": z.astype(np.float32),
+                "attention": attention,  # (P, 66): each participant's SPoSE dimension weights
                 **truth,
             },
         )
@@ -169,12 +178,17 @@ def simulate_meg(
         )
         with bar:
             for p in range(len(participants)):
+                z_p = z
+                if config.attention_jitter > 0:  # this participant's own behavioural space
+                    z_p = z.copy()
+                    own = rdm(spose * attention[p], "pearson")
+                    z_p[behaviour] = (own - own.mean()) / own.std()
                 noise = rng.normal(size=z.shape[1])
                 for t in range(len(times)):
                     if t:
                         noise = phi * noise + np.sqrt(1 - phi**2) * rng.normal(size=z.shape[1])
                     amplitudes = truth["time_courses"][p, :, t]
-                    signal = amplitudes @ z + truth["offset"][p, t]
+                    signal = amplitudes @ z_p + truth["offset"][p, t]
                     writer.write(p, t, 50.0 + DECODING_SCALE * (signal + config.noise * noise))
                     bar.update()
     return Path(out)
