@@ -148,8 +148,9 @@ def demo_meg_config(
 ) -> MegFitConfig:
     """The MEG demo's training settings: group (from the behaviour run) or one participant.
 
-    Larger learning rates than `fit meg`'s defaults (3e-2 for W, 3e-4 for DoRA), because the
-    simulated set has 300 concepts (4 steps per epoch) instead of THINGS-MEG's 1,854.
+    Larger learning rates than `fit meg`'s defaults, because the simulated set has 300 concepts
+    (4 steps per epoch) instead of THINGS-MEG's 1,854: 3e-2 for W; for DoRA 3e-4 (group, at
+    most 10 epochs) and 1e-3 (individual, rank 6, at most 20 epochs).
     """
     individual = participant is not None
     return MegFitConfig(
@@ -161,9 +162,9 @@ def demo_meg_config(
         participant=participant,
         adapter=AdapterConfig(rank=6 if individual else 32, alpha=16.0, layers=(), label_layers=()),
         stage0_lr=3e-2,
-        stage1_lr=3e-4,
+        stage1_lr=1e-3 if individual else 3e-4,
         stage0_epochs=2 if quick else 200,
-        stage1_epochs=1 if quick else 10,
+        stage1_epochs=1 if quick else (20 if individual else 10),
         patience=5,
         batch_size=50,
         seed=0,
