@@ -120,21 +120,17 @@ def run_demo(out: str | os.PathLike, quick: bool = False, verbose: bool = True) 
 
 
 def demo_simulation(quick: bool = False) -> SimulationConfig:
-    """Simulated participants of the MEG demo: distinct latencies and component mixtures."""
+    """Simulated participants of the MEG demo, each with their own dynamics and behavioural space.
+
+    Latencies (sd 40 ms), component mixtures (log-sd 0.8) and the weights of the 66 SPoSE
+    dimensions in the behavioural component (log-sd 1.5) differ between participants.
+    """
+    distinct = dict(latency_jitter_ms=40.0, weight_jitter=0.8, attention_jitter=1.5, noise=1.5)
     if quick:
         return SimulationConfig(
-            n_concepts=40,
-            n_participants=3,
-            tmin_ms=-100,
-            tmax_ms=500,
-            step_ms=10,
-            latency_jitter_ms=40,
-            weight_jitter=0.8,
-            noise=2.0,
+            n_concepts=40, n_participants=3, tmin_ms=-100, tmax_ms=500, step_ms=10, **distinct
         )
-    return SimulationConfig(
-        n_concepts=300, n_participants=4, latency_jitter_ms=40, weight_jitter=0.8, noise=2.0
-    )
+    return SimulationConfig(n_concepts=300, n_participants=4, **distinct)
 
 
 def demo_meg_config(
