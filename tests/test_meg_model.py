@@ -352,3 +352,17 @@ def test_rsa_curves_use_held_out_concepts_only(setup, tmp_path):
     assert summary["n_concepts"] == len(saved["split"]["test"])
     with RDMStore(setup[0]) as store:
         assert set(saved["split"]["test"]) <= set(store.concept_ids)
+
+
+def test_individual_run_must_hold_out_what_its_group_run_held_out(setup, tmp_path):
+    group = fit_meg(fit_config(setup, tmp_path / "group", stage1_epochs=0), verbose=False)
+    store = setup[0]
+    with RDMStore(store) as opened:
+        person = opened.participant_ids[0]
+    with pytest.raises(InputError, match="holds out other concepts"):
+        fit_meg(
+            fit_config(
+                setup, tmp_path / "p", participant=person, init_meg=str(group.run_dir), seed=1
+            ),
+            verbose=False,
+        )

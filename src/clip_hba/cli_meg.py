@@ -631,7 +631,8 @@ def fit_individual_command(
         config = _meg_config(
             options, out / person, person, _path(group_run) if init == "group" else None
         )
-        result = fit_meg(config, resume=resume, verbose=not quiet)
+        started = (out / person / "last.safetensors").is_file()  # resume who had begun
+        result = fit_meg(config, resume=resume and started, verbose=not quiet)
         results[person] = json.loads((result.run_dir / "metrics.json").read_text())
     _emit(results)
 

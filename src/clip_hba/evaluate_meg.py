@@ -276,6 +276,8 @@ def specificity(
             first_test = set(saved["split"]["test"])
         elif set(saved["split"]["test"]) != first_test:
             raise InputError(f"{run_dir} holds out other concepts than the first run.")
+        elif not np.array_equal(np.array(saved["times_ms"]), times):
+            raise InputError(f"{run_dir} has another time axis than the first run.")
         model = load_meg_run(run_dir, device)
         inputs = concept_inputs(
             model.backbone, held_out, config.inputs, config.data_dir, things_ids_only=False

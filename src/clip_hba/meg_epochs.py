@@ -104,9 +104,10 @@ def correlation_rdms(means: np.ndarray) -> np.ndarray:
         patterns = (patterns - patterns.mean(1, keepdims=True)) / patterns.std(1, keepdims=True)
     patterns = np.nan_to_num(patterns)  # a flat sensor carries no pattern
     step = max(1, RDM_BYTES // (8 * n_conditions**2))
-    return np.concatenate(
-        [rdm(patterns[t : t + step], "pearson") for t in range(0, n_times, step)]
-    ).astype(np.float32)
+    out = np.empty((n_times, n_conditions * (n_conditions - 1) // 2), dtype=np.float32)
+    for t in range(0, n_times, step):
+        out[t : t + step] = rdm(patterns[t : t + step], "pearson")
+    return out
 
 
 def decoding_rdms(
@@ -501,8 +502,8 @@ def _events(bids_path: Any, epoching: BidsEpoching) -> tuple[np.ndarray, list[st
 
 def _bids_runs_epochs(
     runs: list[Any], epoching: BidsEpoching
-) -> Iterator[tuple[np.ndarray, list[str], np.ndarray, int]]:
-    """Per run: (data (n, ch, T), labels, times_ms, run number)."""
+) -> Iterator[tuple[np.ndarray, list[str], np.ndarray, int, list[str]]]:
+    """Per run: (data (n, ch, T), labels, times_ms, run number, channel names)."""
     import mne
     from mne_bids import read_raw_bids
 
@@ -527,11 +528,13 @@ def _bids_runs_epochs(
             verbose="error",
         )
         kept = epochs.events[:, 2] - 1  # rows of the events that became epochs
+        picks = mne.pick_types(epochs.info, meg=True, eeg=True, exclude="bads")
         yield (
-            epochs.get_data(picks="data"),
+            epochs.get_data(picks=picks),
             [labels[k] for k in kept],
             epochs.times * 1000.0,
             number,
+            [epochs.ch_names[k] for k in picks],
         )
 
 
@@ -539,7 +542,14 @@ def _bids_subject(
     runs: list[Any], epoching: BidsEpoching, config: EpochsConfig, order: list[str]
 ) -> TimeRDMs:
     means, trials, conditions, groups, times = ConditionMeans(), [], [], [], None
-    for data, labels, run_times, number in _bids_runs_epochs(runs, epoching):
+    channels = None
+    for data, labels, run_times, number, names in _bids_runs_epochs(runs, epoching):
+        if channels is not None and names != channels:
+            raise InputError(
+                f"Run {number + 1} of the subject has other data channels than run 1 (bad "
+                "channels differ?); mark the same channels bad in every run's channels.tsv."
+            )
+        channels = names
         if times is not None and len(run_times) != len(times):
             raise InputError("The runs of one subject give epochs of different lengths.")
         times = run_times

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, stats
 from tqdm.auto import tqdm
 
 from clip_hba._io import write_atomic, write_json_atomic
@@ -402,7 +402,9 @@ def summarize_curve(
         k = np.flatnonzero(after)[int(np.argmax(values[after]))]
         peak, latency = float(values[k]), float(times_ms[k])
         auc = (
-            float(np.trapezoid(values[after], times_ms[after] / 1000.0)) if after.sum() > 1 else 0.0
+            float(integrate.trapezoid(values[after], times_ms[after] / 1000.0))
+            if after.sum() > 1
+            else 0.0
         )
     significant = [c for c in clusters or () if c.p_value < alpha]
     return {
@@ -470,7 +472,12 @@ def _run(
     if config.baseline == "prestimulus" and not (times < 0).any():
         raise InputError("A pre-stimulus baseline needs timepoints before 0 ms in the window.")
     n_p, n_t = len(participant_ids), len(times)
-    permutations = _Permutations(len(concept_ids), config.n_permutations, config.seed)
+    most_rows = (
+        max(len(m.values) for m in models if m.kind != "time")
+        if any(m.kind != "time" for m in models)
+        else 1
+    )
+    permutations = _Permutations(len(concept_ids), config.n_permutations, config.seed, most_rows)
     targets = ["group", *participant_ids]
     curves = {
         name: np.full((len(targets), n_t), np.nan) for m in models for name in m.curve_names()
@@ -543,13 +550,14 @@ def _shared_concepts(
 class _Permutations:
     """Seeded relabellings of the concepts, as index arrays into condensed RDMs."""
 
-    def __init__(self, n_concepts: int, n_permutations: int, seed: int) -> None:
+    def __init__(self, n_concepts: int, n_permutations: int, seed: int, rows: int = 1) -> None:
         rng = np.random.default_rng(seed)
         self.orders = [rng.permutation(n_concepts) for _ in range(n_permutations)]
         self.n = n_concepts
         self._u, self._v = np.triu_indices(n_concepts, k=1)
         n_pairs = len(self._u)
-        self.chunk = max(1, min(n_permutations, NULL_BYTES // max(1, 8 * n_pairs)))
+        # a chunk of permuted models is (chunk x rows, n_pairs) float64
+        self.chunk = max(1, min(n_permutations, NULL_BYTES // max(1, 8 * n_pairs * rows)))
         self._cache = (
             [self._pairs(o) for o in self.orders]
             if n_permutations * n_pairs * 8 <= NULL_BYTES

@@ -441,6 +441,13 @@ def _build(config: MegFitConfig, run_dir: Path, verbose: bool) -> _Run:
     if config.max_concepts is not None:
         present = present[: config.max_concepts]
     split = meg_split(present, config.seed, config.val_fraction, config.test_fraction)
+    if config.init_meg is not None:  # its W and adapters must not have seen our held-out set
+        parent = read_json(Path(config.init_meg) / CONFIG_FILE)["split"]["test"]
+        if set(parent) != set(split.test_ids):
+            raise InputError(
+                f"{config.init_meg} holds out other concepts than this run would; use the same "
+                "store, --seed, --val-fraction, --test-fraction and --max-concepts as that run."
+            )
     ordered = [*split.train_ids, *split.val_ids, *split.test_ids]
     inputs = concept_inputs(
         backbone, ordered, config.inputs, config.data_dir, things_ids_only=False
