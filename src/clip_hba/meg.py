@@ -242,8 +242,10 @@ class RDMStore:
         concept_ids: Sequence[str] | None = None,
         participants: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
+        batch_bytes: int | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Stream the data in batches of timepoints.
+        """Stream the data in batches of timepoints (of about ``batch_bytes`` read each,
+        default 64 MB).
 
         Yields
         ------
@@ -254,7 +256,7 @@ class RDMStore:
         times = self.time_indices(window_ms)
         rows = self.participant_indices(participants, exclude)
         pairs = self.pair_selection(concept_ids)
-        for start, stop in self._time_batches(times, self.n_pairs * len(rows)):
+        for start, stop in self._time_batches(times, self.n_pairs * len(rows), batch_bytes):
             block = np.stack([self._read_rows(p, times[start:stop]) for p in rows])
             if pairs is not None:
                 block = block[..., pairs]
@@ -328,8 +330,10 @@ class RDMStore:
         return self._rdm[participant, times]
 
     @staticmethod
-    def _time_batches(times: Sequence[int], row_values: int) -> Iterator[tuple[int, int]]:
-        step = max(1, READ_BYTES // max(1, 4 * row_values))
+    def _time_batches(
+        times: Sequence[int], row_values: int, batch_bytes: int | None = None
+    ) -> Iterator[tuple[int, int]]:
+        step = max(1, (batch_bytes or READ_BYTES) // max(1, 4 * row_values))
         for start in range(0, len(times), step):
             yield start, min(start + step, len(times))
 

@@ -45,6 +45,7 @@ __all__ = [
 Kind = Literal["static", "time", "layers"]
 EMBEDDING_SUFFIXES = (".npz", ".npy", ".csv", ".tsv", ".txt")
 NULL_BYTES = 256 << 20  # permuted model RDMs held at once
+RSA_READ_BYTES = 256 << 20  # MEG read per block of timepoints
 FAST_PATH = True  # standardise complete models once (tests switch it off to compare)
 
 
@@ -246,6 +247,11 @@ def _standardize(values: np.ndarray, method: str) -> np.ndarray:
 
 def _correlate_rowwise(meg: np.ndarray, models: np.ndarray, method: str) -> np.ndarray:
     """Correlation of ``meg[t]`` with ``models[t]`` for every t; (T,)."""
+    meg = np.asarray(meg, dtype=np.float64)
+    models = np.asarray(models, dtype=np.float64)
+    complete = not (np.isnan(meg).any() or np.isnan(models).any())
+    if complete and method != "kendall_tau_a" and meg.shape[1] >= 3:  # all rows at once
+        return (_standardize(meg, method) * _standardize(models, method)).sum(1)
     return np.array([correlate(meg[t], models[t], method)[0, 0] for t in range(len(meg))])
 
 
@@ -487,7 +493,10 @@ def _run(
         for name in curves
     }
     ceiling = {"lower": np.full((n_p, n_t), np.nan), "upper": np.full((n_p, n_t), np.nan)}
-    blocks = store.iter_times(config.window_ms, concept_ids, list(participant_ids))
+    # larger blocks than a plain read: every block rebuilds the permuted pair indices
+    blocks = store.iter_times(
+        config.window_ms, concept_ids, list(participant_ids), batch_bytes=RSA_READ_BYTES
+    )
     offset = 0
     standardized: dict[str, np.ndarray] = {}
     bar = tqdm(total=n_t, desc="Time-resolved RSA", unit="time", disable=not verbose)
@@ -601,19 +610,21 @@ def _block_model(
     fast = FAST_PATH and method != "kendall_tau_a" and not np.isnan(model.values).any()
     if fast and model.name not in standardized:
         standardized[model.name] = _standardize(model.values, method)
+    complete = [t for t, meg in enumerate(rows) if fast and not np.isnan(meg).any()]
+    if complete:
+        _fast_targets(
+            model,
+            [rows[t] for t in complete],
+            complete,
+            span,
+            config,
+            permutations,
+            curves,
+            nulls,
+            standardized[model.name],
+        )
     for target, meg in enumerate(rows):  # (Tb, n_pairs)
-        if fast and not np.isnan(meg).any():
-            _fast_target(
-                model,
-                meg,
-                target,
-                span,
-                config,
-                permutations,
-                curves,
-                nulls,
-                standardized[model.name],
-            )
+        if target in complete:
             continue
         if model.kind == "time":
             values = model.values[span]
@@ -634,10 +645,10 @@ def _block_model(
                 nulls[name][target, start : start + len(chunk), span] = null[:, :, m].T
 
 
-def _fast_target(
+def _fast_targets(
     model: ModelRDMs,
-    meg: np.ndarray,
-    target: int,
+    megs: list[np.ndarray],
+    targets: list[int],
     span: slice,
     config: TimeRSAConfig,
     permutations: _Permutations,
@@ -645,23 +656,26 @@ def _fast_target(
     nulls: dict[str, np.ndarray],
     z_model: np.ndarray,
 ) -> None:
+    """The complete targets together: each permuted model is gathered once for all of them."""
     names = model.curve_names()
-    z_meg = _standardize(meg.astype(np.float64), config.method)  # (Tb, n)
+    z_meg = np.stack([_standardize(meg.astype(np.float64), config.method) for meg in megs])
+    n_targets, n_times, n_pairs = z_meg.shape
     if model.kind == "time":
         z_time = z_model[span]
-        curves[names[0]][target, span] = (z_meg * z_time).sum(1)
+        curves[names[0]][targets, span] = (z_meg * z_time).sum(-1)
         for start, chunk in permutations.chunks():
             for k, pairs in enumerate(chunk):
-                nulls[names[0]][target, start + k, span] = (z_meg * z_time[:, pairs]).sum(1)
+                nulls[names[0]][targets, start + k, span] = (z_meg * z_time[:, pairs]).sum(-1)
         return
-    observed = z_meg @ z_model.T  # (Tb, M)
+    flat = z_meg.reshape(n_targets * n_times, n_pairs)
+    observed = (flat @ z_model.T).reshape(n_targets, n_times, len(names))
     for m, name in enumerate(names):
-        curves[name][target, span] = observed[:, m]
+        curves[name][targets, span] = observed[:, :, m]
     for start, chunk in permutations.chunks():
         permuted = np.concatenate([z_model[:, pairs] for pairs in chunk])  # (k*M, n)
-        null = (z_meg @ permuted.T).reshape(len(meg), len(chunk), len(names))
+        null = (flat @ permuted.T).reshape(n_targets, n_times, len(chunk), len(names))
         for m, name in enumerate(names):
-            nulls[name][target, start : start + len(chunk), span] = null[:, :, m].T
+            nulls[name][targets, start : start + len(chunk), span] = null[..., m].transpose(0, 2, 1)
 
 
 def _block_noise_ceiling(
