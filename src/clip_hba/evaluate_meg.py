@@ -18,14 +18,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from clip_hba._io import write_json_atomic
 from clip_hba._validation import InputError
 from clip_hba.checkpoints import CONFIG_FILE, read_json
-from clip_hba.embed import meg_embeddings
+from clip_hba.embed import embed_layers, meg_embeddings
 from clip_hba.inputs import concept_inputs
 from clip_hba.meg import RDMStore
 from clip_hba.meg_model import MegModel
@@ -96,7 +95,7 @@ def evaluate_meg_run(
         base.backbone, ids, config.inputs, config.data_dir, things_ids_only=False
     )
     models.append(ModelRDMs.from_features("base", base.predict(base_inputs.tensors), ids))
-    base_layers = _layer_features(base, base_inputs)
+    base_layers = embed_layers(base, base_inputs, 50)
     models.append(
         ModelRDMs.from_features(
             "base_layers",
@@ -157,12 +156,6 @@ def _base_model(config: MegFitConfig, device: str) -> BehaviorModel:
     backbone = load_backbone(config.model)
     base = BehaviorModel(backbone, load_spose_labels(config.data_dir), HeadConfig())
     return base.to(resolve_device(device)).eval()
-
-
-def _layer_features(model: BehaviorModel, inputs: Any, batch_size: int = 50) -> np.ndarray:
-    from clip_hba.embed import embed_layers
-
-    return embed_layers(model, inputs, batch_size)
 
 
 def _weights_summary(weights: np.ndarray, times: np.ndarray) -> dict:
