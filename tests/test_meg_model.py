@@ -107,6 +107,49 @@ def test_noise_is_off_at_evaluation_and_never_depends_on_the_batch(setup):
         np.testing.assert_allclose(again[:, :5], noisy[:, :5], rtol=1e-5, atol=1e-5)
 
 
+def test_dimension_gains_start_neutral_and_scale_their_dimension(setup):
+    plain = tiny_model(setup)
+    gained = tiny_model(setup)
+    gained.config = MegModelConfig(dimension_gains=True)
+    gained.load_state_dict(plain.state_dict())
+    features = torch.randn(plain.n_layers, 6, plain.backbone.concept_tower.feature_dim)
+    with torch.no_grad():
+        assert torch.equal(gained.embed_features(features), plain.embed_features(features))
+        gained.log_gains[3] = np.log(2.0)
+        doubled = gained.embed_features(features)
+        reference = plain.embed_features(features)
+    np.testing.assert_allclose(doubled[..., 3], 2 * reference[..., 3], rtol=1e-5)
+    np.testing.assert_array_equal(
+        np.delete(doubled.numpy(), 3, -1), np.delete(reference.numpy(), 3, -1)
+    )
+    assert gained.dimension_gains[3] == pytest.approx(2.0) and not plain.log_gains.requires_grad
+
+
+def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path):
+    from clip_hba.train_meg import load_meg_run
+
+    options = dict(meg={"dimension_gains": True}, loss_weights=(1.0, 0.0, 0.0))
+    full = fit_meg(fit_config(setup, tmp_path / "full", **options), verbose=False)
+    gains = load_meg_run(full.run_dir).dimension_gains
+    assert np.ptp(gains) > 0  # learned: no longer all 1
+    out = tmp_path / "part"
+    fit_meg(fit_config(setup, out, time_budget_s=0.0, **options), verbose=False)
+    for _ in range(len(full.log)):
+        part = fit_meg(
+            fit_config(setup, out, time_budget_s=0.0, **options), resume=True, verbose=False
+        )
+    assert [r["val_loss"] for r in part.log] == [r["val_loss"] for r in full.log]
+    np.testing.assert_array_equal(load_meg_run(out).dimension_gains, gains)
+    with RDMStore(setup[0]) as opened:
+        person = opened.participant_ids[1]
+    child = _build(
+        fit_config(setup, tmp_path / "p", participant=person, init_meg=str(full.run_dir)),
+        tmp_path / "p",
+        verbose=False,
+    )
+    np.testing.assert_array_equal(child.model.dimension_gains, gains)  # starts where the group is
+
+
 def test_noise_curves_use_reliability_and_are_zero_signal_before_onset():
     times = np.arange(-50.0, 300.0, 10.0)
     rng = np.random.default_rng(0)
@@ -287,10 +330,15 @@ def test_individual_models_and_specificity(setup, tmp_path, capsys):
         "10",
         "--rank",
         "2",
+        "--dimension-gains",
+        "--loss-weights",
+        "1,0,0",
         "--quiet",
     )
     assert code == 0, out
     assert set(json.loads(out)) == {"sim01", "sim02", "sim03"}
+    saved = json.loads((tmp_path / "people" / "sim01" / "config.json").read_text())["fit"]
+    assert saved["meg"]["dimension_gains"] and saved["loss_weights"] == [1.0, 0.0, 0.0]
     code, out, _ = run(
         capsys,
         "evaluate",

@@ -445,6 +445,21 @@ WindowOption = Annotated[
     int, typer.Option(min=0, help="Smooth W over +- this many timepoints (3 = +-15 ms at 5 ms).")
 ]
 NoNoiseOption = Annotated[bool, typer.Option("--no-noise", help="Train without noise injection.")]
+DimensionGainsOption = Annotated[
+    bool,
+    typer.Option(
+        "--dimension-gains",
+        help="Also learn one positive gain per output dimension (the 66 SPoSE dimensions), "
+        "shared over time: how strongly the participant(s) weigh each dimension.",
+    ),
+]
+LossWeightsOption = Annotated[
+    str,
+    typer.Option(
+        help="Weights RDM,MSE,TG of the loss terms: 1 - r of the RDMs, their MSE, 1 - r of "
+        "the temporal-generalisation profiles."
+    ),
+]
 MegSeedOption = Annotated[int, typer.Option(min=0, help="Split, batch order, noise, adapters.")]
 ValFractionOption = Annotated[
     float, typer.Option(help="Share of the non-held-out concepts used for validation.")
@@ -488,7 +503,12 @@ def _meg_config(options: dict, out: Path, participant: str | None, init_meg: str
         participants=_split(options.get("participants")),
         exclude_participants=_split(options.get("exclude_participants")),
         time_window=_window(options["time_window"]),
-        meg=MegModelConfig(window=options["window"], noise=not options["no_noise"]),
+        meg=MegModelConfig(
+            window=options["window"],
+            noise=not options["no_noise"],
+            dimension_gains=options["dimension_gains"],
+        ),
+        loss_weights=_loss_weights(options["loss_weights"]),
         adapter=AdapterConfig(
             rank=options["rank"],
             alpha=options["alpha"],
@@ -508,6 +528,18 @@ def _meg_config(options: dict, out: Path, participant: str | None, init_meg: str
         time_budget_s=options["time_budget"],
         device=options["device"],
     )
+
+
+def _loss_weights(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise InputError(
+            f"Invalid value for '--loss-weights': expected three numbers RDM,MSE,TG, got {text!r}."
+        )
+    return values  # type: ignore[return-value]
 
 
 def _path(value: object) -> str | None:
@@ -538,6 +570,8 @@ def fit_meg_command(
     batch_size: MegBatchOption = 50,
     window: WindowOption = 3,
     no_noise: NoNoiseOption = False,
+    dimension_gains: DimensionGainsOption = False,
+    loss_weights: LossWeightsOption = "1,0.1,0.15",
     rank: Annotated[int, typer.Option(min=1, help="DoRA rank.")] = 32,
     alpha: AlphaOption = 16.0,
     layers: LayersOption = "",
@@ -594,6 +628,8 @@ def fit_individual_command(
     batch_size: MegBatchOption = 50,
     window: WindowOption = 3,
     no_noise: NoNoiseOption = False,
+    dimension_gains: DimensionGainsOption = False,
+    loss_weights: LossWeightsOption = "1,0.1,0.15",
     rank: Annotated[int, typer.Option(min=1, help="DoRA rank.")] = 6,
     alpha: AlphaOption = 16.0,
     layers: LayersOption = "",

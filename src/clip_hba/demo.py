@@ -24,6 +24,7 @@ from clip_hba.checkpoints import METRICS_FILE, read_json
 from clip_hba.embeddings import read_embedding
 from clip_hba.evaluate_meg import evaluate_meg_run, save_specificity, specificity
 from clip_hba.meg import RDMStore
+from clip_hba.meg_model import MegModelConfig
 from clip_hba.models import HeadConfig
 from clip_hba.plots import plot_learning_curves, plot_rdms
 from clip_hba.rsa import RDM
@@ -146,7 +147,11 @@ def demo_meg_config(
 
     Larger learning rates than `fit meg`'s defaults, because the simulated set has 300 concepts
     (4 steps per epoch) instead of THINGS-MEG's 1,854: 3e-2 for W; for DoRA 3e-4 (group, at
-    most 10 epochs) and 1e-3 (individual, rank 6, at most 20 epochs).
+    most 10 epochs) and 1e-3 (individual, rank 6, at most 20 epochs). The individualized
+    models also learn a gain per SPoSE dimension (the simulated participants weigh the
+    dimensions differently) and are fitted on the RDM-correlation term of the loss alone: with
+    one participant's noisier RDMs, the MSE and temporal-generalisation terms mostly fit that
+    participant's noise and decodability offset.
     """
     individual = participant is not None
     return MegFitConfig(
@@ -157,6 +162,8 @@ def demo_meg_config(
         init_meg=None if init_meg is None else str(init_meg),
         participant=participant,
         adapter=AdapterConfig(rank=6 if individual else 32, alpha=16.0, layers=(), label_layers=()),
+        meg=MegModelConfig(dimension_gains=individual),
+        loss_weights=(1.0, 0.0, 0.0) if individual else (1.0, 0.1, 0.15),
         stage0_lr=3e-2,
         stage1_lr=1e-3 if individual else 3e-4,
         stage0_epochs=2 if quick else 200,

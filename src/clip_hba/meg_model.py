@@ -7,10 +7,13 @@ training, injects noise whose size follows the target MEG's temporal reliability
 
     embedding_t = relu(beta_t * (raw_t + eps * std(raw_t) * noise_t))
 
-with ``eps ~ N(0, 1)``. Unlike the reference implementation, ``std`` is each sample's own
-standard deviation over the 66 dimensions, so even training outputs do not depend on which
-other concepts share the batch; at evaluation and inference the noise is off. The output for
-a batch is (T, B, 66) and its RDMs (T, pairs) come from one batched computation.
+with ``eps ~ N(0, 1)``. Optionally (``dimension_gains``) each of the 66 dimensions of
+``raw_t`` is multiplied by a learned positive gain shared over time, ``exp(g_k)`` with
+``g = 0`` at the start: how strongly the person (or group) weighs each behavioural dimension.
+Unlike the reference implementation, ``std`` is each sample's own standard deviation over the
+66 dimensions, so even training outputs do not depend on which other concepts share the batch;
+at evaluation and inference the noise is off. The output for a batch is (T, B, 66) and its
+RDMs (T, pairs) come from one batched computation.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class MegModelConfig:
     noise: bool = True  # noise injection while training
     noise_scale: float = 1.0  # multiplies the noise curve
     logit_scale: float = 100.0  # prompt-cosine head: logit_scale x cos(feature, label)
+    dimension_gains: bool = False  # learn one gain per output dimension (a personal weighting)
 
     def __post_init__(self) -> None:
         if self.window < 0:
@@ -163,6 +167,9 @@ class MegModel(nn.Module):
         n_times, n_layers = len(self.times_ms), backbone.concept_tower.n_blocks
         self.weights = LayerWeights(n_times, n_layers, config.window)
         labels = F.normalize(label_features.detach().float(), dim=-1)
+        self.log_gains = nn.Parameter(
+            torch.zeros(len(labels)), requires_grad=config.dimension_gains
+        )
         self.register_buffer("label_features", labels)
         beta = np.ones(n_times) if curves is None else curves.beta
         noise = np.zeros(n_times) if curves is None else curves.noise
@@ -172,6 +179,11 @@ class MegModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.label_features.device
+
+    @property
+    def dimension_gains(self) -> np.ndarray:
+        """The gain of each output dimension, shape (n_labels,) (all 1 unless learned)."""
+        return self.log_gains.detach().exp().cpu().numpy().astype(np.float64)
 
     @property
     def n_layers(self) -> int:
@@ -190,6 +202,8 @@ class MegModel(nn.Module):
         """Per-timepoint embeddings from layer features (L, B, P) -> (T, B, n_labels)."""
         mixed = torch.einsum("tl,lbp->tbp", self.weights(), features)
         raw = self.config.logit_scale * F.normalize(mixed, dim=-1) @ self.label_features.T
+        if self.config.dimension_gains:
+            raw = raw * self.log_gains.exp()
         if noise and self.config.noise and self.config.noise_scale > 0:
             eps = torch.randn(raw.shape, generator=generator, device="cpu").to(raw.device)
             spread = raw.detach().std(dim=-1, keepdim=True)  # per sample: batch-independent

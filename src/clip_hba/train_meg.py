@@ -308,12 +308,12 @@ def _label_features(backbone: Backbone, head: HeadConfig, data_dir: str | None) 
 
 @dataclass
 class _Start:
-    """What a new run starts from: merged ancestors, label embeddings, initial W."""
+    """What a new run starts from: merged ancestors, label embeddings, initial W and gains."""
 
     chain: list[dict]
     chain_tensors: dict[str, torch.Tensor]
     label_features: torch.Tensor
-    layer_raw: torch.Tensor | None
+    head: dict[str, torch.Tensor] | None  # the parent MEG run's "meg.layer_weights_raw", ...
 
 
 def _start_point(config: MegFitConfig, backbone: Backbone) -> _Start:
@@ -335,9 +335,7 @@ def _start_point(config: MegFitConfig, backbone: Backbone) -> _Start:
             chain.append({"adapter": saved["fit"]["adapter_resolved"], "source": str(run)})
             chain_tensors.update({f"init.{k}.{n}": v for n, v in own.items()})
         _apply_chain(backbone, chain, chain_tensors)
-        return _Start(
-            chain, chain_tensors, tensors["meg.label_features"], tensors["meg.layer_weights_raw"]
-        )
+        return _Start(chain, chain_tensors, tensors["meg.label_features"], tensors)
     if config.init_behavior is not None:
         run = Path(config.init_behavior)
         if read_json(run / CONFIG_FILE).get("task") != "behavior":
@@ -374,9 +372,16 @@ def load_meg_run(run_dir: str | Path, device: str = "auto") -> MegModel:
     model = MegModel(
         backbone, tensors["meg.label_features"], np.array(saved["times_ms"]), config.meg, curves
     )
+    _load_head(model, tensors)
+    return model.to(resolve_device(device)).eval()
+
+
+def _load_head(model: MegModel, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved layer weights W (and dimension gains, absent in older runs) into ``model``."""
     with torch.no_grad():
         model.weights.raw.copy_(tensors["meg.layer_weights_raw"])
-    return model.to(resolve_device(device)).eval()
+        if "meg.log_gains" in tensors:
+            model.log_gains.copy_(tensors["meg.log_gains"])
 
 
 # ---------------------------------------------------------------------------- the run
@@ -463,14 +468,14 @@ def _build(config: MegFitConfig, run_dir: Path, verbose: bool) -> _Run:
     curves = noise_curves(scaled[:, train_pairs], times, config.meg.window)
     device = resolve_device(config.device)
     model = MegModel(backbone, start.label_features, times, config.meg, curves).to(device)
-    if start.layer_raw is not None:
-        if start.layer_raw.shape != model.weights.raw.shape:
+    if start.head is not None:
+        layer_raw = start.head["meg.layer_weights_raw"]
+        if layer_raw.shape != model.weights.raw.shape:
             raise InputError(
-                f"{config.init_meg} has layer weights for {tuple(start.layer_raw.shape)} "
+                f"{config.init_meg} has layer weights for {tuple(layer_raw.shape)} "
                 f"(times x layers), this run needs {tuple(model.weights.raw.shape)}."
             )
-        with torch.no_grad():
-            model.weights.raw.copy_(start.layer_raw)
+        _load_head(model, start.head)
     for p in model.backbone_model.parameters():
         p.requires_grad = False
     model.eval()
@@ -574,7 +579,10 @@ def _begin(run: _Run) -> None:
 
 
 def _optimizer(run: _Run, stage: int) -> torch.optim.Optimizer:
-    groups = [{"params": [run.model.weights.raw], "lr": run.config.stage0_lr}]
+    head = [run.model.weights.raw]
+    if run.config.meg.dimension_gains:
+        head.append(run.model.log_gains)
+    groups = [{"params": head, "lr": run.config.stage0_lr}]
     if stage == 1:
         adapters = [p for p in run.model.backbone_model.parameters() if p.requires_grad]
         groups.append({"params": adapters, "lr": run.config.stage1_lr})
@@ -583,9 +591,7 @@ def _optimizer(run: _Run, stage: int) -> torch.optim.Optimizer:
 
 def _enter_stage1(run: _Run) -> None:
     """Reload the best stage-0 W and add the DoRA adapters (seeded)."""
-    best = load_tensors(run.run_dir / WEIGHTS_FILE)
-    with torch.no_grad():
-        run.model.weights.raw.copy_(best["meg.layer_weights_raw"])
+    _load_head(run.model, load_tensors(run.run_dir / WEIGHTS_FILE))
     add_adapters(
         run.model.backbone, _resolved_adapter(run.config, run.model.backbone), seed=run.config.seed
     )
@@ -701,6 +707,7 @@ def _weights(run: _Run) -> dict[str, torch.Tensor]:
     tensors = dict(run.chain_tensors)
     tensors.update({f"adapter.{k}": v for k, v in adapter_state(run.model.backbone).items()})
     tensors["meg.layer_weights_raw"] = run.model.weights.raw.detach().cpu().clone()
+    tensors["meg.log_gains"] = run.model.log_gains.detach().cpu().clone()
     tensors["meg.label_features"] = run.model.label_features.cpu().clone()
     tensors["meg.beta"] = run.model.beta.cpu().clone()
     tensors["meg.noise"] = run.model.noise.cpu().clone()
@@ -733,8 +740,7 @@ def _restore(run: _Run) -> None:
         _enter_stage1(run)
         own = {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
         load_adapter_state(run.model.backbone, own)
-    with torch.no_grad():
-        run.model.weights.raw.copy_(tensors["meg.layer_weights_raw"])
+    _load_head(run.model, tensors)
     if groups:
         run.optimizer = _optimizer(run, stage)
         optimizer_from_tensors(run.optimizer, tensors, groups)
@@ -778,4 +784,8 @@ def _finish(run: _Run) -> None:
             s: sum(1 for r in run.log if r["stage"] == s and r["epoch"] > 0) for s in (0, 1)
         },
     }
+    if run.config.meg.dimension_gains:  # the best model's, by SPoSE label
+        gains = load_tensors(run.run_dir / WEIGHTS_FILE)["meg.log_gains"].exp().tolist()
+        labels = load_spose_labels(run.config.data_dir)
+        metrics["dimension_gains"] = dict(zip(labels, gains, strict=True))
     write_json_atomic(run.run_dir / METRICS_FILE, metrics)
