@@ -34,7 +34,7 @@ from clip_hba.things import load_rdm48, load_spose_labels
 from clip_hba.time_rsa import (
     ModelRDMs,
     TimeRSAConfig,
-    correlate,
+    correlate_rowwise,
     save_time_rsa,
     time_resolved_rsa,
 )
@@ -289,10 +289,7 @@ def specificity(
         model_rdms = embeddings[p_model][in_window]
         for j in range(len(participants)):
             data = meg.values[j][in_window]
-            r = np.array(
-                [correlate(data[t], model_rdms[t], method)[0, 0] for t in range(len(data))]
-            )
-            matrix[i, j] = float(np.nanmean(r))
+            matrix[i, j] = float(np.nanmean(correlate_rowwise(data, model_rdms, method)))
     observed = _difference(matrix)
     null = _permuted_differences(matrix, n_permutations, seed)
     p_value = (1 + int((null >= observed).sum())) / (1 + len(null))

@@ -36,6 +36,7 @@ __all__ = [
     "TimeRSAConfig",
     "TimeRSAResult",
     "correlate",
+    "correlate_rowwise",
     "load_model_rdms",
     "save_time_rsa",
     "summarize_curve",
@@ -245,8 +246,11 @@ def _standardize(values: np.ndarray, method: str) -> np.ndarray:
         return values / np.linalg.norm(values, axis=1, keepdims=True)
 
 
-def _correlate_rowwise(meg: np.ndarray, models: np.ndarray, method: str) -> np.ndarray:
-    """Correlation of ``meg[t]`` with ``models[t]`` for every t; (T,)."""
+def correlate_rowwise(meg: np.ndarray, models: np.ndarray, method: str) -> np.ndarray:
+    """Correlation of ``meg[t]`` with ``models[t]`` for every t: (T, pairs) x 2 -> (T,).
+
+    Rows without NaN are correlated all at once; otherwise row by row with `correlate`.
+    """
     meg = np.asarray(meg, dtype=np.float64)
     models = np.asarray(models, dtype=np.float64)
     complete = not (np.isnan(meg).any() or np.isnan(models).any())
@@ -628,10 +632,10 @@ def _block_model(
             continue
         if model.kind == "time":
             values = model.values[span]
-            curves[names[0]][target, span] = _correlate_rowwise(meg, values, method)
+            curves[names[0]][target, span] = correlate_rowwise(meg, values, method)
             for start, chunk in permutations.chunks():
                 for k, pairs in enumerate(chunk):
-                    nulls[names[0]][target, start + k, span] = _correlate_rowwise(
+                    nulls[names[0]][target, start + k, span] = correlate_rowwise(
                         meg, values[:, pairs], method
                     )
             continue
@@ -692,8 +696,8 @@ def _block_noise_ceiling(
         everyone = total / count
         for p in range(n_p):
             others = (total - np.where(valid[p], block[p], 0.0)) / (count - valid[p])
-            ceiling["lower"][p, span] = _correlate_rowwise(block[p], others, method)
-            ceiling["upper"][p, span] = _correlate_rowwise(block[p], everyone, method)
+            ceiling["lower"][p, span] = correlate_rowwise(block[p], others, method)
+            ceiling["upper"][p, span] = correlate_rowwise(block[p], everyone, method)
 
 
 def _clusters(
