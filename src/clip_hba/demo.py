@@ -150,8 +150,9 @@ def demo_meg_config(
     most 10 epochs) and 1e-3 (individual, rank 6, at most 20 epochs). The individualized
     models also learn a gain per SPoSE dimension (the simulated participants weigh the
     dimensions differently) and are fitted on the RDM-correlation term of the loss alone: with
-    one participant's noisier RDMs, the MSE and temporal-generalisation terms mostly fit that
-    participant's noise and decodability offset.
+    the full loss, the MSE and temporal-generalisation terms kept falling on one participant's
+    data while the validation RSA did not rise, and one column of the specificity matrix went
+    to another participant's model.
     """
     individual = participant is not None
     return MegFitConfig(
