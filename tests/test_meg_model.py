@@ -122,7 +122,9 @@ def test_dimension_gains_start_neutral_and_scale_their_dimension(setup):
     np.testing.assert_array_equal(
         np.delete(doubled.numpy(), 3, -1), np.delete(reference.numpy(), 3, -1)
     )
-    assert gained.dimension_gains[3] == pytest.approx(2.0) and not plain.log_gains.requires_grad
+    gains = gained.dimension_gains  # relative: geometric mean 1
+    assert gains[3] / gains[0] == pytest.approx(2.0) and np.log(gains).mean() == pytest.approx(0)
+    assert not plain.log_gains.requires_grad
 
 
 def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path):
@@ -143,11 +145,27 @@ def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path
     with RDMStore(setup[0]) as opened:
         person = opened.participant_ids[1]
     child = _build(
-        fit_config(setup, tmp_path / "p", participant=person, init_meg=str(full.run_dir)),
+        fit_config(
+            setup, tmp_path / "p", participant=person, init_meg=str(full.run_dir), **options
+        ),
         tmp_path / "p",
         verbose=False,
     )
     np.testing.assert_array_equal(child.model.dimension_gains, gains)  # starts where the group is
+    # a run without the option keeps (and uses) the gains of the run it starts from: the same
+    # RDMs (its beta curve, from its own participant, rescales each timepoint's embeddings only)
+    plain_child = _build(
+        fit_config(setup, tmp_path / "q", participant=person, init_meg=str(full.run_dir)),
+        tmp_path / "q",
+        verbose=False,
+    )
+    assert not plain_child.config.meg.dimension_gains
+    tower = plain_child.model.backbone.concept_tower
+    features = torch.randn(tower.n_blocks, 5, tower.feature_dim)
+    with torch.no_grad():
+        child_rdms = MegModel.rdms(plain_child.model.embed_features(features))
+        parent_rdms = MegModel.rdms(load_meg_run(full.run_dir).embed_features(features))
+    np.testing.assert_allclose(child_rdms, parent_rdms, rtol=1e-4, atol=1e-5)
 
 
 def test_noise_curves_use_reliability_and_are_zero_signal_before_onset():
@@ -177,6 +195,12 @@ def test_loss_terms_and_nan_pairs():
     scaled, raw = meg_loss(torch.rand(6, 21), target, (1.0, 0.1, 0.15), norms)
     expected = raw["rdm"] / 2 + 0.1 * raw["mse"] / 4 + 0.15 * raw["tg"] / 8
     assert float(scaled) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("weights", [(0.0, 0.0, 0.0), (1.0, float("nan"), 0.0), (1.0, -1.0, 0.0)])
+def test_loss_weights_are_checked(setup, tmp_path, weights):
+    with pytest.raises(InputError, match="'loss_weights'"):
+        fit_config(setup, tmp_path / "run", loss_weights=weights)
 
 
 def test_split_holds_out_rdm48_concepts_first():
@@ -236,6 +260,10 @@ def test_fit_is_deterministic_and_resumes_exactly(setup, tmp_path):
     out = tmp_path / "part"
     part = fit_meg(fit_config(setup, out, time_budget_s=0.0), verbose=False)
     assert len(part.log) == 2
+    # a run begun before a setting existed still resumes (the setting takes its default)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["fit"]["meg"]["dimension_gains"]
+    (out / "config.json").write_text(json.dumps(saved))
     for _ in range(len(full.log)):
         part = fit_meg(fit_config(setup, out, time_budget_s=0.0), resume=True, verbose=False)
     assert [r["val_loss"] for r in part.log] == [r["val_loss"] for r in full.log]

@@ -9,7 +9,8 @@ training, injects noise whose size follows the target MEG's temporal reliability
 
 with ``eps ~ N(0, 1)``. Optionally (``dimension_gains``) each of the 66 dimensions of
 ``raw_t`` is multiplied by a learned positive gain shared over time, ``exp(g_k)`` with
-``g = 0`` at the start: how strongly the person (or group) weighs each behavioural dimension.
+``g = 0`` at the start: how strongly the person (or group) weighs each behavioural dimension
+(only their ratios matter). A run started from a MEG run keeps that run's gains.
 Unlike the reference implementation, ``std`` is each sample's own standard deviation over the
 66 dimensions, so even training outputs do not depend on which other concepts share the batch;
 at evaluation and inference the noise is off. The output for a batch is (T, B, 66) and its
@@ -182,8 +183,13 @@ class MegModel(nn.Module):
 
     @property
     def dimension_gains(self) -> np.ndarray:
-        """The gain of each output dimension, shape (n_labels,) (all 1 unless learned)."""
-        return self.log_gains.detach().exp().cpu().numpy().astype(np.float64)
+        """Relative gain of each output dimension, shape (n_labels,), geometric mean 1.
+
+        All 1 unless learned (in this run or in the MEG run it started from). Only ratios
+        matter: the RDMs (1 - Pearson per sample) do not change when every gain is scaled.
+        """
+        log_gains = self.log_gains.detach().double().cpu()
+        return (log_gains - log_gains.mean()).exp().numpy()
 
     @property
     def n_layers(self) -> int:
@@ -202,8 +208,7 @@ class MegModel(nn.Module):
         """Per-timepoint embeddings from layer features (L, B, P) -> (T, B, n_labels)."""
         mixed = torch.einsum("tl,lbp->tbp", self.weights(), features)
         raw = self.config.logit_scale * F.normalize(mixed, dim=-1) @ self.label_features.T
-        if self.config.dimension_gains:
-            raw = raw * self.log_gains.exp()
+        raw = raw * self.log_gains.exp()  # all 1 unless learned here or in the parent run
         if noise and self.config.noise and self.config.noise_scale > 0:
             eps = torch.randn(raw.shape, generator=generator, device="cpu").to(raw.device)
             spread = raw.detach().std(dim=-1, keepdim=True)  # per sample: batch-independent

@@ -251,6 +251,7 @@ def correlate_rowwise(meg: np.ndarray, models: np.ndarray, method: str) -> np.nd
 
     Rows without NaN are correlated all at once; otherwise row by row with `correlate`.
     """
+    check_option("method", method, METHODS)
     meg = np.asarray(meg, dtype=np.float64)
     models = np.asarray(models, dtype=np.float64)
     complete = not (np.isnan(meg).any() or np.isnan(models).any())

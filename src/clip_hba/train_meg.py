@@ -7,10 +7,10 @@ embeddings. Split the store's concepts (held-out, validation, training), read th
 training concepts, from which the noise curves also come. Then:
 
 - stage 0: the backbone is frozen, so every block's pooled feature of every concept is computed
-  once; only the layer weights W train (AdamW, ``stage0_lr``) until the validation loss stops
-  improving;
+  once; only the layer weights W (and, with ``meg.dimension_gains``, the dimension gains)
+  train (AdamW, ``stage0_lr``) until the validation loss stops improving;
 - stage 1: the best stage-0 state is reloaded, DoRA adapters are added to every block, and W
-  (``stage0_lr``... ``stage1_lr`` for the adapters) and the adapters train together.
+  (and gains; ``stage0_lr``) and the adapters (``stage1_lr``) train together.
 
 The loss per batch of concepts compares the model's (T, pairs) RDMs with the targets:
 ``(1 - r)`` averaged over timepoints + 0.1 x MSE + 0.15 x ``(1 - r)`` between the two temporal
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,8 +130,14 @@ class MegFitConfig:
             raise InputError("Invalid value for 'batch_size': RDMs need at least 3 concepts.")
         if not (self.stage0_lr > 0 and self.stage1_lr > 0):
             raise InputError("Learning rates must be > 0.")
-        if len(self.loss_weights) != 3 or min(self.loss_weights) < 0:
-            raise InputError("'loss_weights' must be 3 non-negative numbers (rdm, mse, tg).")
+        weights = self.loss_weights
+        if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise InputError(
+                f"Invalid value for 'loss_weights': expected 3 non-negative numbers (rdm, mse, "
+                f"tg), got {weights}."
+            )
+        if sum(weights) == 0:
+            raise InputError("Invalid value for 'loss_weights': at least one must be > 0.")
         for name in ("val_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise InputError(f"Invalid value for {name!r}: expected in (0, 1).")
@@ -756,7 +763,10 @@ RESUMABLE_CHANGES = {"stage0_epochs", "stage1_epochs", "patience", "time_budget_
 
 
 def _check_resumable(run_dir: Path, config: MegFitConfig) -> None:
-    saved = read_json(run_dir / CONFIG_FILE)["fit"]
+    # through the dataclass, so that settings added since the run began take their defaults
+    saved = json.loads(
+        json.dumps(MegFitConfig.from_dict(read_json(run_dir / CONFIG_FILE)["fit"]).to_dict())
+    )
     current = json.loads(json.dumps(config.to_dict()))
     changed = sorted(
         k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k]
@@ -785,7 +795,8 @@ def _finish(run: _Run) -> None:
         },
     }
     if run.config.meg.dimension_gains:  # the best model's, by SPoSE label
-        gains = load_tensors(run.run_dir / WEIGHTS_FILE)["meg.log_gains"].exp().tolist()
+        log_gains = load_tensors(run.run_dir / WEIGHTS_FILE)["meg.log_gains"]
+        gains = (log_gains - log_gains.mean()).exp().tolist()  # geometric mean 1
         labels = load_spose_labels(run.config.data_dir)
         metrics["dimension_gains"] = dict(zip(labels, gains, strict=True))
     write_json_atomic(run.run_dir / METRICS_FILE, metrics)
