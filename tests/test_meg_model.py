@@ -134,6 +134,9 @@ def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path
     full = fit_meg(fit_config(setup, tmp_path / "full", **options), verbose=False)
     gains = load_meg_run(full.run_dir).dimension_gains
     assert np.ptp(gains) > 0  # learned: no longer all 1
+    reported = json.loads((full.run_dir / "metrics.json").read_text())["dimension_gains"]
+    assert len(reported) == 66
+    np.testing.assert_allclose(list(reported.values()), gains, rtol=1e-12)
     out = tmp_path / "part"
     fit_meg(fit_config(setup, out, time_budget_s=0.0, **options), verbose=False)
     for _ in range(len(full.log)):

@@ -30,7 +30,14 @@ from clip_hba._validation import InputError
 from clip_hba.backbones import Backbone, Inputs
 from clip_hba.rsa import rdm_torch
 
-__all__ = ["LayerWeights", "MegModel", "MegModelConfig", "NoiseCurves", "noise_curves"]
+__all__ = [
+    "LayerWeights",
+    "MegModel",
+    "MegModelConfig",
+    "NoiseCurves",
+    "noise_curves",
+    "relative_gains",
+]
 
 BETA_FLOOR = 0.05  # keeps pre-stimulus outputs defined (1 - Pearson is scale-invariant)
 
@@ -138,6 +145,12 @@ def noise_curves(
     return NoiseCurves(np.maximum(beta, BETA_FLOOR), noise)
 
 
+def relative_gains(log_gains: torch.Tensor) -> np.ndarray:
+    """Dimension gains ``exp(log_gains)`` scaled to geometric mean 1, shape (n_labels,)."""
+    log_gains = log_gains.detach().double().cpu()
+    return (log_gains - log_gains.mean()).exp().numpy()
+
+
 class MegModel(nn.Module):
     """Backbone tower + layer weights + frozen label embeddings (+ training noise).
 
@@ -188,8 +201,7 @@ class MegModel(nn.Module):
         All 1 unless learned (in this run or in the MEG run it started from). Only ratios
         matter: the RDMs (1 - Pearson per sample) do not change when every gain is scaled.
         """
-        log_gains = self.log_gains.detach().double().cpu()
-        return (log_gains - log_gains.mean()).exp().numpy()
+        return relative_gains(self.log_gains)
 
     @property
     def n_layers(self) -> int:

@@ -60,7 +60,13 @@ from clip_hba.checkpoints import (
 )
 from clip_hba.inputs import ConceptInputs, InputConfig, concept_inputs
 from clip_hba.meg import RDMStore
-from clip_hba.meg_model import MegModel, MegModelConfig, NoiseCurves, noise_curves
+from clip_hba.meg_model import (
+    MegModel,
+    MegModelConfig,
+    NoiseCurves,
+    noise_curves,
+    relative_gains,
+)
 from clip_hba.models import BehaviorModel, HeadConfig, select_inputs, to_device
 from clip_hba.rsa import pair_index
 from clip_hba.things import load_rdm48, load_spose_labels
@@ -795,8 +801,7 @@ def _finish(run: _Run) -> None:
         },
     }
     if run.config.meg.dimension_gains:  # the best model's, by SPoSE label
-        log_gains = load_tensors(run.run_dir / WEIGHTS_FILE)["meg.log_gains"]
-        gains = (log_gains - log_gains.mean()).exp().tolist()  # geometric mean 1
+        gains = relative_gains(load_tensors(run.run_dir / WEIGHTS_FILE)["meg.log_gains"])
         labels = load_spose_labels(run.config.data_dir)
-        metrics["dimension_gains"] = dict(zip(labels, gains, strict=True))
+        metrics["dimension_gains"] = dict(zip(labels, gains.tolist(), strict=True))
     write_json_atomic(run.run_dir / METRICS_FILE, metrics)
