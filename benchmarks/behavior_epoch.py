@@ -27,13 +27,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clip_hba.adapters import AdapterConfig, add_adapters
-from clip_hba.backbones import load_backbone
-from clip_hba.cache import PrefixCache
-from clip_hba.inputs import InputConfig, concept_inputs
-from clip_hba.models import BehaviorModel, HeadConfig, first_trainable_block, select_inputs
+from clip_hba.data import load_concepts, load_spose, load_spose_labels
+from clip_hba.models import (
+    AdapterConfig,
+    BehaviorModel,
+    HeadConfig,
+    InputConfig,
+    add_adapters,
+    concept_inputs,
+    first_trainable_block,
+    load_backbone,
+    select_inputs,
+)
 from clip_hba.testing import make_random_clip, make_things_images
-from clip_hba.things import load_concepts, load_spose, load_spose_labels
+from clip_hba.training import PrefixCache
 
 VIT_L14 = dict(
     hidden_size=1024,

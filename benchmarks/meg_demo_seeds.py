@@ -23,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_hba.checkpoints import read_json
-from clip_hba.demo import demo_simulation, run_meg_demo
-from clip_hba.meg import RDMStore
-from clip_hba.rsa import rdm
-from clip_hba.simulate import simulate_meg
-from clip_hba.things import load_spose
-from clip_hba.time_rsa import correlate_rowwise
+from clip_hba.data import load_spose
+from clip_hba.meg import RDMStore, simulate_meg
+from clip_hba.pipelines import demo_simulation, run_meg_demo
+from clip_hba.rsa import correlate_rowwise, rdm
+from clip_hba.training import RunDir
 
 WINDOW_MS = (0.0, 1000.0)
 
@@ -71,7 +69,7 @@ def main() -> None:
             config = dataclasses.replace(demo_simulation(), seed=seed)
             simulate_meg(store, config, verbose=False)
         summary = run_meg_demo(out, args.behavior_run, verbose=False)
-        held_out = read_json(Path(summary["group_run"]) / "config.json")["split"]["test"]
+        held_out = RunDir(summary["group_run"]).description["split"]["test"]
         oracle = oracle_matrix(store, held_out)
         specific = summary["specificity"]
         line = {

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 
-from clip_hba.inputs import InputConfig
-from clip_hba.meg import RDMStore
-from clip_hba.simulate import SimulationConfig, simulate_meg
+from clip_hba.meg import RDMStore, SimulationConfig, simulate_meg
+from clip_hba.models import InputConfig
 from clip_hba.testing import make_random_clip, make_things_images
-from clip_hba.train_meg import MegFitConfig, _build, _enter_stage1, _optimizer, _train_epoch
+from clip_hba.training import MegFitConfig, MegTrainer
 
 VIT_B32 = dict(
     hidden_size=768,
@@ -45,11 +44,11 @@ TEXT_B32 = dict(
 )
 
 
-def timed_epochs(run, stage: int, epochs: int) -> float:
+def timed_epochs(trainer: MegTrainer, epochs: int) -> float:
     times = []
     for _ in range(epochs):
         started = time.perf_counter()
-        _train_epoch(run, stage)
+        trainer.train_epoch()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -80,22 +79,20 @@ def main() -> None:
             batch_size=50,
         )
         started = time.perf_counter()
-        run = _build(config, root / "run", verbose=False)
+        run = MegTrainer(config, verbose=False)
         build_s = time.perf_counter() - started
-        run.progress["norms"] = {"rdm": 1.0, "mse": 1.0, "tg": 1.0}
-        run.optimizer = _optimizer(run, 0)
-        cached = timed_epochs(run, 0, args.epochs)
+        run.norms = {"rdm": 1.0, "mse": 1.0, "tg": 1.0}
+        run.optimizer = run.optimizer_for(0)
+        cached = timed_epochs(run, args.epochs)
         features, run.features = run.features, None
-        uncached = timed_epochs(run, 0, args.epochs)
+        uncached = timed_epochs(run, args.epochs)
         run.features = features
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        from clip_hba.checkpoints import WEIGHTS_FILE, save_tensors
-        from clip_hba.train_meg import _weights
-
-        save_tensors(run.run_dir / WEIGHTS_FILE, _weights(run))
-        _enter_stage1(run)
-        run.optimizer = _optimizer(run, 1)
-        stage1 = timed_epochs(run, 1, args.epochs)
+        run.run.path.mkdir(parents=True, exist_ok=True)
+        run.run.save_weights(run.weights())  # stage 1 starts from the best stage-0 weights
+        run.enter_stage1()
+        run.progress.stage = 1
+        run.optimizer = run.optimizer_for(1)
+        stage1 = timed_epochs(run, args.epochs)
     print(
         json.dumps(
             {

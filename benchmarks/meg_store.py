@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_hba.meg import RDMStore
-from clip_hba.meg_import import THINGS_MEG_TIMES_MS, import_things_mat, write_things_mat
-from clip_hba.things import load_concepts
+from clip_hba.data import load_concepts
+from clip_hba.meg import THINGS_MEG_TIMES_MS, RDMStore, import_things_mat, write_things_mat
 
 
 def generate_release(path: Path, n_concepts: int, seed: int = 0) -> None:

@@ -16,13 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-from clip_hba.demo import minilm_path
-from clip_hba.embed import embed_layers, load_model
-from clip_hba.inputs import concept_inputs
-from clip_hba.meg import RDMStore
-from clip_hba.simulate import SimulationConfig, simulate_meg
-from clip_hba.things import load_concepts, load_spose
-from clip_hba.time_rsa import ModelRDMs, TimeRSAConfig, save_time_rsa, time_resolved_rsa
+from clip_hba.data import load_concepts, load_spose
+from clip_hba.evaluation import ModelRDMs, TimeRSAConfig, save_time_rsa, time_resolved_rsa
+from clip_hba.meg import RDMStore, SimulationConfig, simulate_meg
+from clip_hba.models import concept_inputs, embed_layers
+from clip_hba.pipelines import minilm_path
+from clip_hba.training import load_run
 
 
 def main(out: Path) -> None:
@@ -33,19 +32,13 @@ def main(out: Path) -> None:
         ids = list(opened.concept_ids)
     concepts = load_concepts()
     categories = concepts.category_matrix[concepts.index(ids)].astype(float)
-    model, input_config = load_model(minilm_path())
-    inputs = concept_inputs(model.backbone, ids, input_config)
-    layers = embed_layers(model, inputs, batch_size=64)
+    loaded = load_run(minilm_path())
+    inputs = concept_inputs(loaded.model.backbone, ids, loaded.inputs)
+    layers = embed_layers(loaded.model, inputs, batch_size=64)
     models = [
         ModelRDMs.from_features("spose", load_spose().select(ids).values, ids),
         ModelRDMs.from_features("categories", categories + 1e-3, ids, metric="cosine"),
-        ModelRDMs.from_features(
-            "minilm",
-            layers,
-            inputs.concept_ids,
-            kind="layers",
-            labels=[f"block_{k + 1}" for k in range(len(layers))],
-        ),
+        ModelRDMs.from_embedding("minilm", layers),
     ]
     result = time_resolved_rsa(store, models, TimeRSAConfig(n_permutations=500))
     summary = save_time_rsa(result, out / "rsa")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clip_hba.things import load_concepts, load_spose
+from clip_hba.data import load_concepts, load_spose
 
 
 @pytest.fixture(scope="session")

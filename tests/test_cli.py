@@ -70,7 +70,7 @@ def test_evaluate_behavior_prints_required_keys(capsys, spose_txt, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".npy", ".csv", ".tsv"])
 def test_subset_with_ids_file_in_any_format(capsys, spose, tmp_path, suffix):
-    from clip_hba.evaluate import evaluate_behavior
+    from clip_hba.evaluation import evaluate_behavior
 
     rows = np.arange(0, 1854, 3)[::-1]  # a subset, in reverse order
     path = tmp_path / f"sub{suffix}"

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_hba.data import split_concepts
 from clip_hba.testing import make_things_images, make_tiny_clip
-from clip_hba.things import split_concepts
 from test_cli import assert_one_line_error, run
 
 SPLIT = split_concepts(seed=0)

@@ -11,7 +11,7 @@ from test_cli import assert_one_line_error, run
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory):
-    from clip_hba.simulate import SimulationConfig, simulate_meg
+    from clip_hba.meg import SimulationConfig, simulate_meg
 
     root = tmp_path_factory.mktemp("climeg")
     config = SimulationConfig(n_concepts=30, n_participants=3, tmin_ms=-50, tmax_ms=500)
@@ -141,19 +141,20 @@ def test_embed_layers_feeds_the_layer_time_matrix(capsys, simulated, tmp_path):
 
 
 def test_embed_layers_is_batch_independent(tmp_path):
-    from clip_hba.embed import embed_layers, load_model
-    from clip_hba.inputs import InputConfig, concept_inputs
+    from clip_hba.models import InputConfig, concept_inputs, embed_layers
     from clip_hba.testing import make_things_images, make_tiny_clip
+    from clip_hba.training import load_run
 
     ids = ["aardvark", "abacus", "accordion", "acorn", "air_conditioner"]
-    model, _ = load_model(make_tiny_clip(tmp_path / "clip"))
+    model = load_run(make_tiny_clip(tmp_path / "clip")).model
     images = make_things_images(tmp_path / "images", ids)
     inputs = concept_inputs(model.backbone, ids, InputConfig(images=str(images)))
     one = embed_layers(model, inputs, batch_size=1)
     many = embed_layers(model, inputs, batch_size=5)
-    np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-6)
+    assert one.concept_ids == tuple(ids) and one.labels[0] == "block_1"
+    np.testing.assert_allclose(one.values, many.values, rtol=1e-5, atol=1e-6)
     final = model.concept_tower(inputs.tensors).detach().numpy()
-    np.testing.assert_allclose(one[-1], final, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(one.values[-1], final, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(

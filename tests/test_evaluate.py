@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from clip_hba._validation import InputError
-from clip_hba.embeddings import ConceptEmbedding
-from clip_hba.evaluate import evaluate_behavior, odd_one_out_predictions
-from clip_hba.things import Triplets, load_rdm48, load_test_triplets
+from clip_hba.data import ConceptEmbedding, Triplets, load_rdm48, load_test_triplets
+from clip_hba.evaluation import evaluate_behavior, odd_one_out_predictions
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,21 @@ import numpy as np
 import pytest
 
 from clip_hba._validation import InputError
-from clip_hba.meg import RDMStore, StoreWriter
-from clip_hba.meg_epochs import (
+from clip_hba.meg import (
     BidsEpoching,
     EpochsConfig,
+    RDMStore,
+    StoreWriter,
     condition_rdms,
     epochs_rdms,
+    export_things_mat,
     import_bids,
     import_epochs,
-)
-from clip_hba.meg_import import (
-    SquareToCondensed,
-    export_things_mat,
     import_npy,
     import_things_mat,
     write_things_mat,
 )
-from clip_hba.rsa import rdm, to_square
+from clip_hba.rsa import rdm, to_condensed, to_square
 
 IDS = ["aardvark", "abacus", "accordion", "acorn", "air_conditioner", "air_mattress"]
 
@@ -36,10 +34,15 @@ def test_square_to_condensed_takes_the_defined_half():
     square = np.array(
         [[np.nan, 1.0, np.nan], [np.nan, np.nan, np.nan], [2.0, 3.0, np.nan]]
     )  # (0,1) upper; (0,2) and (1,2) only lower; nothing else
-    np.testing.assert_array_equal(SquareToCondensed(3)(square), [1.0, 2.0, 3.0])
+    for policy in ("mean", "raise"):
+        np.testing.assert_array_equal(to_condensed(square, asymmetry=policy), [1.0, 2.0, 3.0])
     both = np.array([[0, 1.0, 4.0], [3.0, 0, np.nan], [np.nan, np.nan, 0]])
-    out = SquareToCondensed(3)(both)
+    out = to_condensed(both, asymmetry="mean")
     assert out[0] == 2.0 and out[1] == 4.0 and np.isnan(out[2])  # mean; upper; missing
+    with pytest.raises(InputError, match=r"not symmetric: \[0, 1\] = 1 but \[1, 0\] = 3"):
+        to_condensed(both)  # the default policy refuses two values for one pair
+    float32 = to_condensed(both.astype(np.float32), asymmetry="mean")
+    assert float32.dtype == np.float32  # importers stream float32 RDMs without a copy
 
 
 @pytest.mark.parametrize("lower_nan", [True, False])

@@ -7,13 +7,11 @@ import pytest
 import torch
 
 from clip_hba._validation import InputError
-from clip_hba.backbones import load_backbone
-from clip_hba.meg import RDMStore
-from clip_hba.meg_model import LayerWeights, MegModel, MegModelConfig, noise_curves
-from clip_hba.rsa import rdm
-from clip_hba.simulate import SimulationConfig, simulate_meg
+from clip_hba.meg import RDMStore, SimulationConfig, simulate_meg
+from clip_hba.models import LayerWeights, MegModel, MegModelConfig, load_backbone, noise_curves
+from clip_hba.rsa import rdm, subset_pairs
 from clip_hba.testing import make_tiny_bert
-from clip_hba.train_meg import MegFitConfig, _build, _train_epoch, fit_meg, meg_loss, meg_split
+from clip_hba.training import MegFitConfig, MegTrainer, fit_meg, load_meg_run, meg_loss, meg_split
 from test_cli import run
 
 
@@ -128,8 +126,6 @@ def test_dimension_gains_start_neutral_and_scale_their_dimension(setup):
 
 
 def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path):
-    from clip_hba.train_meg import load_meg_run
-
     options = dict(meg={"dimension_gains": True}, loss_weights=(1.0, 0.0, 0.0))
     full = fit_meg(fit_config(setup, tmp_path / "full", **options), verbose=False)
     gains = load_meg_run(full.run_dir).dimension_gains
@@ -147,19 +143,17 @@ def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path
     np.testing.assert_array_equal(load_meg_run(out).dimension_gains, gains)
     with RDMStore(setup[0]) as opened:
         person = opened.participant_ids[1]
-    child = _build(
+    child = MegTrainer(
         fit_config(
             setup, tmp_path / "p", participant=person, init_meg=str(full.run_dir), **options
         ),
-        tmp_path / "p",
         verbose=False,
     )
     np.testing.assert_array_equal(child.model.dimension_gains, gains)  # starts where the group is
     # a run without the option keeps (and uses) the gains of the run it starts from: the same
     # RDMs (its beta curve, from its own participant, rescales each timepoint's embeddings only)
-    plain_child = _build(
+    plain_child = MegTrainer(
         fit_config(setup, tmp_path / "q", participant=person, init_meg=str(full.run_dir)),
-        tmp_path / "q",
         verbose=False,
     )
     assert not plain_child.config.meg.dimension_gains
@@ -207,7 +201,7 @@ def test_loss_weights_are_checked(setup, tmp_path, weights):
 
 
 def test_split_holds_out_rdm48_concepts_first():
-    from clip_hba.things import load_concepts, load_rdm48
+    from clip_hba.data import load_concepts, load_rdm48
 
     rdm48 = list(load_rdm48().concept_ids)
     ids = [c for c in load_concepts().ids[:200] if c not in rdm48] + rdm48[:5]
@@ -222,15 +216,13 @@ def test_split_holds_out_rdm48_concepts_first():
 
 def test_held_out_concepts_never_shape_training(setup, tmp_path):
     config = fit_config(setup, tmp_path / "run")
-    built = _build(config, tmp_path / "run", verbose=False)
+    built = MegTrainer(config, verbose=False)
     test_ids = set(built.description["split"]["test"])
     n_fit = built.n_train + built.n_val
     assert built.target.shape[1] == n_fit * (n_fit - 1) // 2
     assert not test_ids & set(built.inputs.concept_ids[:n_fit])
     # the rescaling comes from training pairs only: training targets span exactly [0, 1]
-    from clip_hba.train_meg import _pairs_among
-
-    train = built.target[:, _pairs_among(np.arange(built.n_train), n_fit)]
+    train = built.target[:, subset_pairs(np.arange(built.n_train), n_fit)]
     assert float(np.nanmin(train)) == pytest.approx(0) and float(np.nanmax(train)) == pytest.approx(
         1
     )
@@ -238,16 +230,14 @@ def test_held_out_concepts_never_shape_training(setup, tmp_path):
 
 def test_stage0_cache_gives_the_uncached_losses(setup, tmp_path):
     config = fit_config(setup, tmp_path / "run")
-    cached = _build(config, tmp_path / "run", verbose=False)
-    uncached = _build(config, tmp_path / "run", verbose=False)
+    cached = MegTrainer(config, verbose=False)
+    uncached = MegTrainer(config, verbose=False)
     uncached.features = None  # every step runs the backbone
     for built in (cached, uncached):
-        built.progress["norms"] = {"rdm": 1.0, "mse": 1.0, "tg": 1.0}
-        from clip_hba.train_meg import _optimizer
-
-        built.optimizer = _optimizer(built, 0)
-    a = _train_epoch(cached, 0)
-    b = _train_epoch(uncached, 0)
+        built.norms = {"rdm": 1.0, "mse": 1.0, "tg": 1.0}
+        built.optimizer = built.optimizer_for(0)
+    a = cached.train_epoch()
+    b = uncached.train_epoch()
     assert a == pytest.approx(b, rel=1e-5)
     # Adam normalises the tiny float32 differences of the two paths' gradients: 1e-4 apart
     np.testing.assert_allclose(
@@ -411,17 +401,17 @@ def test_individual_models_and_specificity(setup, tmp_path, capsys):
 
 
 def test_specificity_statistics():
-    from clip_hba.evaluate_meg import _difference, _permuted_differences
+    from clip_hba.evaluation import difference, permuted_differences
 
     matrix = np.array([[0.3, 0.1, 0.1], [0.1, 0.3, 0.1], [0.1, 0.1, 0.3]])
-    assert _difference(matrix) == pytest.approx(0.2)
-    null = _permuted_differences(matrix, 100, 0)
+    assert difference(matrix) == pytest.approx(0.2)
+    null = permuted_differences(matrix, 100, 0)
     assert len(null) == 5  # 3! orders minus the observed one
     assert (null < 0.2).all()
 
 
 def test_rsa_curves_use_held_out_concepts_only(setup, tmp_path):
-    from clip_hba.evaluate_meg import evaluate_meg_run
+    from clip_hba.pipelines import evaluate_meg_run
 
     result = fit_meg(fit_config(setup, tmp_path / "run", stage1_epochs=0), verbose=False)
     saved = json.loads((result.run_dir / "config.json").read_text())

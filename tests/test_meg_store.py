@@ -4,9 +4,9 @@ import h5py
 import numpy as np
 import pytest
 
-from clip_hba import meg
 from clip_hba._validation import InputError
 from clip_hba.meg import RDMStore, StoreWriter
+from clip_hba.meg import store as meg
 from clip_hba.rsa import pair_index
 
 IDS = [f"c{k:02d}" for k in range(12)]

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import clip_hba
-from clip_hba.things import bundled_data_dir
+from clip_hba.data import bundled_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

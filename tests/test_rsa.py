@@ -9,7 +9,7 @@ from scipy import stats
 from scipy.spatial.distance import pdist, squareform
 
 from clip_hba._validation import InputError
-from clip_hba.embeddings import ConceptEmbedding
+from clip_hba.data import ConceptEmbedding
 from clip_hba.rsa import (
     METHODS,
     RDM,

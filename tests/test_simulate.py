@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 
 from clip_hba._validation import InputError
-from clip_hba.meg import RDMStore
-from clip_hba.meg_import import export_things_mat, import_things_mat
-from clip_hba.simulate import COMPONENTS, SimulationConfig, simulate_meg, time_course
+from clip_hba.meg import (
+    COMPONENTS,
+    RDMStore,
+    SimulationConfig,
+    export_things_mat,
+    import_things_mat,
+    simulate_meg,
+    time_course,
+)
 
 
 @pytest.fixture(scope="module")

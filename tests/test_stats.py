@@ -5,9 +5,14 @@ import pytest
 from scipy.spatial.distance import pdist, squareform
 
 from clip_hba._validation import InputError
-from clip_hba.embeddings import ConceptEmbedding
-from clip_hba.rsa import RDM, compare
-from clip_hba.stats import bootstrap_rdm_correlation, permutation_test_rdm, proportion_ci
+from clip_hba.data import ConceptEmbedding
+from clip_hba.rsa import (
+    RDM,
+    bootstrap_rdm_correlation,
+    compare,
+    permutation_test_rdm,
+    proportion_ci,
+)
 
 
 def _related_rdms(rng, n=30, noise=1.0):

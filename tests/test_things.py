@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from clip_hba._validation import InputError
-from clip_hba.evaluate import odd_one_out_predictions
-from clip_hba.things import (
+from clip_hba.data import (
     bundled_data_dir,
     load_concepts,
     load_rdm48,
@@ -16,6 +15,7 @@ from clip_hba.things import (
     load_test_triplets,
     split_concepts,
 )
+from clip_hba.evaluation import odd_one_out_predictions
 
 # the 20 concepts whose position differs between official and Python-sorted order
 REORDERED_PREFIXES = ("camera", "chicken", "crystal", "hot", "ice", "pepper")

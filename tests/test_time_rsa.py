@@ -6,19 +6,16 @@ import numpy as np
 import pytest
 
 from clip_hba._validation import InputError
-from clip_hba.meg import RDMStore, StoreWriter
-from clip_hba.rsa import COMPARISONS, METHODS, compare, rdm
-from clip_hba.simulate import SimulationConfig, simulate_meg
-from clip_hba.stats import cluster_permutation_test
-from clip_hba.things import load_spose
-from clip_hba.time_rsa import (
+from clip_hba.data import load_spose
+from clip_hba.evaluation import (
     ModelRDMs,
     TimeRSAConfig,
-    correlate,
     load_model_rdms,
     save_time_rsa,
     time_resolved_rsa,
 )
+from clip_hba.meg import RDMStore, SimulationConfig, StoreWriter, simulate_meg
+from clip_hba.rsa import COMPARISONS, METHODS, cluster_permutation_test, compare, correlate, rdm
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -250,9 +247,7 @@ def test_load_model_rdms_kinds(tmp_path, rng):
 
 
 @pytest.mark.parametrize("method", ["spearman", "pearson", "rho_a", "cosine"])
-def test_fast_path_equals_the_general_path(tmp_path, rng, monkeypatch, method):
-    from clip_hba import time_rsa
-
+def test_fast_path_equals_the_general_path(tmp_path, rng, method):
     path = tmp_path / "s.h5"
     with StoreWriter(path, IDS, ["a", "b"], TIMES) as writer:
         for p in range(2):
@@ -265,8 +260,7 @@ def test_fast_path_equals_the_general_path(tmp_path, rng, monkeypatch, method):
     ]
     config = TimeRSAConfig(method=method, n_permutations=30)
     fast = time_resolved_rsa(path, models, config, verbose=False)
-    monkeypatch.setattr(time_rsa, "FAST_PATH", False)
-    slow = time_resolved_rsa(path, models, config, verbose=False)
+    slow = time_resolved_rsa(path, models, config, verbose=False, fast=False)
     for name in ("static", "timed"):
         np.testing.assert_allclose(fast.group[name], slow.group[name], atol=1e-10)
         np.testing.assert_allclose(fast.participants[name], slow.participants[name], atol=1e-10)

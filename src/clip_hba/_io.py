@@ -42,10 +42,50 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(obj, indent=2) + "\n"
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write named arrays as an uncompressed ``.npz`` to ``path`` atomically."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:  # a file object: np.savez would append ".npz" to a path
+            np.savez(handle, **arrays)
+
+    return write_atomic(path, write)
+
+
+def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write one array as ``.npy`` to ``path`` atomically."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.save(handle, array)
+
+    return write_atomic(path, write)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; `InputError` if it is missing or damaged."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"Cannot read {path}: {err}") from None
+
+
+def refuse_existing(path: str | os.PathLike, force: bool) -> Path:
+    """``path``, unless it exists and ``force`` is off (then `InputError` naming ``--force``)."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; use --force to overwrite it or choose another --out.")
+    return path
 
 
 def read_ids(path: str | os.PathLike) -> tuple[str, ...]:

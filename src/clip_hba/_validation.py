@@ -1,4 +1,8 @@
-"""Input checks used at the public boundary (MNE-style wording)."""
+"""Input checks used at the public boundary (MNE-style wording).
+
+A wrong type raises `TypeError`; a wrong value raises `InputError` (a `ValueError`). Every
+message names the bad value and what is allowed.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,54 @@ class InputError(ValueError):
     """
 
 
+def check_type(name: str, value: Any, types: type | tuple[type, ...], what: str) -> Any:
+    """Return ``value`` if it is an instance of ``types``, else raise `TypeError`.
+
+    ``what`` names the allowed types in the message (e.g. ``"an int"``).
+    """
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        raise TypeError(f"{name} must be {what}, but got {type(value).__name__} {value!r}.")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
 def check_option(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``, else raise `InputError`."""
     if value not in allowed:
         options = ", ".join(repr(a) for a in allowed)
         raise InputError(
             f"Invalid value for {name!r}. Allowed values are {options}, but got {value!r} instead."
+        )
+    return value
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Any:
+    """Return ``value`` if it lies in the given interval, else raise `InputError`.
+
+    ``low``/``high`` of None leave that side unbounded; ``*_open`` excludes the bound.
+    """
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above or value != value:  # value != value: NaN
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        interval = (
+            f"{left}{'-inf' if low is None else f'{low:g}'}, "
+            f"{'inf' if high is None else f'{high:g}'}{right}"
+        )
+        raise InputError(
+            f"Invalid value for {name!r}: expected a number in {interval}, but got {value!r}."
         )
     return value
 

@@ -1,0 +1,5 @@
+"""``python -m clip_hba.cli``."""
+
+from clip_hba.cli.main import main
+
+main()

@@ -1,0 +1,508 @@
+"""The ``clip-hba`` command line: a thin layer over the Python API.
+
+Every command parses its options, calls one library function and prints JSON to stdout.
+Bad input ends with one line on stderr (``clip-hba: error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from clip_hba import __version__
+from clip_hba._validation import InputError
+from clip_hba.cli.meg import meg_app, simulate_app
+from clip_hba.cli.meg_fit import evaluate_meg_command, fit_individual_command, fit_meg_command
+from clip_hba.cli.options import (
+    AllowRandomInitOption,
+    AllowUnfinishedOption,
+    DataDirOption,
+    DeviceOption,
+    defaults,
+    emit,
+    int_tuple,
+    joined,
+    path_or_none,
+)
+from clip_hba.models.config import AdapterConfig, HeadConfig, InputConfig
+from clip_hba.training.config import BehaviorFitConfig
+
+app = typer.Typer(
+    name="clip-hba",
+    help="Personalized, brain-aligned vision models (CLIP-HBA): fit, embed and evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+evaluate_app = typer.Typer(
+    help="Score embeddings or models against human data.", no_args_is_help=True
+)
+app.add_typer(evaluate_app, name="evaluate")
+fit_app = typer.Typer(help="Fine-tune models on human data.", no_args_is_help=True)
+app.add_typer(fit_app, name="fit")
+rsa_app = typer.Typer(
+    help="Representational similarity analysis of RDM files.", no_args_is_help=True
+)
+app.add_typer(rsa_app, name="rsa")
+fit_app.command("meg")(fit_meg_command)
+fit_app.command("individual")(fit_individual_command)
+evaluate_app.command("meg")(evaluate_meg_command)
+app.add_typer(meg_app, name="meg")
+app.add_typer(simulate_app, name="simulate")
+
+BEHAVIOR = defaults(BehaviorFitConfig)
+INPUTS = InputConfig()
+ADAPTER = AdapterConfig()
+HEAD = HeadConfig()
+LAYERS = joined(ADAPTER.layers)  # "-2,-1"
+TEXT_LAYERS = joined(ADAPTER.label_layers)  # "-1"
+
+EXIT_BAD_INPUT = 2
+
+SeedOption = Annotated[
+    int, typer.Option(min=0, help="Random seed for bootstrap resampling and permutations.")
+]
+NBootstrapOption = Annotated[
+    int,
+    typer.Option(
+        "--n-bootstrap", min=1, help="Bootstrap samples (over concepts) for the RDM48 CI."
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clip-hba {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+
+
+@evaluate_app.command("behavior")
+def evaluate_behavior_command(
+    embedding: Annotated[
+        Path,
+        typer.Option(
+            help="Embedding file (.npy, .txt, .csv or .tsv), one row per concept: all 1,854 THINGS "
+            "concepts in official order, or any subset with --ids."
+        ),
+    ],
+    ids: Annotated[
+        Path | None,
+        typer.Option(help="File with the THINGS concept id of each embedding row, one per line."),
+    ] = None,
+    rdm_metric: Annotated[
+        Literal["pearson", "cosine", "euclidean"],
+        typer.Option(
+            help="Dissimilarity for the model's 48-object RDM.",
+        ),
+    ] = "pearson",
+    similarity: Annotated[
+        Literal["dot", "cosine"],
+        typer.Option(
+            help="Similarity for picking a triplet's most similar pair.",
+        ),
+    ] = "dot",
+    n_bootstrap: NBootstrapOption = 1000,
+    ci_level: Annotated[float, typer.Option(help="Coverage of the confidence intervals.")] = 0.95,
+    seed: SeedOption = 0,
+    triplet_order: Annotated[
+        Literal["auto", "unique_id", "sorted_names"],
+        typer.Option(
+            help="List that test_triplets.csv's concept numbers index; 'auto' = sorted_names for "
+            "the bundled file (its actual convention), unique_id for a --data-dir.",
+        ),
+    ] = "auto",
+    data_dir: DataDirOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the JSON result to this file.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write a figure of model vs human 48-object RDM (.png/.pdf)."),
+    ] = None,
+) -> None:
+    """Score a concept embedding on the 48-object RDM and the 20,000 test triplets.
+
+    Prints one JSON object: rdm48_spearman (+ bootstrap CI), odd_one_out_accuracy (+ Wilson CI),
+    n_triplets used, n_concepts, and the settings.
+    """
+    from clip_hba.evaluation.behavior import evaluate_embedding_file
+
+    result = evaluate_embedding_file(
+        embedding,
+        ids,
+        plot=plot,
+        data_dir=data_dir,
+        rdm_metric=rdm_metric,
+        similarity=similarity,
+        n_bootstrap=n_bootstrap,
+        ci_level=ci_level,
+        seed=seed,
+        triplet_index_order=triplet_order,
+    )
+    emit(result.to_dict(), out)
+
+
+@rsa_app.command("compare")
+def rsa_compare_command(
+    rdm_a: Annotated[
+        Path,
+        typer.Argument(
+            help="First RDM (.npy/.txt/.csv/.tsv): square symmetric (n, n), or the condensed "
+            "upper triangle as one row or column (NaN = missing pair)."
+        ),
+    ],
+    rdm_b: Annotated[Path, typer.Argument(help="Second RDM, same formats.")],
+    ids_a: Annotated[
+        Path | None,
+        typer.Option(
+            help="Concept id of each condition of RDM A, one per line (with --ids-b: "
+            "the RDMs are aligned by id over the shared concepts)."
+        ),
+    ] = None,
+    ids_b: Annotated[Path | None, typer.Option(help="Concept ids of RDM B.")] = None,
+    method: Annotated[
+        Literal["spearman", "pearson", "kendall_tau_a", "rho_a", "cosine"],
+        typer.Option(help="How to compare the two RDMs."),
+    ] = "spearman",
+    n_bootstrap: Annotated[
+        int, typer.Option(min=0, help="Bootstrap samples over conditions for the CI (0: no CI).")
+    ] = 1000,
+    n_permutations: Annotated[
+        int, typer.Option(min=0, help="Condition permutations for the p-value (0: no test).")
+    ] = 1000,
+    ci_level: Annotated[float, typer.Option(help="Coverage of the confidence interval.")] = 0.95,
+    seed: SeedOption = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the JSON result to this file.")
+    ] = None,
+) -> None:
+    """Compare two RDMs: value, bootstrap CI over conditions, permutation p-value (as JSON)."""
+    from clip_hba.rsa.stats import compare_rdm_files
+
+    result = compare_rdm_files(
+        rdm_a,
+        rdm_b,
+        ids_a,
+        ids_b,
+        method=method,
+        n_bootstrap=n_bootstrap,
+        n_permutations=n_permutations,
+        ci_level=ci_level,
+        seed=seed,
+    )
+    emit(result.to_dict(), out)
+
+
+ImagesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Concept images: THINGS layout (object_images/<concept>/<concept>_01b.jpg) or a "
+        "folder with images.csv (columns image,concept_id). Not used by text backbones, which "
+        "read each concept's word and definition."
+    ),
+]
+ImagesCsvOption = Annotated[
+    Path | None, typer.Option(help="CSV of image,concept_id rows (paths relative to --images).")
+]
+ExemplarOption = Annotated[
+    str, typer.Option(help="THINGS layout: file-name suffix of the exemplar image per concept.")
+]
+NormalizationOption = Annotated[
+    Literal["things", "clip"],
+    typer.Option(help="Image normalisation: THINGS mean/std or CLIP's own."),
+]
+SkipMissingOption = Annotated[
+    bool, typer.Option(help="Leave out concepts without an image (reported) instead of failing.")
+]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Concepts per batch.")]
+
+
+@fit_app.command("behavior")
+def fit_behavior_command(
+    model: Annotated[
+        str, typer.Option(help="Base model: Hugging Face hub id or local save_pretrained folder.")
+    ] = "openai/clip-vit-large-patch14",
+    out: Annotated[
+        Path, typer.Option(help="Run directory (config, weights, log, metrics).")
+    ] = Path("runs/behavior"),
+    images: ImagesOption = None,
+    images_csv: ImagesCsvOption = None,
+    exemplar: ExemplarOption = INPUTS.exemplar,
+    normalization: NormalizationOption = INPUTS.normalization,
+    skip_missing: SkipMissingOption = INPUTS.skip_missing,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = BEHAVIOR.epochs,
+    batch_size: BatchSizeOption = BEHAVIOR.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = BEHAVIOR.lr,
+    weight_decay: Annotated[
+        float, typer.Option(help="AdamW weight decay.")
+    ] = BEHAVIOR.weight_decay,
+    patience: Annotated[
+        int,
+        typer.Option(min=1, help="Stop after this many epochs without a better validation MSE."),
+    ] = BEHAVIOR.patience,
+    seed: SeedOption = BEHAVIOR.seed,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of the 1,806 non-held-out concepts used for validation.")
+    ] = BEHAVIOR.val_fraction,
+    rank: Annotated[int, typer.Option(min=1, help="Adapter rank.")] = ADAPTER.rank,
+    alpha: Annotated[
+        float, typer.Option(help="Adapter alpha (update scaled by alpha/rank).")
+    ] = ADAPTER.alpha,
+    layers: Annotated[
+        str,
+        typer.Option(
+            help="Blocks of the concept (vision) tower with adapters; negative = from the end."
+        ),
+    ] = LAYERS,
+    text_layers: Annotated[
+        str,
+        typer.Option(help="Blocks of CLIP's text tower with adapters ('' = frozen text tower)."),
+    ] = TEXT_LAYERS,
+    modules: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated module names inside a block to adapt (default: the attention "
+            "output projection, out_proj for CLIP)."
+        ),
+    ] = None,
+    dora: Annotated[
+        bool, typer.Option(help="DoRA (on) or plain LoRA (--no-dora).")
+    ] = ADAPTER.use_dora,
+    adapter_dropout: Annotated[
+        float,
+        typer.Option(help="Dropout on the adapters' input while training (needs --train-dropout)."),
+    ] = ADAPTER.dropout,
+    text_template: Annotated[
+        str,
+        typer.Option(help="Text backbones: the text of a concept, from {word} and {definition}."),
+    ] = INPUTS.text_template,
+    max_text_tokens: Annotated[
+        int, typer.Option(min=4, help="Text backbones: longest concept text in tokens.")
+    ] = INPUTS.max_text_tokens,
+    head: Annotated[
+        Literal["prompt_cosine", "linear"],
+        typer.Option(
+            help="prompt_cosine: logit_scale x cos(features, label prompt); linear: a linear map."
+        ),
+    ] = HEAD.kind,
+    template: Annotated[
+        str, typer.Option(help="Prompt of a dimension label; must contain {label}.")
+    ] = HEAD.template,
+    logit_scale: Annotated[
+        float, typer.Option(help="Scale of the prompt-cosine head.")
+    ] = HEAD.logit_scale,
+    cache: Annotated[
+        Literal["auto", "memory", "disk", "off"],
+        typer.Option(
+            help="Frozen-prefix cache: auto = memory up to 4 GiB, else disk; off = run every block."
+        ),
+    ] = BEHAVIOR.cache,
+    lr_schedule: Annotated[
+        Literal["constant", "cosine"],
+        typer.Option(help="Learning rate per epoch: constant, or cosine decay to 0 over --epochs."),
+    ] = BEHAVIOR.lr_schedule,
+    train_dropout: Annotated[
+        bool,
+        typer.Option(help="Use the backbone's dropout in the trained blocks while training."),
+    ] = BEHAVIOR.train_dropout,
+    max_concepts: Annotated[
+        int | None,
+        typer.Option(min=4, help="Use only this many train+validation concepts (quick runs)."),
+    ] = BEHAVIOR.max_concepts,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out from its last epoch.")
+    ] = False,
+    device: DeviceOption = BEHAVIOR.device,
+    data_dir: DataDirOption = None,
+    allow_random_init: AllowRandomInitOption = BEHAVIOR.allow_random_init,
+) -> None:
+    """Fine-tune a CLIP (or text) backbone to predict the SPoSE 66-d behavioural embedding.
+
+    Trains DoRA adapters (and the head) on the 1,806 concepts outside the 48-object RDM, with early
+    stopping on the validation MSE; prints the run's metrics.json (before/after) as JSON.
+    """
+    from clip_hba.training.behavior import fit_behavior
+
+    config = BehaviorFitConfig(
+        model=model,
+        out=str(out),
+        inputs=InputConfig(
+            images=path_or_none(images),
+            images_csv=path_or_none(images_csv),
+            exemplar=exemplar,
+            skip_missing=skip_missing,
+            normalization=normalization,
+            text_template=text_template,
+            max_text_tokens=max_text_tokens,
+        ),
+        adapter=AdapterConfig(
+            rank=rank,
+            alpha=alpha,
+            layers=int_tuple("layers", layers),
+            label_layers=int_tuple("text-layers", text_layers),
+            modules=None if modules is None else tuple(m.strip() for m in modules.split(",")),
+            use_dora=dora,
+            dropout=adapter_dropout,
+        ),
+        head=HeadConfig(kind=head, template=template, logit_scale=logit_scale),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        seed=seed,
+        val_fraction=val_fraction,
+        cache=cache,
+        lr_schedule=lr_schedule,
+        train_dropout=train_dropout,
+        max_concepts=max_concepts,
+        device=device,
+        data_dir=path_or_none(data_dir),
+        allow_random_init=allow_random_init,
+    )
+    from clip_hba.training.runs import RunDir
+
+    result = fit_behavior(config, resume=resume)
+    emit(RunDir(result.run_dir).read_metrics())
+
+
+@app.command("embed")
+def embed_command(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="A run directory of clip-hba fit (behaviour or MEG), or a base model (hub id or "
+            "folder)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output: .npz (embedding, concept_ids, image_ids, labels[, rdm]) or .csv/.tsv."
+        ),
+    ],
+    images: ImagesOption = None,
+    images_csv: ImagesCsvOption = None,
+    exemplar: Annotated[
+        str | None,
+        typer.Option(
+            help=f"THINGS layout: exemplar suffix (default: the run's, else {INPUTS.exemplar})."
+        ),
+    ] = None,
+    normalization: Annotated[
+        Literal["things", "clip"] | None,
+        typer.Option(
+            help=f"Image normalisation (default: the run's, else {INPUTS.normalization})."
+        ),
+    ] = None,
+    skip_missing: SkipMissingOption = False,
+    batch_size: BatchSizeOption = 64,
+    rdm: Annotated[
+        bool, typer.Option(help="Also store the RDM (1 - Pearson, condensed) in the .npz.")
+    ] = False,
+    layers: Annotated[
+        bool,
+        typer.Option(
+            help="Instead of the 66-d head, write every block's pooled feature (CLIP: class "
+            "token through the final norm and projection; text: mean over tokens) as an .npz "
+            "of shape (blocks, items, dim), for `meg rsa`'s layer x time matrix."
+        ),
+    ] = False,
+    device: DeviceOption = "auto",
+    data_dir: DataDirOption = None,
+    allow_unfinished: AllowUnfinishedOption = False,
+    allow_random_init: AllowRandomInitOption = False,
+) -> None:
+    """Write the model's 66-d behavioural embedding of every concept image (or concept text).
+
+    A MEG run gives (T, N, 66) embeddings with their time axis. Images are prepared as the run
+    was trained (its image folder, normalisation, text template) unless overridden.
+    Deterministic and independent of --batch-size. Prints a JSON summary.
+    """
+    from clip_hba.pipelines.embed import embed_run
+
+    summary = embed_run(
+        model,
+        out,
+        images=images,
+        images_csv=images_csv,
+        exemplar=exemplar,
+        normalization=normalization,
+        skip_missing=skip_missing,
+        batch_size=batch_size,
+        with_rdm=rdm,
+        layers=layers,
+        device=device,
+        data_dir=data_dir,
+        allow_unfinished=allow_unfinished,
+        allow_random_init=allow_random_init,
+    )
+    emit(summary)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder for metrics.json, plots, the training log and the checkpoint."),
+    ] = Path("clip-hba-demo"),
+    quick: Annotated[
+        bool,
+        typer.Option(help="A few concepts and epochs in every stage: checks the pipeline fast."),
+    ] = False,
+) -> None:
+    """Run the offline demo on all-MiniLM-L6-v2 (needs no GPU or network).
+
+    Behaviour: each concept is read as "word: definition"; DoRA adapters and the prompt-cosine
+    head over the 66 SPoSE labels are trained on the 1,806 training concepts. MEG: on 4
+    simulated participants (300 concepts), the group CLIP-HBA-MEG model starts from that run,
+    is evaluated on held-out concepts against the base and behaviour models, and one
+    individualized model per participant gives the specificity matrix. About 12-14 minutes on 2
+    CPU cores. Writes OUT/metrics.json ({"before", "after", "meg": ...}), plots, the runs
+    (OUT/run, OUT/meg/...) and prints the metrics as JSON.
+    """
+    from clip_hba.pipelines.demo import run_demo
+
+    emit(run_demo(out, quick=quick))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``clip-hba`` console script."""
+    try:
+        code = app(args=argv, prog_name="clip-hba", standalone_mode=False)
+    except InputError as err:
+        _fail(str(err))
+    except typer.TyperException as err:  # usage errors of the command line itself
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # a bare group ("clip-hba evaluate"): typer has printed its help
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(err.format_message() + where, getattr(err, "exit_code", EXIT_BAD_INPUT))
+    except typer.Abort:
+        _fail("aborted.", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.echo(f"clip-hba: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

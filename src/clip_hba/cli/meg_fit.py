@@ -1,0 +1,330 @@
+"""``clip-hba fit meg``, ``fit individual`` and ``evaluate meg``: thin commands over the API.
+
+The two fit commands share their training options (`_training_options`, written once); the
+defaults come from `MegFitConfig` and `MegModelConfig`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from clip_hba._validation import InputError
+from clip_hba.cli.options import (
+    AllowRandomInitOption,
+    AllowUnfinishedOption,
+    DataDirOption,
+    DeviceOption,
+    QuietOption,
+    defaults,
+    emit,
+    int_tuple,
+    joined,
+    path_or_none,
+    split_list,
+    time_window,
+    with_options,
+)
+from clip_hba.models.config import AdapterConfig, InputConfig, MegModelConfig
+from clip_hba.training.config import INDIVIDUAL_RANK, MegFitConfig
+
+MEG = defaults(MegFitConfig)
+MEG_MODEL = MegModelConfig()
+LOSS_WEIGHTS = joined(MEG.loss_weights)  # "1,0.1,0.15"
+ADAPTER_LAYERS = joined(MEG.adapter.layers)  # "": every block
+
+StoreOption = Annotated[Path, typer.Option(help="The MEG RDM store (.h5) with the targets.")]
+MegModelOption = Annotated[
+    str, typer.Option(help="Base model: Hugging Face hub id or local save_pretrained folder.")
+]
+MegImagesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Concept images (THINGS layout or a folder with images.csv); text backbones read "
+        "each concept's word and definition instead."
+    ),
+]
+TimeWindowOption = Annotated[
+    str | None, typer.Option(help="Target times START,STOP in ms (inclusive); default all.")
+]
+Stage0LrOption = Annotated[
+    float, typer.Option(help="AdamW learning rate of the layer weights W (both stages).")
+]
+Stage1LrOption = Annotated[
+    float, typer.Option(help="AdamW learning rate of the DoRA adapters (stage 1).")
+]
+Stage0EpochsOption = Annotated[
+    int, typer.Option(min=1, help="Stage 0 (W only, cached features): most epochs.")
+]
+Stage1EpochsOption = Annotated[
+    int, typer.Option(min=0, help="Stage 1 (W + DoRA): most epochs (0: skip).")
+]
+PatienceOption = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Each stage stops after this many epochs without a better validation loss."
+    ),
+]
+MegBatchOption = Annotated[int, typer.Option(min=3, help="Concepts per batch.")]
+WindowOption = Annotated[
+    int, typer.Option(min=0, help="Smooth W over +- this many timepoints (3 = +-15 ms at 5 ms).")
+]
+NoNoiseOption = Annotated[bool, typer.Option("--no-noise", help="Train without noise injection.")]
+DimensionGainsOption = Annotated[
+    bool,
+    typer.Option(
+        "--dimension-gains",
+        help="Also learn one positive gain per output dimension (the 66 SPoSE dimensions), "
+        "shared over time: how strongly the participant(s) weigh each dimension.",
+    ),
+]
+LossWeightsOption = Annotated[
+    str,
+    typer.Option(
+        help="Weights RDM,MSE,TG of the loss terms: 1 - r of the RDMs, their MSE, 1 - r of "
+        "the temporal-generalisation profiles."
+    ),
+]
+MegSeedOption = Annotated[int, typer.Option(min=0, help="Split, batch order, noise, adapters.")]
+ValFractionOption = Annotated[
+    float, typer.Option(help="Share of the non-held-out concepts used for validation.")
+]
+TestFractionOption = Annotated[
+    float,
+    typer.Option(help="Share of the store's concepts held out (the 48 RDM concepts first)."),
+]
+LayersOption = Annotated[
+    str, typer.Option(help="Blocks with DoRA adapters, comma-separated ('' = every block).")
+]
+AlphaOption = Annotated[float, typer.Option(help="Adapter alpha (update scaled by alpha/rank).")]
+MaxConceptsOption = Annotated[
+    int | None, typer.Option(min=10, help="Use only this many of the store's concepts.")
+]
+BudgetOption = Annotated[
+    float | None,
+    typer.Option(help="A safety stop after this many seconds of training (best epoch kept)."),
+]
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
+
+
+def _training_options(
+    store: StoreOption,
+    model: MegModelOption,
+    images: MegImagesOption = None,
+    time_window: TimeWindowOption = None,
+    stage0_lr: Stage0LrOption = MEG.stage0_lr,
+    stage1_lr: Stage1LrOption = MEG.stage1_lr,
+    stage0_epochs: Stage0EpochsOption = MEG.stage0_epochs,
+    stage1_epochs: Stage1EpochsOption = MEG.stage1_epochs,
+    patience: PatienceOption = MEG.patience,
+    batch_size: MegBatchOption = MEG.batch_size,
+    window: WindowOption = MEG_MODEL.window,
+    no_noise: NoNoiseOption = not MEG_MODEL.noise,
+    dimension_gains: DimensionGainsOption = MEG_MODEL.dimension_gains,
+    loss_weights: LossWeightsOption = LOSS_WEIGHTS,
+    alpha: AlphaOption = MEG.adapter.alpha,
+    layers: LayersOption = ADAPTER_LAYERS,
+    seed: MegSeedOption = MEG.seed,
+    val_fraction: ValFractionOption = MEG.val_fraction,
+    test_fraction: TestFractionOption = MEG.test_fraction,
+    max_concepts: MaxConceptsOption = MEG.max_concepts,
+    time_budget: BudgetOption = MEG.time_budget_s,
+    resume: ResumeOption = False,
+    device: DeviceOption = MEG.device,
+    data_dir: DataDirOption = None,
+    allow_unfinished: AllowUnfinishedOption = False,
+    allow_random_init: AllowRandomInitOption = MEG.allow_random_init,
+    quiet: QuietOption = False,
+) -> None:
+    """The options of `fit meg` and `fit individual` (a signature only: see `with_options`)."""
+
+
+def _meg_config(options: dict[str, Any], **own: Any) -> MegFitConfig:
+    """A `MegFitConfig` from the shared training options and a command's own settings."""
+    return MegFitConfig(
+        store=str(options["store"]),
+        model=options["model"],
+        inputs=InputConfig(images=path_or_none(options["images"])),
+        time_window=time_window(options["time_window"]),
+        meg=MegModelConfig(
+            window=options["window"],
+            noise=not options["no_noise"],
+            dimension_gains=options["dimension_gains"],
+        ),
+        loss_weights=_loss_weights(options["loss_weights"]),
+        adapter=AdapterConfig(
+            rank=own.pop("rank"),
+            alpha=options["alpha"],
+            layers=int_tuple("layers", options["layers"]),
+            label_layers=(),
+        ),
+        stage0_lr=options["stage0_lr"],
+        stage1_lr=options["stage1_lr"],
+        stage0_epochs=options["stage0_epochs"],
+        stage1_epochs=options["stage1_epochs"],
+        patience=options["patience"],
+        batch_size=options["batch_size"],
+        seed=options["seed"],
+        val_fraction=options["val_fraction"],
+        test_fraction=options["test_fraction"],
+        max_concepts=options["max_concepts"],
+        time_budget_s=options["time_budget"],
+        device=options["device"],
+        data_dir=path_or_none(options["data_dir"]),
+        allow_random_init=options["allow_random_init"],
+        **own,
+    )
+
+
+def _loss_weights(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise InputError(
+            f"Invalid value for '--loss-weights': expected three numbers RDM,MSE,TG, got {text!r}."
+        )
+    return values  # type: ignore[return-value]
+
+
+def fit_meg_command(
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/meg"),
+    init_behavior: Annotated[
+        Path | None,
+        typer.Option(help="A CLIP-HBA-Behavior run to start from; its label embeddings are used."),
+    ] = None,
+    participants: Annotated[
+        str | None, typer.Option(help="Comma-separated participants to average (default all).")
+    ] = None,
+    exclude_participants: Annotated[
+        str | None, typer.Option(help="Comma-separated participants to leave out.")
+    ] = None,
+    rank: Annotated[int, typer.Option(min=1, help="DoRA rank.")] = MEG.adapter.rank,
+    **options: Any,
+) -> None:
+    """Fit CLIP-HBA-MEG to the participants' mean MEG RDMs (group model).
+
+    Stage 0 trains the layer weights W on cached features of the frozen backbone; stage 1 adds
+    DoRA adapters to every block. Prints the run's metrics.json.
+    """
+    from clip_hba.training.meg import fit_meg
+    from clip_hba.training.runs import RunDir
+
+    config = _meg_config(
+        options,
+        out=str(out),
+        rank=rank,
+        init_behavior=path_or_none(init_behavior),
+        participants=split_list(participants),
+        exclude_participants=split_list(exclude_participants),
+    )
+    result = fit_meg(
+        config,
+        resume=options["resume"],
+        allow_unfinished=options["allow_unfinished"],
+        verbose=not options["quiet"],
+    )
+    emit(RunDir(result.run_dir).read_metrics())
+
+
+def fit_individual_command(
+    participant: Annotated[
+        str, typer.Option(help="Participant id, or 'all' for one model per participant.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Folder of the runs: one sub-folder per participant.")
+    ] = Path("runs/individual"),
+    init: Annotated[
+        Literal["group", "behavior", "base"],
+        typer.Option(
+            help="Start from the group MEG run (--group-run), a behaviour run "
+            "(--init-behavior) or the base model."
+        ),
+    ] = "group",
+    group_run: Annotated[
+        Path | None, typer.Option(help="The group MEG run (for --init group).")
+    ] = None,
+    init_behavior: Annotated[
+        Path | None, typer.Option(help="The behaviour run (for --init behavior).")
+    ] = None,
+    rank: Annotated[int, typer.Option(min=1, help="DoRA rank.")] = INDIVIDUAL_RANK,
+    **options: Any,
+) -> None:
+    """Fit individualized CLIP-HBA-MEG models: one participant's MEG RDMs each.
+
+    Writes OUT/<participant>/ per participant (one after another with --participant all) and
+    prints each run's metrics.json.
+    """
+    from clip_hba.training.individual import fit_individuals
+    from clip_hba.training.runs import RunDir
+
+    template = _meg_config(options, out=str(out), rank=rank)
+    results = fit_individuals(
+        template,
+        participant,
+        out,
+        init=init,
+        group_run=group_run,
+        init_behavior=init_behavior,
+        resume=options["resume"],
+        allow_unfinished=options["allow_unfinished"],
+        verbose=not options["quiet"],
+    )
+    emit({person: RunDir(r.run_dir).read_metrics() for person, r in results.items()})
+
+
+with_options(fit_meg_command, _training_options)
+with_options(fit_individual_command, _training_options)
+
+
+def evaluate_meg_command(
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A MEG run (full evaluation), or a folder of individualized runs (one "
+            "sub-folder per participant: the specificity matrix)."
+        ),
+    ],
+    store: StoreOption,
+    out: Annotated[Path, typer.Option(help="Folder for the JSON summary and plots.")],
+    n_permutations: Annotated[
+        int, typer.Option("--permutations", min=0, help="Permutations of the cluster tests.")
+    ] = 1000,
+    window: Annotated[
+        str, typer.Option(help="Specificity: time window START,STOP in ms.")
+    ] = "0,1000",
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the permutations.")] = 0,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Concept images, instead of the image folder the runs were trained on."),
+    ] = None,
+    device: DeviceOption = "auto",
+    allow_unfinished: AllowUnfinishedOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Evaluate CLIP-HBA-MEG on held-out concepts, or the specificity of personal models.
+
+    A run: time-resolved RSA of the MEG model, the base model and the behaviour model it started
+    from, the learned W beside the base model's layer x time RSA, and behavioural alignment per
+    timepoint. A folder of individualized runs: S[i, j] = mean RSA (over --window) of
+    participant i's model with participant j's held-out MEG, diagonal minus off-diagonal and a
+    permutation p-value. Prints the JSON summary.
+    """
+    from clip_hba.pipelines.meg import evaluate_meg
+
+    summary = evaluate_meg(
+        model,
+        store,
+        out,
+        n_permutations=n_permutations,
+        window_ms=time_window(window, "--window"),
+        seed=seed,
+        device=device,
+        images=images,
+        allow_unfinished=allow_unfinished,
+        verbose=not quiet,
+    )
+    emit(summary)

@@ -1,0 +1,138 @@
+"""Options shared by several commands, defaults read from the config dataclasses, and output.
+
+Defaults live once, in the dataclasses of the library (`defaults`); the commands read them
+here. The config modules import no torch, so ``clip-hba --help`` stays fast; the commands
+import the rest of the library when they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Any
+
+import typer
+
+from clip_hba._io import write_json_atomic
+from clip_hba._validation import InputError
+
+__all__ = [
+    "DataDirOption",
+    "DeviceOption",
+    "QuietOption",
+    "defaults",
+    "emit",
+    "int_tuple",
+    "joined",
+    "split_list",
+    "time_window",
+    "with_options",
+]
+
+
+def defaults(config_class: type) -> SimpleNamespace:
+    """The default of every field of a dataclass that has one (factories called)."""
+    values = {}
+    for f in dataclasses.fields(config_class):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    return SimpleNamespace(**values)
+
+
+def with_options(command: Callable, options: Callable) -> Callable:
+    """Give ``command`` (which takes ``**options``) the parameters of ``options`` too.
+
+    Typer has no option groups; this lets two commands share one list of options (each
+    written once, in ``options``' signature) instead of repeating it.
+    """
+    own = [
+        p
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    shared = list(inspect.signature(options, eval_str=True).parameters.values())
+    required = [p for p in shared if p.default is inspect.Parameter.empty]
+    optional = [p for p in shared if p.default is not inspect.Parameter.empty]
+    # required options first, as in a hand-written signature
+    ordered = required + own + optional
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in ordered]
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return command
+
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="THINGS data directory holding files named like the bundled ones "
+        "(default: $CLIP_HBA_THINGS_DIR, else the files bundled with clip-hba).",
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(help="Torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."),
+]
+QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+AllowUnfinishedOption = Annotated[
+    bool,
+    typer.Option(
+        help="Accept a run whose training did not finish (its best epoch so far) instead of "
+        "refusing it."
+    ),
+]
+AllowRandomInitOption = Annotated[
+    bool,
+    typer.Option(
+        help="Accept a base model whose files lack some of its weights (Hugging Face would "
+        "initialise them at random) instead of refusing it."
+    ),
+]
+
+
+def int_tuple(name: str, text: str) -> tuple[int, ...]:
+    """Comma-separated block numbers ('' = none)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip()) if text.strip() else ()
+    except ValueError:
+        raise InputError(
+            f"Invalid value for '--{name}': expected comma-separated block numbers such as "
+            f"'-2,-1', got {text!r}."
+        ) from None
+
+
+def joined(values: tuple | list) -> str:
+    """The comma-separated text of a tuple default (``(-2, -1)`` -> ``"-2,-1"``)."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def time_window(text: str | None, option: str = "--time-window") -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        start, stop = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(
+            f"Invalid value for '{option}': expected START,STOP in ms, got {text!r}."
+        ) from None
+    return start, stop
+
+
+def path_or_none(value: Path | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def emit(payload: Any, out: Path | None = None) -> None:
+    """Print ``payload`` as JSON (and write it to ``out``)."""
+    if out is not None:
+        write_json_atomic(out, payload)
+    typer.echo(json.dumps(payload, indent=2))

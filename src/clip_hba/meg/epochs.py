@@ -1,0 +1,537 @@
+"""MEG epochs -> time-resolved RDMs between conditions, and their import into a store.
+
+Two dissimilarities, per timepoint, between the conditions (concepts) of one participant:
+
+- ``correlation`` (fast default): 1 - Pearson r between the condition-averaged sensor patterns,
+  each sensor z-scored across conditions first (so magnetometers and gradiometers weigh alike).
+  Only the per-condition sums are kept, so epochs stream one condition (or run) at a time.
+- ``decoding``: cross-validated pairwise decoding accuracy (%) of shrinkage LDA
+  (`sklearn.discriminant_analysis.LinearDiscriminantAnalysis`, Ledoit-Wolf), with folds by
+  session/run when a fold label is given (leave one group out), else stratified k-fold. Cost
+  grows with pairs x timepoints x folds: meant for tens of conditions, or bin the time axis.
+
+Sources: MNE ``-epo.fif`` files (one per participant; concept ids from a metadata column or the
+event names) or a BIDS dataset read with mne-bids (raw runs epoched around the events whose
+``events.tsv`` column names the concept).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from clip_hba._validation import InputError
+from clip_hba.data.things import load_concepts
+from clip_hba.meg.config import BidsEpoching, EpochsConfig
+from clip_hba.meg.store import StoreWriter, TimeRDMs
+from clip_hba.rsa.rdms import rdm, subset_pairs
+
+__all__ = [
+    "BidsEpoching",
+    "ConditionMeans",
+    "EpochsConfig",
+    "bin_times",
+    "concept_order",
+    "condition_rdms",
+    "correlation_rdms",
+    "decoding_rdms",
+    "epochs_rdms",
+    "import_bids",
+    "import_epochs",
+]
+
+RDM_BYTES = 256 << 20  # square RDMs held at once while condensing
+
+
+# ---------------------------------------------------------------------------- arrays -> RDMs
+
+
+class ConditionMeans:
+    """Running per-condition sums of epochs (n_channels, n_times), for the correlation RDM."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, data: np.ndarray, conditions: Sequence[str]) -> None:
+        """Add epochs (n_epochs, n_channels, n_times) with their condition labels."""
+        conditions = np.asarray(conditions, dtype=str)
+        for label in dict.fromkeys(conditions.tolist()):
+            rows = conditions == label
+            total = data[rows].sum(0, dtype=np.float64)
+            if label in self.sums:
+                self.sums[label] += total
+            else:
+                self.sums[label] = total
+            self.counts[label] = self.counts.get(label, 0) + int(rows.sum())
+
+    def means(self, order: Sequence[str]) -> np.ndarray:
+        """Condition means in ``order``, shape (n_conditions, n_channels, n_times)."""
+        return np.stack([self.sums[c] / self.counts[c] for c in order])
+
+
+def correlation_rdms(means: np.ndarray) -> np.ndarray:
+    """1 - Pearson between condition patterns at every time; means (C, ch, T) -> (T, pairs)."""
+    n_conditions, _, n_times = means.shape
+    patterns = np.moveaxis(means, 2, 0)  # (T, C, ch)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        patterns = (patterns - patterns.mean(1, keepdims=True)) / patterns.std(1, keepdims=True)
+    patterns = np.nan_to_num(patterns)  # a flat sensor carries no pattern
+    step = max(1, RDM_BYTES // (8 * n_conditions**2))
+    out = np.empty((n_times, n_conditions * (n_conditions - 1) // 2), dtype=np.float32)
+    for t in range(0, n_times, step):
+        out[t : t + step] = rdm(patterns[t : t + step], "pearson")
+    return out
+
+
+def decoding_rdms(
+    data: np.ndarray,
+    conditions: np.ndarray,
+    order: Sequence[str],
+    groups: np.ndarray | None,
+    config: EpochsConfig,
+    verbose: bool = False,
+) -> np.ndarray:
+    """Cross-validated pairwise LDA accuracy (%) at every time; (T, pairs), NaN if undecodable."""
+    from joblib import Parallel, delayed
+
+    n = len(order)
+    i, j = np.triu_indices(n, k=1)
+    jobs = Parallel(n_jobs=config.n_jobs)(
+        delayed(_decode_pair)(data, conditions, order[a], order[b], groups, config)
+        for a, b in tqdm(
+            list(zip(i, j, strict=True)), desc="Decoding pairs", disable=not verbose, leave=False
+        )
+    )
+    return np.stack(jobs, axis=1).astype(np.float32)
+
+
+def _decode_pair(
+    data: np.ndarray,
+    conditions: np.ndarray,
+    a: str,
+    b: str,
+    groups: np.ndarray | None,
+    config: EpochsConfig,
+) -> np.ndarray:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
+
+    rows = np.flatnonzero((conditions == a) | (conditions == b))
+    y = (conditions[rows] == b).astype(int)
+    n_times = data.shape[2]
+    if groups is not None:
+        splits = [
+            (train, test)
+            for train, test in LeaveOneGroupOut().split(rows, y, groups[rows])
+            if len(np.unique(y[train])) == 2
+        ]
+    else:
+        k = min(config.n_splits, int(np.bincount(y).min()))
+        if k < 2:
+            return np.full(n_times, np.nan)
+        folds = StratifiedKFold(k, shuffle=True, random_state=config.seed)
+        splits = list(folds.split(rows, y))
+    if not splits:
+        return np.full(n_times, np.nan)
+    accuracy = np.zeros(n_times)
+    tested = 0
+    for train, test in splits:
+        tested += len(test)
+        for t in range(n_times):
+            lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+            lda.fit(data[rows[train], :, t], y[train])
+            accuracy[t] += (lda.predict(data[rows[test], :, t]) == y[test]).sum()
+    return 100.0 * accuracy / tested
+
+
+def bin_times(data: np.ndarray, times_ms: np.ndarray, bin_ms: float | None) -> tuple:
+    """Average consecutive samples into bins of ``bin_ms``; (…, T) -> (…, T // k)."""
+    if bin_ms is None:
+        return data, times_ms
+    step = float(np.median(np.diff(times_ms))) if len(times_ms) > 1 else bin_ms
+    k = max(1, round(bin_ms / step))
+    n_bins = len(times_ms) // k
+    if n_bins == 0:
+        raise InputError(f"Bins of {bin_ms:g} ms are longer than the epochs.")
+    trimmed = data[..., : n_bins * k]
+    binned = trimmed.reshape(*data.shape[:-1], n_bins, k).mean(-1)
+    return binned, times_ms[: n_bins * k].reshape(n_bins, k).mean(1)
+
+
+def condition_rdms(
+    data: np.ndarray,
+    conditions: Sequence[str],
+    times_ms: Any,
+    config: EpochsConfig | None = None,
+    groups: Sequence[Any] | None = None,
+    order: Sequence[str] | None = None,
+    verbose: bool = False,
+) -> TimeRDMs:
+    """Time-resolved RDMs between the conditions of epochs held in memory.
+
+    Parameters
+    ----------
+    data : ndarray, shape (n_epochs, n_channels, n_times)
+    conditions : sequence of str, length n_epochs
+        The concept id of each epoch.
+    times_ms : array-like, shape (n_times,)
+    config : EpochsConfig, optional
+    groups : sequence, length n_epochs, optional
+        Session/run of each epoch: decoding folds leave one group out.
+    order : sequence of str, optional
+        Order of the conditions in the RDMs (default `concept_order`).
+
+    Returns
+    -------
+    TimeRDMs, values (T, n_pairs)
+    """
+    config = config or EpochsConfig()
+    data = np.asarray(data)
+    conditions = np.asarray(conditions, dtype=str)
+    times_ms = np.asarray(times_ms, dtype=np.float64)
+    if data.ndim != 3 or data.shape[0] != len(conditions) or data.shape[2] != len(times_ms):
+        raise InputError(
+            f"Epochs of shape {data.shape} do not match {len(conditions)} condition labels and "
+            f"{len(times_ms)} times."
+        )
+    order = list(order or concept_order(conditions.tolist()))
+    present = [c for c in order if c in set(conditions.tolist())]
+    if len(present) < 3:
+        raise InputError(f"RDMs need at least 3 conditions, got {len(present)}.")
+    data, times_ms = bin_times(data, times_ms, config.bin_ms)
+    if config.method == "correlation":
+        means = ConditionMeans()
+        means.add(data, conditions)
+        values = correlation_rdms(means.means(present))
+    else:
+        group_array = None if groups is None else np.asarray(groups)
+        values = decoding_rdms(data, conditions, present, group_array, config, verbose)
+    return _expand(values, present, order, times_ms)
+
+
+def concept_order(labels: Sequence[str], data_dir: str | os.PathLike | None = None) -> list[str]:
+    """THINGS concepts in official order, other labels sorted after them."""
+    unique = set(labels)
+    official = [c for c in load_concepts(data_dir).ids if c in unique]
+    return official + sorted(unique - set(official))
+
+
+# ---------------------------------------------------------------------------- MNE epochs
+
+
+def _epochs_conditions(epochs: Any, concept_column: str | None, where: str) -> np.ndarray:
+    if concept_column is not None:
+        if epochs.metadata is None or concept_column not in epochs.metadata:
+            raise InputError(f"{where} has no metadata column {concept_column!r}.")
+        return epochs.metadata[concept_column].astype(str).to_numpy()
+    names = {code: name for name, code in epochs.event_id.items()}
+    return np.array([names[code] for code in epochs.events[:, 2]], dtype=str)
+
+
+def _epochs_groups(epochs: Any, fold_column: str | None, where: str) -> np.ndarray | None:
+    if fold_column is None:
+        return None
+    if epochs.metadata is None or fold_column not in epochs.metadata:
+        raise InputError(f"{where} has no metadata column {fold_column!r} for the folds.")
+    return epochs.metadata[fold_column].astype(str).to_numpy()
+
+
+def epochs_rdms(
+    epochs: Any,
+    config: EpochsConfig | None = None,
+    concept_column: str | None = None,
+    fold_column: str | None = None,
+    order: Sequence[str] | None = None,
+    verbose: bool = False,
+) -> TimeRDMs:
+    """Time-resolved RDMs of one participant's `mne.Epochs` (data channels, bads excluded).
+
+    Concept ids come from ``epochs.metadata[concept_column]``, else from the event names. With
+    the correlation method the epochs are read one condition at a time, so epochs that are not
+    preloaded never sit in memory all at once.
+    """
+    config = config or EpochsConfig()
+    where = "The epochs"
+    conditions = _epochs_conditions(epochs, concept_column, where)
+    order = list(order or concept_order(conditions.tolist()))
+    times_ms = epochs.times * 1000.0
+    if config.method == "decoding":
+        data = epochs.get_data(picks="data")
+        groups = _epochs_groups(epochs, fold_column, where)
+        return condition_rdms(data, conditions, times_ms, config, groups, order, verbose)
+    present = [c for c in order if c in set(conditions.tolist())]
+    means = ConditionMeans()
+    for label in tqdm(present, desc="Condition means", disable=not verbose, leave=False):
+        rows = np.flatnonzero(conditions == label)
+        means.add(epochs[rows].get_data(picks="data"), [label] * len(rows))
+    binned, binned_times = bin_times(means.means(present), times_ms, config.bin_ms)
+    return _expand(correlation_rdms(binned), present, order, binned_times)
+
+
+def _expand(
+    values: np.ndarray, present: Sequence[str], order: Sequence[str], times_ms: np.ndarray
+) -> TimeRDMs:
+    """RDMs over ``present`` placed into RDMs over ``order`` (other pairs NaN)."""
+    if list(present) == list(order):
+        return TimeRDMs(values, tuple(order), times_ms)
+    n = len(order)
+    position = {c: k for k, c in enumerate(order)}
+    rows = np.array([position[c] for c in present])
+    full = np.full((values.shape[0], n * (n - 1) // 2), np.nan, dtype=np.float32)
+    full[:, subset_pairs(rows, n)] = values
+    return TimeRDMs(full, tuple(order), times_ms)
+
+
+def import_epochs(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    participant_ids: Sequence[str] | None = None,
+    config: EpochsConfig | None = None,
+    concept_column: str | None = None,
+    fold_column: str | None = None,
+    dtype: str = "float32",
+    data_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Import MNE ``-epo.fif`` files, one per participant, into a store.
+
+    The store's concepts are all conditions of all participants (THINGS concepts in official
+    order); a participant without a condition has NaN for its pairs. Every participant must
+    share one time axis.
+    """
+    import mne
+
+    config = config or EpochsConfig()
+    sources = [Path(s) for s in sources]
+    if not sources:
+        raise InputError("Give at least one -epo.fif file.")
+    participants = list(participant_ids or [_participant_from_path(s) for s in sources])
+    if len(participants) != len(sources):
+        raise InputError(f"{len(sources)} epochs files but {len(participants)} participant ids.")
+    headers = []
+    for source in sources:
+        try:
+            epochs = mne.read_epochs(source, preload=False, verbose="error")
+        except (OSError, ValueError) as err:
+            raise InputError(f"Cannot read MNE epochs from {source}: {err}") from None
+        headers.append((epochs, _epochs_conditions(epochs, concept_column, str(source))))
+    order = concept_order([c for _, conditions in headers for c in conditions.tolist()], data_dir)
+    writer = None
+    try:
+        for p, (epochs, _) in enumerate(
+            tqdm(headers, desc="Participants", disable=not verbose or len(headers) == 1)
+        ):
+            rdms = epochs_rdms(epochs, config, concept_column, fold_column, order, verbose)
+            if writer is None:
+                writer = StoreWriter(
+                    out,
+                    order,
+                    participants,
+                    rdms.times_ms,
+                    dtype,
+                    {"kind": _kind(config), "source": f"mne:{sources[0].name}"},
+                )
+            _write_participant(writer, p, rdms, sources[p])
+        return writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _kind(config: EpochsConfig) -> str:
+    return "correlation_distance" if config.method == "correlation" else "decoding_accuracy"
+
+
+def _write_participant(writer: StoreWriter, p: int, rdms: TimeRDMs, source: Any) -> None:
+    if len(rdms.times_ms) != len(writer.times_ms) or not np.allclose(
+        rdms.times_ms, writer.times_ms
+    ):
+        raise InputError(
+            f"{source} has another time axis ({len(rdms.times_ms)} times from "
+            f"{rdms.times_ms[0]:g} ms) than the first participant ({len(writer.times_ms)} from "
+            f"{writer.times_ms[0]:g} ms)."
+        )
+    writer.write_block(p, 0, rdms.values)
+
+
+def _participant_from_path(path: Path) -> str:
+    match = re.search(r"sub-([A-Za-z0-9]+)", path.name)
+    return match.group(1) if match else path.name.split("-epo")[0].split(".")[0]
+
+
+# ---------------------------------------------------------------------------- BIDS
+
+
+def import_bids(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    subjects: Sequence[str] | None = None,
+    epoching: BidsEpoching | None = None,
+    config: EpochsConfig | None = None,
+    dtype: str = "float32",
+    data_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Import a BIDS MEG dataset (mne-bids) into a store, one participant per subject.
+
+    Each run is read with `mne_bids.read_raw_bids`, epoched around the rows of its
+    ``events.tsv`` whose ``epoching.event_column`` names a concept, and folded into the
+    participant's condition means (correlation) or trials (decoding, folds = runs).
+    """
+    from mne_bids import get_entity_vals
+
+    epoching = epoching or BidsEpoching()
+    config = config or EpochsConfig()
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"No BIDS dataset at {root}.")
+    subjects = list(subjects or get_entity_vals(root, "subject"))
+    if not subjects:
+        raise InputError(f"{root} holds no sub-* folders.")
+    runs = {s: _bids_runs(root, s, epoching) for s in subjects}
+    labels = [c for s in subjects for path in runs[s] for c in _events(path, epoching)[1]]
+    order = concept_order(labels, data_dir)
+    writer = None
+    try:
+        for p, subject in enumerate(tqdm(subjects, desc="Subjects", disable=not verbose)):
+            rdms = _bids_subject(runs[subject], epoching, config, order)
+            if writer is None:
+                writer = StoreWriter(
+                    out,
+                    order,
+                    subjects,
+                    rdms.times_ms,
+                    dtype,
+                    {"kind": _kind(config), "source": f"bids:{root.name}"},
+                )
+            _write_participant(writer, p, rdms, f"sub-{subject}")
+        return writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _bids_runs(root: Path, subject: str, epoching: BidsEpoching) -> list[Any]:
+    from mne_bids import find_matching_paths
+
+    paths = find_matching_paths(
+        root,
+        subjects=subject,
+        sessions=epoching.session,
+        tasks=epoching.task,
+        datatypes="meg",
+        suffixes="meg",
+        extensions=[".fif", ".ds", ".con", ".sqd", ".pdf", ".bin"],
+    )
+    if not paths:
+        raise InputError(f"sub-{subject} has no MEG runs in {root} (task {epoching.task!r}).")
+    return sorted(paths, key=str)
+
+
+def _events(bids_path: Any, epoching: BidsEpoching) -> tuple[np.ndarray, list[str]]:
+    """(onsets in s, concept labels) of the events that name a concept."""
+    events_path = Path(bids_path.copy().update(suffix="events", extension=".tsv").fpath)
+    if not events_path.is_file():
+        raise InputError(f"{bids_path.basename} has no events.tsv ({events_path}).")
+    with events_path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if rows and epoching.event_column not in rows[0]:
+        raise InputError(
+            f"{events_path.name} has no column {epoching.event_column!r}; it has "
+            f"{', '.join(rows[0])}."
+        )
+    pattern = re.compile(epoching.concept_pattern) if epoching.concept_pattern else None
+    onsets, labels = [], []
+    for row in rows:
+        value = (row.get(epoching.event_column) or "").strip()
+        if value in ("", "n/a"):
+            continue
+        if pattern is not None:
+            match = pattern.search(value)
+            if match is None:
+                continue
+            value = match.group(1) if match.groups() else match.group(0)
+        onsets.append(float(row["onset"]))
+        labels.append(value)
+    return np.array(onsets), labels
+
+
+def _bids_runs_epochs(
+    runs: list[Any], epoching: BidsEpoching
+) -> Iterator[tuple[np.ndarray, list[str], np.ndarray, int, list[str]]]:
+    """Per run: (data (n, ch, T), labels, times_ms, run number, channel names)."""
+    import mne
+    from mne_bids import read_raw_bids
+
+    for number, bids_path in enumerate(runs):
+        onsets, labels = _events(bids_path, epoching)
+        if not labels:
+            continue
+        raw = read_raw_bids(bids_path, verbose="error")
+        samples = raw.first_samp + np.round(onsets * raw.info["sfreq"]).astype(int)
+        events = np.column_stack([samples, np.zeros_like(samples), np.arange(len(samples)) + 1])
+        epochs = mne.Epochs(
+            raw,
+            events,
+            tmin=epoching.tmin_s,
+            tmax=epoching.tmax_s,
+            baseline=epoching.baseline,
+            picks="data",
+            decim=epoching.decim,
+            preload=True,
+            event_repeated="drop",
+            reject_by_annotation=False,
+            verbose="error",
+        )
+        kept = epochs.events[:, 2] - 1  # rows of the events that became epochs
+        picks = mne.pick_types(epochs.info, meg=True, eeg=True, exclude="bads")
+        yield (
+            epochs.get_data(picks=picks),
+            [labels[k] for k in kept],
+            epochs.times * 1000.0,
+            number,
+            [epochs.ch_names[k] for k in picks],
+        )
+
+
+def _bids_subject(
+    runs: list[Any], epoching: BidsEpoching, config: EpochsConfig, order: list[str]
+) -> TimeRDMs:
+    means, trials, conditions, groups, times = ConditionMeans(), [], [], [], None
+    channels = None
+    for data, labels, run_times, number, names in _bids_runs_epochs(runs, epoching):
+        if channels is not None and names != channels:
+            raise InputError(
+                f"Run {number + 1} of the subject has other data channels than run 1 (bad "
+                "channels differ?); mark the same channels bad in every run's channels.tsv."
+            )
+        channels = names
+        if times is not None and len(run_times) != len(times):
+            raise InputError("The runs of one subject give epochs of different lengths.")
+        times = run_times
+        if config.method == "correlation":
+            means.add(data, labels)
+        else:
+            trials.append(data)
+            conditions += labels
+            groups += [number] * len(labels)
+    if times is None:
+        raise InputError("No epochs could be cut from the subject's runs.")
+    if config.method == "decoding":
+        folds = groups if len(set(groups)) > 1 else None
+        return condition_rdms(np.concatenate(trials), conditions, times, config, folds, order)
+    present = [c for c in order if c in means.sums]
+    binned, binned_times = bin_times(means.means(present), times, config.bin_ms)
+    return _expand(correlation_rdms(binned), present, order, binned_times)

@@ -1,0 +1,434 @@
+"""Importers into the RDM store: the THINGS-MEG release file, NumPy arrays, MNE epochs, BIDS.
+
+Every importer streams: one (participant, timepoint) RDM (or one participant's epochs) is in
+memory at a time, and the store is written to a temporary file that is renamed only when
+complete. Square RDMs become condensed upper triangles by taking each pair from whichever
+triangle holds a number (decoding RDMs fill only one); a pair missing in both stays NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from clip_hba._io import read_ids, refuse_existing, write_atomic
+from clip_hba._validation import InputError, check_option
+from clip_hba.data.things import load_concepts
+from clip_hba.meg.config import BidsEpoching, EpochsConfig
+from clip_hba.meg.epochs import import_bids, import_epochs
+from clip_hba.meg.store import RDMStore, StoreWriter
+from clip_hba.rsa.rdms import n_conditions, to_condensed
+
+__all__ = [
+    "FORMATS",
+    "THINGS_MEG_TIMES_MS",
+    "export_things_mat",
+    "guess_format",
+    "import_npy",
+    "import_rdms",
+    "import_things_mat",
+    "resolve_times",
+    "write_things_mat",
+]
+
+THINGS_MEG_TIMES_MS = np.arange(-100.0, 1300.0 + 1e-9, 5.0)  # 281 timepoints
+FORMATS: tuple[str, ...] = ("auto", "things-mat", "npy", "mne", "bids")
+
+
+def guess_format(sources: Sequence[str | os.PathLike]) -> str:
+    """The import format of ``sources`` from their names: a folder is BIDS, ``.npy``, ``.mat``
+    (the THINGS-MEG release) or MNE ``-epo.fif`` files."""
+    first = Path(sources[0])
+    if first.is_dir():
+        return "bids"
+    name = first.name.lower()
+    if name.endswith(".npy"):
+        return "npy"
+    if name.endswith(".mat"):
+        return "things-mat"
+    if name.endswith(("-epo.fif", "_epo.fif", "-epo.fif.gz")):
+        return "mne"
+    raise InputError(f"Cannot tell the format of {first}: give --format.")
+
+
+def import_rdms(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    format: str = "auto",
+    variable: str = "mat",
+    concept_ids: Sequence[str] | str | os.PathLike | None = None,
+    participant_ids: Sequence[str] | None = None,
+    times_ms: Any = None,
+    epochs: EpochsConfig | None = None,
+    concept_column: str | None = None,
+    fold_column: str | None = None,
+    subjects: Sequence[str] | None = None,
+    epoching: BidsEpoching | None = None,
+    dtype: str = "float32",
+    force: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Import MEG RDMs, or MEG epochs turned into RDMs, into a store (any supported format).
+
+    Parameters
+    ----------
+    sources : sequence of path
+        The release ``.mat`` file, a ``.npy`` array, one ``-epo.fif`` file per participant, or
+        a BIDS root folder.
+    format : {"auto", "things-mat", "npy", "mne", "bids"}
+        ``auto`` guesses from the names (`guess_format`).
+    variable, concept_ids, participant_ids, times_ms
+        things-mat / npy: see `import_things_mat` and `import_npy` (``participant_ids`` also
+        names MNE participants).
+    epochs : EpochsConfig, optional
+        mne / bids: how epochs become RDMs.
+    concept_column, fold_column
+        mne: metadata columns of the concept id and of the decoding folds.
+    subjects, epoching
+        bids: the subjects (default all) and how runs are cut into epochs.
+    force : bool
+        Overwrite an existing ``out``.
+
+    Returns
+    -------
+    Path of the store.
+    """
+    check_option("format", format, FORMATS)
+    refuse_existing(out, force)
+    sources = [Path(s) for s in sources]
+    if not sources:
+        raise InputError("Give at least one source to import.")
+    kind = guess_format(sources) if format == "auto" else format
+    if kind in ("things-mat", "npy", "bids") and len(sources) != 1:
+        raise InputError(f"--format {kind} takes one source, got {len(sources)}.")
+    arrays = dict(concept_ids=concept_ids, participant_ids=participant_ids, times_ms=times_ms)
+    if kind == "things-mat":
+        return import_things_mat(
+            sources[0],
+            out,
+            variable=variable,
+            dtype=dtype,
+            data_dir=data_dir,
+            verbose=verbose,
+            **arrays,
+        )
+    if kind == "npy":
+        return import_npy(sources[0], out, dtype=dtype, verbose=verbose, **arrays)
+    if kind == "mne":
+        return import_epochs(
+            sources,
+            out,
+            participant_ids=participant_ids,
+            config=epochs,
+            concept_column=concept_column,
+            fold_column=fold_column,
+            dtype=dtype,
+            data_dir=data_dir,
+            verbose=verbose,
+        )
+    return import_bids(
+        sources[0],
+        out,
+        subjects=subjects,
+        epoching=epoching,
+        config=epochs,
+        dtype=dtype,
+        data_dir=data_dir,
+        verbose=verbose,
+    )
+
+
+def import_things_mat(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    variable: str = "mat",
+    concept_ids: Sequence[str] | str | os.PathLike | None = None,
+    participant_ids: Sequence[str] | None = None,
+    times_ms: Any = None,
+    dtype: str = "float32",
+    data_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Import the THINGS-MEG release RDMs (MATLAB v7.3 / HDF5) into a store.
+
+    Parameters
+    ----------
+    source : path
+        The release file, e.g. ``validation-pairwise_decoding_RDM1854.mat``, whose variable
+        reads with h5py as (P, T, N, N) (MATLAB shape (N, N, T, P)).
+    out : path
+        The store to write (``.h5``).
+    variable : str
+        Name of the variable in the file.
+    concept_ids : sequence of str or ids file, optional
+        Concept of each row; default the 1,854 THINGS concepts in official order.
+    participant_ids : sequence of str, optional
+        Default ``P1``, ``P2``, ...
+    times_ms : array-like or dict, optional
+        Time axis (see `resolve_times`); default -100..1300 ms in 5 ms steps.
+    dtype : {"float32", "float16"}
+    data_dir : path, optional
+        THINGS data directory whose concepts are the default ids (default: bundled).
+    verbose : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Path of the store.
+    """
+    source = Path(source)
+    try:
+        handle = h5py.File(source, "r")
+    except OSError:
+        raise InputError(
+            f"Cannot read {source} as a MATLAB v7.3 (HDF5) file; save it with -v7.3, or export "
+            "the array to .npy and use --format npy."
+        ) from None
+    with handle:
+        if variable not in handle:
+            raise InputError(
+                f"{source} has no variable {variable!r}; it holds {sorted(handle.keys())}."
+            )
+        data = handle[variable]
+        if data.ndim == 3:  # one participant: (T, N, N)
+            n_participants, (n_times, n, n2) = 1, data.shape
+        elif data.ndim == 4:
+            n_participants, n_times, n, n2 = data.shape
+        else:
+            raise InputError(
+                f"{source}:{variable} must read as (P, T, N, N) or (T, N, N), got {data.shape}."
+            )
+        if n != n2:
+            raise InputError(f"{source}:{variable} holds non-square RDMs: {data.shape}.")
+        ids = _concept_ids(concept_ids, n, source, data_dir)
+        times = resolve_times(times_ms, n_times, default=THINGS_MEG_TIMES_MS)
+        participants = _participant_ids(participant_ids, n_participants)
+        attrs = {"kind": "decoding_accuracy", "source": f"things-mat:{source.name}"}
+        with StoreWriter(out, ids, participants, times, dtype, attrs) as writer:
+            bar = tqdm(
+                total=n_participants * n_times, desc="Importing", unit="RDM", disable=not verbose
+            )
+            with bar:
+                for p in range(n_participants):
+                    for t in range(n_times):
+                        square = data[p, t] if data.ndim == 4 else data[t]
+                        writer.write(p, t, _condense(square))
+                        bar.update()
+    return Path(out)
+
+
+def import_npy(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    concept_ids: Sequence[str] | str | os.PathLike | None = None,
+    participant_ids: Sequence[str] | None = None,
+    times_ms: Any = None,
+    dtype: str = "float32",
+    verbose: bool = True,
+) -> Path:
+    """Import a ``.npy`` array of RDMs into a store, through a memory map.
+
+    The array has shape (P, T, N, N) or (T, N, N) (square RDMs), or (P, T, n_pairs) or
+    (T, n_pairs) (condensed upper triangles). Concept ids, times and participant ids come from
+    the arguments or from a sidecar JSON beside the file (``X.json`` for ``X.npy``) with keys
+    ``concept_ids``, ``times_ms`` and ``participant_ids``; arguments win.
+    """
+    source = Path(source)
+    try:
+        data = np.load(source, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"Cannot read {source} as a .npy array: {err}") from None
+    sidecar = _read_sidecar(source.with_suffix(".json"))
+    concept_ids = concept_ids if concept_ids is not None else sidecar.get("concept_ids")
+    participant_ids = participant_ids or sidecar.get("participant_ids")
+    times_ms = times_ms if times_ms is not None else sidecar.get("times_ms")
+    shape = data.shape
+    square = data.ndim in (3, 4) and shape[-1] == shape[-2]  # (T, N, N) wins over (P, T, pairs)
+    if data.ndim == 2 or (data.ndim == 3 and square):
+        data = data[None]
+    elif data.ndim not in (3, 4) or (data.ndim == 4 and not square):
+        raise InputError(
+            f"{source} must hold (P, T, N, N), (T, N, N), (P, T, n_pairs) or (T, n_pairs) "
+            f"RDMs, got shape {shape}."
+        )
+    n_participants, n_times = data.shape[:2]
+    n = data.shape[-1] if square else n_conditions(data.shape[-1])
+    if concept_ids is None:
+        raise InputError(
+            f"No concept ids for {source}: give --concept-ids or a sidecar "
+            f"{source.with_suffix('.json').name} with 'concept_ids'."
+        )
+    ids = _concept_ids(concept_ids, n, source)
+    times = resolve_times(times_ms, n_times, default=None, source=source)
+    participants = _participant_ids(participant_ids, n_participants)
+    attrs = {"kind": "rdm", "source": f"npy:{source.name}"}
+    with StoreWriter(out, ids, participants, times, dtype, attrs) as writer:
+        bar = tqdm(
+            total=n_participants * n_times, desc="Importing", unit="RDM", disable=not verbose
+        )
+        with bar:
+            for p in range(n_participants):
+                for t in range(n_times):
+                    values = np.asarray(data[p, t], dtype=np.float64)
+                    writer.write(p, t, _condense(values) if square else values)
+                    bar.update()
+    return Path(out)
+
+
+def _condense(square: np.ndarray) -> np.ndarray:
+    """A square RDM of a release or array file, condensed (pairs from either triangle)."""
+    return to_condensed(square, asymmetry="mean")
+
+
+def resolve_times(
+    times_ms: Any, n_times: int, default: np.ndarray | None, source: Path | None = None
+) -> np.ndarray:
+    """A time axis in ms of length ``n_times``.
+
+    ``times_ms`` is a sequence of times, a dict ``{"start": ..., "step": ...}``, a string
+    ``"start:step"`` (e.g. ``"-100:5"``), or None for ``default``.
+    """
+    if times_ms is None:
+        if default is None:
+            where = f" for {source}" if source else ""
+            raise InputError(
+                f"No time axis{where}: give --times START:STEP (ms) or 'times_ms' in the sidecar."
+            )
+        times = np.asarray(default, dtype=np.float64)
+    elif isinstance(times_ms, str):
+        try:
+            start, step = (float(v) for v in times_ms.split(":"))
+        except ValueError:
+            raise InputError(
+                f"Invalid time axis {times_ms!r}: expected START:STEP in ms, e.g. -100:5."
+            ) from None
+        times = start + step * np.arange(n_times)
+    elif isinstance(times_ms, dict):
+        times = float(times_ms["start"]) + float(times_ms["step"]) * np.arange(n_times)
+    else:
+        times = np.asarray(times_ms, dtype=np.float64)
+    if times.shape != (n_times,):
+        raise InputError(f"The time axis has {times.size} timepoints but the data have {n_times}.")
+    return times
+
+
+def _concept_ids(
+    concept_ids: Sequence[str] | str | os.PathLike | None,
+    n: int,
+    source: Path,
+    data_dir: str | os.PathLike | None = None,
+) -> tuple[str, ...]:
+    if concept_ids is None:
+        official = load_concepts(data_dir).ids
+        if n != len(official):
+            raise InputError(
+                f"{source} holds {n} concepts, not the {len(official)} THINGS concepts: give "
+                "their ids (--concept-ids FILE, one per line in row order)."
+            )
+        return official
+    ids = read_ids(concept_ids) if isinstance(concept_ids, str | os.PathLike) else concept_ids
+    ids = tuple(str(c) for c in ids)
+    if len(ids) != n:
+        raise InputError(f"{source} holds {n} concepts but {len(ids)} concept ids were given.")
+    return ids
+
+
+def _participant_ids(participant_ids: Sequence[str] | None, n: int) -> tuple[str, ...]:
+    if participant_ids is None:
+        return tuple(f"P{k + 1}" for k in range(n))
+    ids = tuple(str(p) for p in participant_ids)
+    if len(ids) != n:
+        raise InputError(f"The data hold {n} participant(s) but {len(ids)} ids were given.")
+    return ids
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"Cannot read the sidecar {path}: {err}") from None
+    if not isinstance(sidecar, dict):
+        raise InputError(f"The sidecar {path} must hold a JSON object.")
+    return sidecar
+
+
+# ---------------------------------------------------------------------------- release format out
+
+
+def export_things_mat(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    variable: str = "mat",
+    lower_nan: bool = True,
+    force: bool = True,
+    verbose: bool = True,
+) -> Path:
+    """Write a store in the THINGS-MEG release layout: a MATLAB v7.3 file of (N, N, T, P).
+
+    Read with h5py the variable has shape (P, T, N, N); the diagonal is NaN and, with
+    ``lower_nan``, so is the lower triangle, as in the released decoding RDMs. Streams one
+    (participant, timepoint) matrix at a time; the file is written atomically. Without
+    ``force`` an existing ``out`` is refused.
+    """
+    refuse_existing(out, force)
+    with RDMStore(store) as source:
+        n = len(source.concept_ids)
+        shape = (len(source.participant_ids), len(source.times_ms), n, n)
+        i, j = np.triu_indices(n, k=1)
+
+        def rows():
+            for p in range(shape[0]):
+                for time_rows, block in source.iter_times(participants=[source.participant_ids[p]]):
+                    for t, values in zip(time_rows, block[0], strict=True):
+                        square = np.full((n, n), np.nan, dtype=np.float32)
+                        square[i, j] = values
+                        if not lower_nan:
+                            square[j, i] = values
+                        yield p, int(t), square
+
+        return write_things_mat(out, shape, rows(), variable=variable, verbose=verbose)
+
+
+def write_things_mat(
+    out: str | os.PathLike,
+    shape: tuple[int, int, int, int],
+    squares: Any,
+    *,
+    variable: str = "mat",
+    verbose: bool = True,
+) -> Path:
+    """Write (participant, time, square) items into a MATLAB v7.3 file, variable (P, T, N, N).
+
+    The file carries MATLAB's 512-byte header, so MATLAB loads it as an (N, N, T, P) single array.
+    """
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w", userblock_size=512) as handle:
+            data = handle.create_dataset(
+                variable, shape=shape, dtype="float32", chunks=(1, 1, *shape[2:])
+            )
+            data.attrs["MATLAB_class"] = np.bytes_("single")
+            bar = tqdm(total=shape[0] * shape[1], desc="Writing", unit="RDM", disable=not verbose)
+            with bar:
+                for p, t, square in squares:
+                    data[p, t] = square
+                    bar.update()
+        header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: clip-hba HDF5 schema 1.00 ."
+        with open(tmp, "r+b") as handle:
+            handle.write(header.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
+
+    return write_atomic(out, write)

@@ -1,0 +1,550 @@
+"""The MEG RDM store: participant x time x concept-pair dissimilarities in one HDF5 file.
+
+Layout (h5py), written by `StoreWriter` and read by `RDMStore`::
+
+    /rdm              (P, T, n_pairs) float32 (or float16), condensed upper triangles (i < j),
+                      chunked so that one (participant, timepoint) row is read on its own
+    /concept_ids      (N,) the concept of each condition, in the order of the triangles
+    /participant_ids  (P,)
+    /times_ms         (T,) float64
+    /ground_truth/... optional (simulated stores): the planted component time courses
+    attrs: format, format_version, complete (True once every row is written), kind, source,
+           content_sha256 (of every row as stored, in participant-then-time order)
+
+A store is written to a temporary file and renamed when complete, so an interrupted import never
+leaves a file that looks whole; `RDMStore` refuses a file without ``complete``. Reads stream row
+by row: a time window, a subset of concepts (by id) and of participants, and the (NaN-aware)
+mean over participants, never loading more than a batch of timepoints at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from clip_hba._validation import InputError, check_option, check_unique_ids, preview
+from clip_hba.rsa.rdms import RDM, mean_rdm, subset_pairs
+
+__all__ = ["RDMStore", "StoreWriter", "TimeRDMs", "open_store"]
+
+FORMAT = "clip-hba-rdm-store"
+FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")
+CHUNK_PAIRS = 1 << 20  # at most 4 MB per float32 chunk
+READ_BYTES = 64 << 20  # stream reads in batches of timepoints of about this size
+
+
+@dataclass(frozen=True, eq=False)
+class TimeRDMs:
+    """Time-resolved condensed RDMs with their axes.
+
+    Attributes
+    ----------
+    values : ndarray, shape (P, T, n_pairs) or (T, n_pairs)
+        Dissimilarities; NaN marks a pair without data.
+    concept_ids : tuple of str, length N with N * (N - 1) / 2 == n_pairs
+    times_ms : ndarray, shape (T,)
+    participant_ids : tuple of str, or None when ``values`` has no participant axis
+    """
+
+    values: np.ndarray
+    concept_ids: tuple[str, ...]
+    times_ms: np.ndarray
+    participant_ids: tuple[str, ...] | None = None
+
+    def at(self, time_ms: float, participant: str | None = None) -> RDM:
+        """The RDM at the timepoint nearest ``time_ms`` (of one participant, if there are many)."""
+        t = int(np.argmin(np.abs(self.times_ms - time_ms)))
+        values = self.values
+        if self.participant_ids is not None:
+            if participant is None:
+                raise InputError("These RDMs hold several participants: name one.")
+            values = values[_participant_rows(self.participant_ids, [participant])[0]]
+        return RDM(np.asarray(values[t], dtype=np.float64), self.concept_ids)
+
+
+def open_store(path: str | os.PathLike) -> RDMStore:
+    """Open a store for reading (use as a context manager to close it)."""
+    return RDMStore(path)
+
+
+class RDMStore:
+    """Read access to an RDM store; see the module docstring for the layout.
+
+    Parameters
+    ----------
+    path : path
+        A complete store written by `StoreWriter` (e.g. by ``clip-hba meg import``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"No RDM store at {self.path}.")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError:
+            raise InputError(
+                f"{self.path} is not an HDF5 RDM store (or it is truncated)."
+            ) from None
+        try:
+            self._check()
+        except InputError:
+            self._file.close()
+            raise
+        self._rdm = self._file["rdm"]
+        self.concept_ids = _strings(self._file["concept_ids"])
+        self.participant_ids = _strings(self._file["participant_ids"])
+        self.times_ms = np.asarray(self._file["times_ms"][()], dtype=np.float64)
+        self._concept_row = {c: k for k, c in enumerate(self.concept_ids)}
+
+    def _check(self) -> None:
+        attrs = self._file.attrs
+        if attrs.get("format") != FORMAT:
+            raise InputError(f"{self.path} is not a clip-hba RDM store.")
+        if not attrs.get("complete", False):
+            raise InputError(
+                f"{self.path} is incomplete (an interrupted import or simulation); write it again."
+            )
+        version = int(attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise InputError(
+                f"{self.path} has store format {version}; this clip-hba reads up to "
+                f"{FORMAT_VERSION}. Upgrade clip-hba."
+            )
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self._rdm.shape[2])
+
+    @property
+    def dtype(self) -> str:
+        return str(self._rdm.dtype)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {k: _plain(v) for k, v in self._file.attrs.items()}
+
+    def __enter__(self) -> RDMStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RDMStore({str(self.path)!r}: {len(self.participant_ids)} participants, "
+            f"{len(self.times_ms)} timepoints, {len(self.concept_ids)} concepts)"
+        )
+
+    def info(self, nan_share: bool = True) -> dict[str, Any]:
+        """A JSON-able summary: participants, concepts, time axis, dtype and NaN share."""
+        times = self.times_ms
+        summary: dict[str, Any] = {
+            "path": str(self.path),
+            "participants": list(self.participant_ids),
+            "n_participants": len(self.participant_ids),
+            "n_concepts": len(self.concept_ids),
+            "n_pairs": self.n_pairs,
+            "n_times": len(times),
+            "times_ms": {
+                "start": float(times[0]),
+                "stop": float(times[-1]),
+                "step": float(np.median(np.diff(times))) if len(times) > 1 else None,
+            },
+            "dtype": self.dtype,
+            "kind": self.attrs.get("kind"),
+            "source": self.attrs.get("source"),
+            "has_ground_truth": "ground_truth" in self._file,
+        }
+        if nan_share:
+            summary["nan_share"] = self.nan_share()
+        return summary
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data: a sha256 of the axes, shape and stored content.
+
+        ``content`` is False for stores written before content hashes were recorded: their
+        fingerprint covers the axes and shape only.
+        """
+        digest = hashlib.sha256()
+        axes = [self.concept_ids, self.participant_ids, self.times_ms.tolist(), self.dtype]
+        digest.update(json.dumps(axes).encode())
+        content = self.attrs.get("content_sha256")
+        if content is not None:
+            digest.update(str(content).encode())
+        return {"sha256": digest.hexdigest(), "content": content is not None}
+
+    def nan_share(self) -> float:
+        """Share of NaN entries over the whole store (streamed)."""
+        n_nan = 0
+        for p in range(len(self.participant_ids)):
+            for start, stop in self._time_batches(range(len(self.times_ms)), self.n_pairs):
+                n_nan += int(np.isnan(self._rdm[p, start:stop]).sum())
+        return n_nan / (len(self.participant_ids) * len(self.times_ms) * self.n_pairs)
+
+    # ------------------------------------------------------------------ selections
+
+    def time_indices(self, window_ms: tuple[float, float] | None = None) -> np.ndarray:
+        """Indices of the timepoints within ``window_ms`` = (start, stop), both inclusive."""
+        if window_ms is None:
+            return np.arange(len(self.times_ms))
+        start, stop = (float(v) for v in window_ms)
+        if start > stop:
+            raise InputError(f"Invalid time window ({start:g}, {stop:g}) ms: start > stop.")
+        keep = np.flatnonzero((self.times_ms >= start - 1e-9) & (self.times_ms <= stop + 1e-9))
+        if keep.size == 0:
+            raise InputError(
+                f"The time window ({start:g}, {stop:g}) ms holds no timepoint of {self.path} "
+                f"({self.times_ms[0]:g}..{self.times_ms[-1]:g} ms)."
+            )
+        return keep
+
+    def participant_indices(
+        self, participants: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Rows of the named participants (default all), minus ``exclude``."""
+        rows = (
+            np.arange(len(self.participant_ids))
+            if participants is None
+            else _participant_rows(self.participant_ids, participants)
+        )
+        if exclude:
+            dropped = set(_participant_rows(self.participant_ids, exclude).tolist())
+            rows = np.array([r for r in rows if r not in dropped], dtype=np.int64)
+        if rows.size == 0:
+            raise InputError("No participants left after the exclusions.")
+        return rows
+
+    def pair_selection(self, concept_ids: Sequence[str] | None) -> np.ndarray | None:
+        """Positions in the store's pairs of the pairs among ``concept_ids``, in their order.
+
+        ``None`` means every pair in store order.
+        """
+        if concept_ids is None:
+            return None
+        concept_ids = list(concept_ids)
+        check_unique_ids("The requested concepts", concept_ids)
+        missing = [c for c in concept_ids if c not in self._concept_row]
+        if missing:
+            raise InputError(
+                f"{len(missing)} requested concept id(s) are not in {self.path}: "
+                f"{preview(missing)}."
+            )
+        if len(concept_ids) < 2:
+            raise InputError("Select at least 2 concepts to have a pair.")
+        rows = np.array([self._concept_row[c] for c in concept_ids], dtype=np.int64)
+        return subset_pairs(rows, len(self.concept_ids))
+
+    # ------------------------------------------------------------------ reads
+
+    def iter_times(
+        self,
+        window_ms: tuple[float, float] | None = None,
+        concept_ids: Sequence[str] | None = None,
+        participants: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        batch_bytes: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stream the data in batches of timepoints (of about ``batch_bytes`` read each,
+        default 64 MB).
+
+        Yields
+        ------
+        time_rows : ndarray of int, shape (Tb,)
+            Indices into ``times_ms`` of this batch.
+        values : ndarray, shape (P, Tb, n_selected_pairs), float32
+        """
+        times = self.time_indices(window_ms)
+        rows = self.participant_indices(participants, exclude)
+        pairs = self.pair_selection(concept_ids)
+        for start, stop in self._time_batches(times, self.n_pairs * len(rows), batch_bytes):
+            block = np.stack([self._read_rows(p, times[start:stop]) for p in rows])
+            if pairs is not None:
+                block = block[..., pairs]
+            yield times[start:stop], block.astype(np.float32, copy=False)
+
+    def read(
+        self,
+        window_ms: tuple[float, float] | None = None,
+        concept_ids: Sequence[str] | None = None,
+        participants: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> TimeRDMs:
+        """The selected data, shape (P, T, n_pairs) (read batch by batch)."""
+        times = self.time_indices(window_ms)
+        rows = self.participant_indices(participants, exclude)
+        pairs = self.pair_selection(concept_ids)
+        n_pairs = self.n_pairs if pairs is None else len(pairs)
+        values = np.empty((len(rows), len(times), n_pairs), dtype=np.float32)
+        offset = 0
+        for time_rows, block in self.iter_times(window_ms, concept_ids, participants, exclude):
+            values[:, offset : offset + len(time_rows)] = block
+            offset += len(time_rows)
+        return TimeRDMs(
+            values,
+            self._selected_ids(concept_ids),
+            self.times_ms[times],
+            tuple(self.participant_ids[r] for r in rows),
+        )
+
+    def mean(
+        self,
+        window_ms: tuple[float, float] | None = None,
+        concept_ids: Sequence[str] | None = None,
+        participants: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> TimeRDMs:
+        """Mean over participants, ignoring NaN (a pair NaN in everyone stays NaN).
+
+        Returns
+        -------
+        TimeRDMs with ``values`` of shape (T, n_pairs), float32, and ``participant_ids`` None.
+        """
+        times = self.time_indices(window_ms)
+        pairs = self.pair_selection(concept_ids)
+        n_pairs = self.n_pairs if pairs is None else len(pairs)
+        values = np.empty((len(times), n_pairs), dtype=np.float32)
+        offset = 0
+        for time_rows, block in self.iter_times(window_ms, concept_ids, participants, exclude):
+            values[offset : offset + len(time_rows)] = mean_rdm(block)
+            offset += len(time_rows)
+        return TimeRDMs(values, self._selected_ids(concept_ids), self.times_ms[times])
+
+    def ground_truth(self) -> dict[str, np.ndarray] | None:
+        """The planted truth of a simulated store (arrays by name), or None."""
+        if "ground_truth" not in self._file:
+            return None
+        group = self._file["ground_truth"]
+        return {
+            name: (_strings(group[name]) if group[name].dtype.kind in "OS" else group[name][()])
+            for name in group
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _selected_ids(self, concept_ids: Sequence[str] | None) -> tuple[str, ...]:
+        return self.concept_ids if concept_ids is None else tuple(concept_ids)
+
+    def _read_rows(self, participant: int, times: np.ndarray) -> np.ndarray:
+        if times.size and np.all(np.diff(times) == 1):
+            return self._rdm[participant, int(times[0]) : int(times[-1]) + 1]
+        return self._rdm[participant, times]
+
+    @staticmethod
+    def _time_batches(
+        times: Sequence[int], row_values: int, batch_bytes: int | None = None
+    ) -> Iterator[tuple[int, int]]:
+        step = max(1, (batch_bytes or READ_BYTES) // max(1, 4 * row_values))
+        for start in range(0, len(times), step):
+            yield start, min(start + step, len(times))
+
+
+class StoreWriter:
+    """Write a store row by row into a temporary file; `commit` renames it into place.
+
+    Parameters
+    ----------
+    path : path
+        Where the finished store goes (``.h5``).
+    concept_ids : sequence of str, length N
+    participant_ids : sequence of str, length P
+    times_ms : array-like, shape (T,), strictly increasing
+    dtype : {"float32", "float16"}
+    attrs : dict, optional
+        Extra file attributes (``kind``, ``source``, ...).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "store.h5"
+    >>> with StoreWriter(out, ["a", "b", "c"], ["p1"], [0.0, 5.0]) as writer:
+    ...     writer.write(0, 0, [0.1, 0.2, 0.3])
+    ...     writer.write(0, 1, [0.2, 0.3, 0.4])
+    >>> with RDMStore(out) as store:
+    ...     store.mean().values.shape
+    (2, 3)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        concept_ids: Sequence[str],
+        participant_ids: Sequence[str],
+        times_ms: Any,
+        dtype: str = "float32",
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        check_option("dtype", dtype, DTYPES)
+        self.path = Path(path)
+        self.concept_ids = tuple(str(c) for c in concept_ids)
+        self.participant_ids = tuple(str(p) for p in participant_ids)
+        self.times_ms = np.asarray(times_ms, dtype=np.float64)
+        _check_axes(self.concept_ids, self.participant_ids, self.times_ms)
+        n = len(self.concept_ids)
+        self.n_pairs = n * (n - 1) // 2
+        shape = (len(self.participant_ids), len(self.times_ms), self.n_pairs)
+        if self.path.is_dir():
+            raise InputError(f"Cannot write the store {self.path}: it is a directory.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._file = h5py.File(self._tmp, "w")
+        self._file.attrs.update(
+            {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False}
+        )
+        for key, value in (attrs or {}).items():
+            self._file.attrs[key] = value
+        self._rdm = self._file.create_dataset(
+            "rdm",
+            shape=shape,
+            dtype=dtype,
+            chunks=(1, 1, _chunk_pairs(self.n_pairs)),
+            fillvalue=np.nan,
+        )
+        strings = h5py.string_dtype()
+        self._file.create_dataset("concept_ids", data=list(self.concept_ids), dtype=strings)
+        self._file.create_dataset("participant_ids", data=list(self.participant_ids), dtype=strings)
+        self._file.create_dataset("times_ms", data=self.times_ms)
+        self._written = np.zeros(shape[:2], dtype=bool)
+        self._row_digests: dict[tuple[int, int], bytes] = {}
+
+    def write(self, participant: int, time_index: int, rdm_condensed: Any) -> None:
+        """Write one condensed RDM (n_pairs,) of one participant at one timepoint."""
+        self.write_block(participant, time_index, np.asarray(rdm_condensed)[None])
+
+    def write_block(self, participant: int, time_start: int, values: Any) -> None:
+        """Write consecutive timepoints of one participant, shape (Tb, n_pairs)."""
+        values = np.asarray(values)
+        if values.ndim != 2 or values.shape[1] != self.n_pairs:
+            raise InputError(
+                f"Expected RDMs of shape (n_times, {self.n_pairs}) for {len(self.concept_ids)} "
+                f"concepts, got {values.shape}."
+            )
+        stop = time_start + values.shape[0]
+        if not 0 <= time_start < stop <= len(self.times_ms):
+            raise InputError(
+                f"Timepoints {time_start}..{stop - 1} are outside the store's "
+                f"{len(self.times_ms)} timepoints."
+            )
+        empty = np.isnan(values).all(axis=1)
+        if empty.any():
+            t = time_start + int(np.argmax(empty))
+            raise InputError(
+                f"Participant {self.participant_ids[participant]!r} has no data at "
+                f"{self.times_ms[t]:g} ms (every pair is NaN); check the source's variable, "
+                "time axis and participants."
+            )
+        stored = values.astype(self._rdm.dtype, copy=False)
+        self._rdm[participant, time_start:stop] = stored
+        self._written[participant, time_start:stop] = True
+        for t, row in enumerate(stored, start=time_start):
+            self._row_digests[(participant, t)] = hashlib.sha256(row.tobytes()).digest()
+
+    def add_group(self, name: str, arrays: dict[str, Any]) -> None:
+        """Store extra named arrays (e.g. a simulation's ground truth) under ``/name``."""
+        group = self._file.require_group(name)
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            if value.dtype.kind in "UO":
+                group.create_dataset(key, data=value.astype(object), dtype=h5py.string_dtype())
+            else:
+                group.create_dataset(key, data=value)
+
+    def commit(self) -> Path:
+        """Mark the store complete and move it into place (refused if rows are missing)."""
+        if not self._written.all():
+            p, t = np.argwhere(~self._written)[0]
+            self.abort()
+            raise InputError(
+                f"Store {self.path} was not filled: participant {self.participant_ids[p]!r}, "
+                f"timepoint {self.times_ms[t]:g} ms has no data."
+            )
+        content = hashlib.sha256()
+        for key in sorted(self._row_digests):
+            content.update(self._row_digests[key])
+        self._file.attrs["content_sha256"] = content.hexdigest()
+        self._file.attrs["complete"] = True
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        if self._file.id.valid:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _check_axes(
+    concept_ids: tuple[str, ...], participant_ids: tuple[str, ...], times_ms: np.ndarray
+) -> None:
+    if len(concept_ids) < 3:
+        raise InputError(f"A store needs at least 3 concepts, got {len(concept_ids)}.")
+    check_unique_ids("The store's concepts", concept_ids)
+    if not participant_ids:
+        raise InputError("A store needs at least one participant.")
+    if len(set(participant_ids)) != len(participant_ids):
+        raise InputError(f"Participant ids repeat: {preview(list(participant_ids))}.")
+    if times_ms.ndim != 1 or times_ms.size == 0 or not np.all(np.isfinite(times_ms)):
+        raise InputError("The time axis must be a non-empty list of finite times in ms.")
+    if np.any(np.diff(times_ms) <= 0):
+        raise InputError("The time axis must be strictly increasing.")
+
+
+def _chunk_pairs(n_pairs: int) -> int:
+    """Chunk length: a row in equal parts of at most `CHUNK_PAIRS` (no half-empty last chunk)."""
+    n_chunks = -(-n_pairs // CHUNK_PAIRS)
+    return -(-n_pairs // n_chunks)
+
+
+def _participant_rows(participant_ids: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    known = {p: k for k, p in enumerate(participant_ids)}
+    unknown = [str(p) for p in wanted if str(p) not in known]
+    if unknown:
+        raise InputError(
+            f"Unknown participant id(s) {preview(unknown)}; the store holds "
+            f"{preview(list(participant_ids), 10)}."
+        )
+    return np.array([known[str(p)] for p in wanted], dtype=np.int64)
+
+
+def _strings(dataset: h5py.Dataset) -> tuple[str, ...]:
+    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in dataset[()])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value

@@ -1,0 +1,134 @@
+"""Settings of the models, as small dataclasses (no torch: the CLI reads their defaults).
+
+`InputConfig` (where concept inputs come from), `AdapterConfig` (DoRA/LoRA placement),
+`HeadConfig` (features -> behavioural dimensions), `MegModelConfig` (the MEG model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from clip_hba._validation import InputError, check_option
+
+__all__ = ["AdapterConfig", "HeadConfig", "InputConfig", "MegModelConfig", "absolute_path"]
+
+
+@dataclass
+class InputConfig:
+    """Where concept inputs come from."""
+
+    images: str | None = None  # image folder (THINGS layout, or with images.csv / images_csv)
+    images_csv: str | None = None  # CSV with columns image,concept_id
+    exemplar: str = "_01b"  # THINGS layout: <concept><exemplar>.jpg
+    skip_missing: bool = False  # leave out concepts without an image instead of failing
+    normalization: Literal["things", "clip"] = "things"  # per-channel image mean/std
+    text_template: str = "{word}: {definition}"  # text backbones: the text of a concept
+    max_text_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        # absolute, so that a run's inputs are found from any working directory
+        self.images = absolute_path(self.images)
+        self.images_csv = absolute_path(self.images_csv)
+        try:
+            self.text_template.format(word="w", definition="d")
+        except (KeyError, IndexError, ValueError):
+            raise InputError(
+                "Invalid value for 'text_template': it may use {word} and {definition} only, "
+                f"got {self.text_template!r}."
+            ) from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_images(
+        self,
+        images: str | os.PathLike | None = None,
+        images_csv: str | os.PathLike | None = None,
+    ) -> InputConfig:
+        """These settings with another image folder (and CSV), where given."""
+        return dataclasses.replace(
+            self,
+            images=self.images if images is None else str(images),
+            images_csv=self.images_csv if images_csv is None else str(images_csv),
+        )
+
+
+@dataclass
+class AdapterConfig:
+    """Where and how to add low-rank adapters.
+
+    Block numbers count from 0; negative numbers count from the end (-1 = last block).
+    """
+
+    rank: int = 32  # r of the low-rank update
+    alpha: float = 16.0  # lora_alpha; the update is scaled by alpha / rank
+    layers: tuple[int, ...] = (-2, -1)  # blocks of the concept tower (CLIP: vision)
+    label_layers: tuple[int, ...] = (-1,)  # blocks of the label tower (CLIP: text); () = frozen
+    modules: tuple[str, ...] | None = None  # module names inside a block; None = attention output
+    use_dora: bool = True  # DoRA (weight-decomposed) instead of plain LoRA
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(i) for i in self.layers)
+        self.label_layers = tuple(int(i) for i in self.label_layers)
+        self.modules = None if self.modules is None else tuple(self.modules)
+        if self.rank < 1:
+            raise InputError(
+                f"Invalid value for 'rank': expected an integer >= 1, got {self.rank}."
+            )
+        if self.alpha <= 0:
+            raise InputError(f"Invalid value for 'alpha': expected a number > 0, got {self.alpha}.")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"Invalid value for 'dropout': expected [0, 1), got {self.dropout}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class HeadConfig:
+    """How backbone features become behavioural dimensions."""
+
+    kind: Literal["prompt_cosine", "linear"] = "prompt_cosine"  # linear: features -> 66
+    template: str = "{label}"  # prompt of a dimension label, e.g. "a photo of something {label}"
+    logit_scale: float = 100.0  # prompt_cosine: output = logit_scale * cos(concept, label)
+
+    def __post_init__(self) -> None:
+        check_option("head", self.kind, ("prompt_cosine", "linear"))
+        if "{label}" not in self.template:
+            raise InputError(
+                f"The prompt template must contain '{{label}}', got {self.template!r}."
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MegModelConfig:
+    """Architecture settings of a CLIP-HBA-MEG model."""
+
+    window: int = 3  # layer weights are smoothed over +-window timepoints (3 = +-15 ms at 5 ms)
+    noise: bool = True  # noise injection while training
+    noise_scale: float = 1.0  # multiplies the noise curve
+    logit_scale: float = 100.0  # prompt-cosine head: logit_scale x cos(feature, label)
+    dimension_gains: bool = False  # learn one gain per output dimension (a personal weighting)
+
+    def __post_init__(self) -> None:
+        if self.window < 0:
+            raise InputError(f"Invalid value for 'window': expected >= 0, got {self.window}.")
+        if self.noise_scale < 0:
+            raise InputError(
+                f"Invalid value for 'noise_scale': expected >= 0, got {self.noise_scale}."
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def absolute_path(path: str | os.PathLike | None) -> str | None:
+    """``path`` made absolute (``~`` expanded, not resolving links), or None."""
+    return None if path is None else os.path.abspath(os.path.expanduser(os.fspath(path)))

@@ -1,0 +1,30 @@
+"""Whole jobs over run directories: embed with any model, evaluate MEG runs, the demo.
+
+- `clip_hba.pipelines.embed`: `embed_run` (a behaviour run, a MEG run or a base model).
+- `clip_hba.pipelines.meg`: `evaluate_meg_run`, `specificity_of_runs`, `evaluate_meg`.
+- `clip_hba.pipelines.demo`: the offline demo (`run_demo`).
+"""
+
+from clip_hba.pipelines.demo import (
+    demo_config,
+    demo_meg_config,
+    demo_simulation,
+    minilm_path,
+    run_demo,
+    run_meg_demo,
+)
+from clip_hba.pipelines.embed import embed_run
+from clip_hba.pipelines.meg import evaluate_meg, evaluate_meg_run, specificity_of_runs
+
+__all__ = [
+    "demo_config",
+    "demo_meg_config",
+    "demo_simulation",
+    "embed_run",
+    "evaluate_meg",
+    "evaluate_meg_run",
+    "minilm_path",
+    "run_demo",
+    "run_meg_demo",
+    "specificity_of_runs",
+]

@@ -1,0 +1,89 @@
+"""Embed with any model: a behaviour run, a MEG run or a base model -> an embedding file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from clip_hba._validation import InputError
+from clip_hba.data.embeddings import save_embedding, save_stacked_embedding
+from clip_hba.data.things import load_spose_labels
+from clip_hba.models.inference import embed, embed_layers, embed_times
+from clip_hba.models.inputs import concept_inputs
+from clip_hba.training.load import load_run
+
+__all__ = ["embed_run"]
+
+
+def embed_run(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    images_csv: str | os.PathLike | None = None,
+    exemplar: str | None = None,
+    normalization: str | None = None,
+    skip_missing: bool = False,
+    batch_size: int = 64,
+    with_rdm: bool = False,
+    layers: bool = False,
+    device: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    allow_unfinished: bool = False,
+    allow_random_init: bool = False,
+) -> dict[str, Any]:
+    """Write the embedding of every concept input of ``model`` to ``out``; return a summary.
+
+    Parameters
+    ----------
+    model : path or str
+        A run directory of ``clip-hba fit`` (behaviour: the 66-d head; MEG: (T, N, 66) with the
+        time axis) or a base model (hub id or folder) with the prompt-cosine head.
+    out : path
+        ``.npz`` (or ``.csv``/``.tsv`` for 66-d embeddings); see `save_embedding` and
+        `save_stacked_embedding`.
+    images, images_csv, exemplar, normalization
+        Override the inputs the run was trained with (its own image folder by default).
+    with_rdm : bool
+        Also store the RDMs (1 - Pearson, condensed).
+    layers : bool
+        Every block's pooled feature instead of the head (behaviour runs and base models).
+    allow_unfinished : bool
+        Accept a run whose training did not finish.
+    """
+    loaded = load_run(
+        model,
+        device,
+        allow_unfinished=allow_unfinished,
+        allow_random_init=allow_random_init,
+        data_dir=data_dir,
+    )
+    config = dataclasses.replace(
+        loaded.inputs.with_images(images, images_csv),
+        exemplar=exemplar or loaded.inputs.exemplar,
+        normalization=normalization or loaded.inputs.normalization,
+        skip_missing=skip_missing,
+    )
+    run_data_dir = loaded.config.data_dir if loaded.config is not None else data_dir
+    inputs = concept_inputs(
+        loaded.model.backbone, None, config, run_data_dir, things_ids_only=False
+    )
+    summary: dict[str, Any] = {"out": str(out), "n_items": len(inputs)}
+    if loaded.kind == "meg":
+        if layers:
+            raise InputError("--layers is for behaviour runs and base models, not MEG runs.")
+        embedding = embed_times(loaded.model, inputs, batch_size, load_spose_labels(run_data_dir))
+        save_stacked_embedding(out, embedding, inputs.item_ids, with_rdm)
+        n_times, _, n_dims = embedding.values.shape
+        return {**summary, "n_times": n_times, "n_dims": n_dims}
+    if layers:
+        if with_rdm:
+            raise InputError("--rdm and --layers cannot be combined.")
+        stacked = embed_layers(loaded.model, inputs, batch_size)
+        save_stacked_embedding(out, stacked, inputs.item_ids)
+        n_layers, _, n_dims = stacked.values.shape
+        return {**summary, "n_layers": n_layers, "n_dims": n_dims}
+    embedding = embed(loaded.model, inputs, batch_size)
+    save_embedding(out, embedding, inputs.item_ids, with_rdm=with_rdm)
+    return {**summary, "n_dims": embedding.n_dims}

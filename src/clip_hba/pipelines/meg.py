@@ -1,0 +1,286 @@
+"""MEG runs evaluated: one run on its held-out concepts, or the specificity of personal runs.
+
+`evaluate_meg_run`: the time-resolved RSA (curves, peaks, onsets, clusters, noise ceiling) of
+the MEG model, the base model and (if the run started from one) the behaviour model against the
+store's MEG RDMs of the run's held-out concepts; the learned layer weights W beside the base
+backbone's layer x time RSA matrix; and the MEG model's behavioural alignment (48-object RDM)
+at every timepoint. `specificity_of_runs`: the specificity matrix of individualized runs.
+`evaluate_meg` takes either and decides which it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clip_hba._io import write_json_atomic, write_npy_atomic
+from clip_hba._validation import InputError
+from clip_hba.data.things import load_rdm48
+from clip_hba.evaluation.config import TimeRSAConfig
+from clip_hba.evaluation.model_rdms import ModelRDMs
+from clip_hba.evaluation.plots import plot_layer_weights
+from clip_hba.evaluation.specificity import Specificity, save_specificity, specificity_matrix
+from clip_hba.evaluation.time_rsa import time_resolved_rsa
+from clip_hba.evaluation.time_rsa_result import save_time_rsa
+from clip_hba.meg.store import RDMStore
+from clip_hba.models.behavior import base_model
+from clip_hba.models.config import InputConfig
+from clip_hba.models.inference import embed, embed_layers, embed_times
+from clip_hba.models.inputs import concept_inputs
+from clip_hba.models.meg import MegModel
+from clip_hba.rsa.comparisons import compare
+from clip_hba.rsa.rdms import rdm
+from clip_hba.training.config import MegFitConfig
+from clip_hba.training.load import load_behavior_run, load_meg_run, resolve_device
+from clip_hba.training.runs import RunDir, find_runs
+
+__all__ = ["evaluate_meg", "evaluate_meg_run", "specificity_of_runs"]
+
+
+def evaluate_meg(
+    model: str | os.PathLike,
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    n_permutations: int = 1000,
+    window_ms: tuple[float, float] = (0.0, 1000.0),
+    seed: int = 0,
+    device: str = "auto",
+    images: str | os.PathLike | None = None,
+    allow_unfinished: bool = False,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a MEG run (`evaluate_meg_run`) or a folder of runs (`specificity_of_runs`).
+
+    ``window_ms`` is the specificity's time window; ``images`` overrides the runs' image
+    folder. Writes JSON and plots to ``out`` and returns the JSON.
+    """
+    run = RunDir(model)
+    if run.is_run():
+        return evaluate_meg_run(
+            run.path,
+            store,
+            out,
+            n_permutations=n_permutations,
+            seed=seed,
+            device=device,
+            images=images,
+            allow_unfinished=allow_unfinished,
+            verbose=verbose,
+        )
+    runs = find_runs(model)
+    if not runs:
+        raise InputError(f"{model} is neither a MEG run nor a folder of MEG runs.")
+    result = specificity_of_runs(
+        {name: run.path for name, run in runs.items()},
+        store,
+        window_ms,
+        n_permutations=max(n_permutations, 1),
+        seed=seed,
+        device=device,
+        images=images,
+        allow_unfinished=allow_unfinished,
+    )
+    return save_specificity(result, out)
+
+
+def _meg_run(
+    run_dir: str | os.PathLike, images: str | os.PathLike | None
+) -> tuple[RunDir, MegFitConfig, InputConfig]:
+    run = RunDir(run_dir).expect("meg", "--model")
+    config = run.fit_config()
+    return run, config, config.inputs.with_images(images)
+
+
+def _held_out(run: RunDir, store: RDMStore) -> list[str]:
+    in_store = set(store.concept_ids)
+    held_out = [c for c in run.description["split"]["test"] if c in in_store]
+    if len(held_out) < 3:
+        raise InputError(
+            f"Only {len(held_out)} of the run's held-out concepts are in {store.path}; "
+            "at least 3 are needed."
+        )
+    return held_out
+
+
+def evaluate_meg_run(
+    run_dir: str | os.PathLike,
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    n_permutations: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    verbose: bool = True,
+    *,
+    images: str | os.PathLike | None = None,
+    allow_unfinished: bool = False,
+) -> dict:
+    """Evaluate one MEG run on its held-out concepts; writes JSON and plots to ``out``.
+
+    Returns the summary (also ``out/evaluation.json``).
+    """
+    out = Path(out)
+    run, config, inputs_config = _meg_run(run_dir, images)
+    model = load_meg_run(run, device, allow_unfinished)
+    saved = run.description
+    times = np.array(saved["times_ms"])
+    with RDMStore(store) as opened:
+        held_out = _held_out(run, opened)
+        store_matches = saved.get("store", {}).get("sha256") == opened.fingerprint()["sha256"]
+    inputs = concept_inputs(
+        model.backbone, held_out, inputs_config, config.data_dir, things_ids_only=False
+    )
+    ids = list(inputs.concept_ids)
+    models = [ModelRDMs.from_embedding("meg_model", embed_times(model, inputs))]
+    base = base_model(config.model, config.data_dir, resolve_device(device))
+    base_inputs = concept_inputs(
+        base.backbone, ids, inputs_config, config.data_dir, things_ids_only=False
+    )
+    models.append(ModelRDMs.from_embedding("base", embed(base, base_inputs)))
+    models.append(ModelRDMs.from_embedding("base_layers", embed_layers(base, base_inputs, 50)))
+    if config.init_behavior is not None:
+        behavior = load_behavior_run(RunDir(config.init_behavior), device, allow_unfinished)
+        models.append(ModelRDMs.from_embedding("behavior", embed(behavior, base_inputs)))
+    target = saved["target"]
+    rsa_config = TimeRSAConfig(
+        window_ms=(float(times[0]), float(times[-1])),
+        participants=[target["participant"]] if target["participant"] else target["participants"],
+        concept_ids=held_out,
+        n_permutations=n_permutations,
+        seed=seed,
+    )
+    result = time_resolved_rsa(store, models, rsa_config, verbose=verbose)
+    summary = save_time_rsa(result, out)
+    weights = model.weights().detach().cpu().numpy()  # (T, L)
+    summary["files"]["layer_weights"] = str(write_npy_atomic(out / "layer_weights.npy", weights))
+    summary["files"]["layer_weights_png"] = str(
+        plot_layer_weights(
+            weights,
+            times,
+            result.layer_time["base_layers"],
+            result.times_ms,
+            out / "layer_weights.png",
+        )
+    )
+    group = summary["curves"]
+    summary["meg_vs_base"] = {
+        "auc_meg_model": group["meg_model"]["auc"],
+        "auc_base": group["base"]["auc"],
+        "auc_gain": group["meg_model"]["auc"] - group["base"]["auc"],
+        "peak_meg_model": group["meg_model"]["peak"],
+        "peak_base": group["base"]["peak"],
+    }
+    summary["layer_weights"] = _weights_summary(weights, times)
+    summary["behavior"] = _behavioral_alignment(model, config, inputs_config, times)
+    summary["run"] = str(run.path)
+    summary["held_out_concepts"] = len(held_out)
+    summary["store_matches_training"] = store_matches
+    write_json_atomic(out / "evaluation.json", summary)
+    return summary
+
+
+def _weights_summary(weights: np.ndarray, times: np.ndarray) -> dict:
+    """Where W puts its weight: the dominant layer and the weighted mean layer over time."""
+    dominant = weights.argmax(1)
+    mean_layer = weights @ np.arange(1, weights.shape[1] + 1)
+    after = times >= 0
+    return {
+        "dominant_layer_per_time": (dominant + 1).tolist(),
+        "mean_layer_per_time": mean_layer.round(3).tolist(),
+        "n_distinct_dominant_layers_after_0ms": len(set(dominant[after].tolist())),
+        "mean_layer_range_after_0ms": [
+            float(mean_layer[after].min()),
+            float(mean_layer[after].max()),
+        ]
+        if after.any()
+        else None,
+    }
+
+
+def _behavioral_alignment(
+    model: MegModel, config: MegFitConfig, inputs_config: InputConfig, times: np.ndarray
+) -> dict:
+    """rdm48_spearman of the MEG model's embedding at every timepoint (if inputs allow).
+
+    The best timepoint is searched from 0 ms on: before stimulus onset the targets carry no
+    structure, so the layer weights there stay at their start (the behaviour model's output).
+    """
+    human = load_rdm48(config.data_dir)
+    try:
+        inputs = concept_inputs(
+            model.backbone,
+            list(human.concept_ids),
+            inputs_config,
+            config.data_dir,
+            things_ids_only=False,
+        )
+    except InputError as err:
+        return {"rdm48_spearman_per_time": None, "note": str(err)}
+    embeddings = embed_times(model, inputs).values
+    human = human.select(list(inputs.concept_ids))
+    rhos = []
+    for values in embeddings:
+        with np.errstate(invalid="ignore"):
+            rdm_t = rdm(values, "pearson")
+        rhos.append(compare(rdm_t, human.condensed) if np.isfinite(rdm_t).all() else float("nan"))
+    rhos = np.array(rhos)
+    after = np.where(times >= 0, rhos, np.nan)  # before 0 ms the weights are untrained
+    best = int(np.nanargmax(after)) if np.isfinite(after).any() else int(np.nanargmax(rhos))
+    return {
+        "rdm48_spearman_best": float(rhos[best]),
+        "best_time_ms": float(times[best]),
+        "rdm48_spearman_per_time": [None if not np.isfinite(r) else float(r) for r in rhos],
+    }
+
+
+def specificity_of_runs(
+    runs: dict[str, str | os.PathLike],
+    store: str | os.PathLike,
+    window_ms: tuple[float, float] = (0.0, 1000.0),
+    method: str = "spearman",
+    n_permutations: int = 10000,
+    seed: int = 0,
+    device: str = "auto",
+    *,
+    images: str | os.PathLike | None = None,
+    allow_unfinished: bool = False,
+) -> Specificity:
+    """The specificity matrix of individualized runs (participant id -> run directory).
+
+    Every run must hold out the same concepts (same store, seed and fractions) and share one
+    time axis; see `clip_hba.evaluation.specificity.specificity_matrix`.
+    """
+    if len(runs) < 2:
+        raise InputError(
+            f"Specificity needs the models of at least 2 participants, got {len(runs)}."
+        )
+    model_rdms, held_out, times, first_test = {}, None, None, None
+    for participant, run_dir in runs.items():
+        run, config, inputs_config = _meg_run(run_dir, images)
+        saved = run.description
+        if held_out is None:
+            with RDMStore(store) as opened:
+                held_out = _held_out(run, opened)
+            times = np.array(saved["times_ms"])
+            first_test = set(saved["split"]["test"])
+        elif set(saved["split"]["test"]) != first_test:
+            raise InputError(f"{run_dir} holds out other concepts than the first run.")
+        elif not np.array_equal(np.array(saved["times_ms"]), times):
+            raise InputError(f"{run_dir} has another time axis than the first run.")
+        model = load_meg_run(run, device, allow_unfinished)
+        inputs = concept_inputs(
+            model.backbone, held_out, inputs_config, config.data_dir, things_ids_only=False
+        )
+        model_rdms[participant] = rdm(embed_times(model, inputs).values, "pearson")  # (T, pairs)
+    assert times is not None and held_out is not None
+    with RDMStore(store) as opened:
+        meg = opened.read((float(times[0]), float(times[-1])), held_out, list(runs))
+    if len(meg.times_ms) != len(times):
+        raise InputError(
+            f"The store's time axis ({len(meg.times_ms)} timepoints) does not match the runs' "
+            f"({len(times)})."
+        )
+    return specificity_matrix(model_rdms, meg, window_ms, method, n_permutations, seed)

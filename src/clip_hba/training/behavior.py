@@ -1,0 +1,348 @@
+"""CLIP-HBA-Behavior training: fit a backbone + head to the SPoSE targets, with early stopping.
+
+One path: load the backbone, add adapters, build the concept inputs, cache the frozen prefix,
+then train the suffix with AdamW on the MSE to the min-max rescaled SPoSE embedding, evaluating
+the validation loss and the held-out 48-object rho after every epoch (the shared lifecycle of
+`clip_hba.training.loop`: best epoch saved, every epoch checkpointed, exact ``resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clip_hba._validation import InputError
+from clip_hba.data.embeddings import ConceptEmbedding, save_embedding
+from clip_hba.data.things import load_rdm48, load_spose, rescale_minmax, split_concepts
+from clip_hba.evaluation.behavior import evaluate_behavior
+from clip_hba.models.backbones import backbone_fingerprint, first_trainable_block, load_backbone
+from clip_hba.models.behavior import BehaviorModel
+from clip_hba.models.inputs import (
+    ConceptInputs,
+    concept_inputs,
+    select_inputs,
+    to_device,
+    token_length,
+)
+from clip_hba.rsa.comparisons import compare
+from clip_hba.rsa.rdms import RDM
+from clip_hba.training.cache import PrefixCache
+from clip_hba.training.config import BehaviorFitConfig
+from clip_hba.training.load import behavior_model, behavior_weights, load_behavior_weights
+from clip_hba.training.loop import (
+    Progress,
+    begin,
+    recording_status,
+    restore_checkpoint,
+    save_checkpoint,
+    train_epochs,
+)
+from clip_hba.training.runs import RunDir
+
+__all__ = ["BehaviorTrainer", "FitResult", "epoch_lr", "fit_behavior"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What `fit_behavior` produced."""
+
+    run_dir: Path
+    best_epoch: int
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    log: list[dict]
+    model: BehaviorModel = field(repr=False)
+
+
+def fit_behavior(
+    config: BehaviorFitConfig, *, resume: bool = False, verbose: bool = True
+) -> FitResult:
+    """Train a CLIP-HBA-Behavior model; see `BehaviorFitConfig` for every setting.
+
+    Parameters
+    ----------
+    config : BehaviorFitConfig
+    resume : bool
+        Continue the run in ``config.out`` from its last finished epoch (its saved config must
+        match ``config`` except for ``epochs``, ``patience`` and ``time_budget_s``); the result
+        is identical to a run that was never interrupted.
+    verbose : bool
+        Show progress bars.
+
+    Returns
+    -------
+    FitResult
+    """
+    run = RunDir(config.out)
+    begin(run, config, resume)
+    trainer = BehaviorTrainer(config, verbose)
+    with recording_status(run):
+        if resume:
+            trainer.resume()
+        else:
+            trainer.start()
+        run.mark("running")
+        budget = config.time_budget_s
+        deadline = None if budget is None else time.perf_counter() + budget
+        outcome = train_epochs(
+            trainer,
+            config.epochs,
+            config.patience,
+            desc="Training",
+            deadline=deadline,
+            verbose=verbose,
+        )
+        trainer.finish(stopped_early=outcome == "stopped_early")
+        run.mark("finished")
+    trainer.close()
+    progress = trainer.progress
+    return FitResult(
+        run.path,
+        progress.best_epoch,
+        progress.best_val_loss,
+        progress.epoch,
+        outcome == "stopped_early",
+        trainer.log,
+        trainer.model,
+    )
+
+
+class BehaviorTrainer:
+    """One CLIP-HBA-Behavior run: model, data, frozen-prefix cache, optimizer (`Trainer`)."""
+
+    def __init__(self, config: BehaviorFitConfig, verbose: bool = True) -> None:
+        self.config = config
+        self.run = RunDir(config.out)
+        backbone = load_backbone(config.model, allow_random_init=config.allow_random_init)
+        self.base_fingerprint = backbone_fingerprint(backbone)  # before adapters are added
+        self.model = behavior_model(backbone, config)
+        self.inputs, self.rows, self.target = _training_data(self.model, config)
+        self.cache = None
+        if config.cache != "off":
+            self.cache = PrefixCache.build(
+                self.model.concept_tower,
+                first_trainable_block(self.model.concept_tower),
+                self.inputs,
+                mode=config.cache,
+                directory=self.run.file("cache"),
+                batch_size=config.batch_size,
+                verbose=verbose,
+            )
+        self.optimizer = torch.optim.AdamW(
+            self.model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.progress = Progress()
+        self.log: list[dict] = []
+
+    # ------------------------------------------------------------------ the lifecycle
+
+    def start(self) -> None:
+        """A new run directory: config, base weights, metrics before training, epoch 0."""
+        self.run.write_description(
+            {
+                "task": "behavior",
+                "base_model": self.config.model,
+                "base_model_fingerprint": self.base_fingerprint,
+                "backbone_kind": self.model.backbone.kind,
+                "labels": list(self.model.labels),
+                "n_concepts_with_inputs": len(self.inputs),
+                "inputs_fingerprint": self.inputs.fingerprint,
+                "trainable_parameters": sum(p.numel() for p in self.model.trainable_parameters()),
+            },
+            self.config,
+        )
+        self.run.mark("running")
+        self.run.save_weights(self.weights())
+        self.run.write_metrics({"before": self.metrics("before")})
+        self.log.append(self.evaluate(0, train_loss=None))
+        self.progress.best_val_loss = self.log[0]["val_loss"]
+        save_checkpoint(self)
+
+    def resume(self) -> None:
+        if self.run.description["inputs_fingerprint"] != self.inputs.fingerprint:
+            raise InputError(
+                f"Cannot resume {self.run.path}: the concept inputs (images or texts) have changed."
+            )
+        checkpoint = self.run.load_checkpoint()
+        load_behavior_weights(self.model, checkpoint.tensors)
+        restore_checkpoint(self, checkpoint)
+        self.log = self.log[: self.progress.epoch + 1]
+
+    def finish(self, stopped_early: bool) -> None:
+        """Load the best epoch and write the metrics after training."""
+        load_behavior_weights(self.model, self.run.weights())
+        metrics = self.run.read_metrics()
+        metrics.update(
+            after=self.metrics("after"),
+            best_epoch=self.progress.best_epoch,
+            best_val_loss=self.progress.best_val_loss,
+            epochs_run=self.progress.epoch,
+            stopped_early=stopped_early,
+        )
+        self.run.write_metrics(metrics)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    # ------------------------------------------------------------------ Trainer
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return behavior_weights(self.model)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        # Frozen blocks always run in eval mode, so the cached prefix is what the model
+        # computes; only the trainable blocks may use their dropout (train_dropout).
+        self._set_dropout(self.config.train_dropout)
+        for group in self.optimizer.param_groups:
+            group["lr"] = epoch_lr(self.config, epoch)
+        train_loss = self._train_epoch()
+        self._set_dropout(False)
+        return self.evaluate(epoch, train_loss)
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {
+            "train": f"{record['train_loss']:.3g}",
+            "val": f"{record['val_loss']:.3g}",
+            "rho48": f"{record['rdm48_spearman'] or float('nan'):.3f}",
+            "best": str(self.progress.best_epoch),
+        }
+
+    # ------------------------------------------------------------------ forward passes
+
+    def predict(self, rows: torch.Tensor) -> torch.Tensor:
+        """Predictions for input rows (on the CPU), shape (len(rows), n_labels), on the device."""
+        device = self.model.device
+        if self.cache is None:
+            return self.model(to_device(select_inputs(self.inputs.tensors, rows), device))
+        aux = select_inputs(self.inputs.aux, rows)
+        hidden = self.cache.hidden(rows)
+        length = token_length(aux)
+        if length is not None:
+            hidden = hidden[:, :length]
+        return self.model.forward_from(hidden.to(device), to_device(aux, device), self.cache.block)
+
+    @torch.no_grad()
+    def predict_all(self, rows: torch.Tensor) -> torch.Tensor:
+        """Predictions for many rows, batch by batch, without gradients, on the CPU."""
+        size = self.config.batch_size
+        return torch.cat(
+            [self.predict(rows[i : i + size]).cpu() for i in range(0, len(rows), size)]
+        )
+
+    def _train_epoch(self) -> float:
+        train = self.rows["train"]
+        order = train[torch.randperm(len(train), generator=self.generator)]
+        total = 0.0
+        for i in range(0, len(order), self.config.batch_size):
+            batch = order[i : i + self.config.batch_size]
+            loss = F.mse_loss(self.predict(batch), self.target[batch].to(self.model.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item() * len(batch)
+        return total / len(order)
+
+    def _set_dropout(self, active: bool) -> None:
+        """Train mode (dropout on) for the blocks from the first trainable one on, or eval mode."""
+        model = self.model
+        towers = {
+            id(t): t for t in (model.concept_tower, model.backbone.label_tower) if t is not None
+        }
+        for tower in towers.values():
+            for block in tower.blocks[first_trainable_block(tower) :]:
+                block.train(active)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, epoch: int, train_loss: float | None) -> dict[str, Any]:
+        """Validation MSE and the held-out 48-object rho of the current weights."""
+        rows = self.rows
+        val = self.predict_all(rows["val"])
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": F.mse_loss(val, self.target[rows["val"]]).item(),
+            "rdm48_spearman": None,
+        }
+        if len(rows["test"]) >= 3:
+            test = self.predict_all(rows["test"]).double().numpy()
+            ids = [self.inputs.concept_ids[k] for k in rows["test"].tolist()]
+            model_rdm = RDM.from_embedding(ConceptEmbedding(test, ids))
+            record["rdm48_spearman"] = compare(
+                model_rdm, load_rdm48(self.config.data_dir), "spearman"
+            )
+        return record
+
+    def metrics(self, stage: str) -> dict:
+        """`evaluate_behavior` of the predictions for every concept with inputs.
+
+        The predictions are saved as ``predictions_<stage>.npz`` in the run directory.
+        """
+        predictions = self.predict_all(torch.arange(len(self.inputs)))
+        embedding = ConceptEmbedding(
+            predictions.double().numpy(), self.inputs.concept_ids, self.model.labels
+        )
+        save_embedding(self.run.predictions_path(stage), embedding, self.inputs.item_ids)
+        return evaluate_behavior(
+            embedding, seed=self.config.seed, data_dir=self.config.data_dir
+        ).to_dict()
+
+
+def _training_data(
+    model: BehaviorModel, config: BehaviorFitConfig
+) -> tuple[ConceptInputs, dict[str, torch.Tensor], torch.Tensor]:
+    """Inputs of the train, validation and held-out concepts, their rows, and the targets.
+
+    Returns
+    -------
+    inputs : ConceptInputs
+    rows : dict with "train", "val", "test" -> row numbers into ``inputs``
+    target : Tensor, shape (len(inputs), 66), SPoSE rescaled to [0, 100] by the minimum and
+        maximum of the 1,806 non-held-out concepts (held-out concepts never set the scale)
+    """
+    split = split_concepts(config.seed, config.val_fraction, config.data_dir)
+    train_ids, val_ids = _limit(split.train_ids, split.val_ids, config)
+    concept_ids = [*train_ids, *val_ids, *split.test_ids]
+    inputs = concept_inputs(model.backbone, concept_ids, config.inputs, config.data_dir)
+    groups = {"train": train_ids, "val": val_ids, "test": split.test_ids}
+    rows = {name: inputs.rows([c for c in ids if c in inputs]) for name, ids in groups.items()}
+    if len(rows["train"]) < 2 or len(rows["val"]) < 1:
+        raise InputError(
+            f"Too few training or validation concepts have inputs ({len(rows['train'])} and "
+            f"{len(rows['val'])}; at least 2 and 1 are needed)."
+        )
+    spose = load_spose(config.data_dir)
+    scaled = rescale_minmax(spose, reference_ids=[*split.train_ids, *split.val_ids])
+    targets = scaled.select(list(inputs.concept_ids))
+    return inputs, rows, torch.tensor(targets.values, dtype=torch.float32)
+
+
+def _limit(
+    train_ids: tuple[str, ...], val_ids: tuple[str, ...], config: BehaviorFitConfig
+) -> tuple[list, list]:
+    if config.max_concepts is None:
+        return list(train_ids), list(val_ids)
+    n_val = max(1, round(config.max_concepts * config.val_fraction))
+    return list(train_ids[: config.max_concepts - n_val]), list(val_ids[:n_val])
+
+
+def epoch_lr(config: BehaviorFitConfig, epoch: int) -> float:
+    """Learning rate of epoch ``epoch`` (1-based): constant, or cosine decay to 0 at the end."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))

@@ -1,0 +1,206 @@
+"""Everything that defines a training run, as dataclasses saved in the run's config.json.
+
+`BehaviorFitConfig` (CLIP-HBA-Behavior) and `MegFitConfig` (CLIP-HBA-MEG, group or one
+participant). No torch here: the command line reads the defaults from these classes. Each
+config round-trips through JSON (`to_dict` / `from_dict`, unknown keys of newer or older runs
+ignored, missing ones taking their defaults) and names the settings a resumed run may change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from clip_hba._validation import InputError, check_option, check_range
+from clip_hba.models.config import (
+    AdapterConfig,
+    HeadConfig,
+    InputConfig,
+    MegModelConfig,
+    absolute_path,
+)
+
+__all__ = [
+    "INDIVIDUAL_RANK",
+    "LOSS_TERMS",
+    "BehaviorFitConfig",
+    "FitConfig",
+    "MegFitConfig",
+]
+
+LOSS_TERMS = ("rdm", "mse", "tg")
+INDIVIDUAL_RANK = 6  # DoRA rank of individualized MEG models (group models: 32)
+
+
+class _Config:
+    """JSON round trip shared by the fit configs."""
+
+    resumable: ClassVar[frozenset[str]] = frozenset()  # settings a resumed run may change
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict) -> _Config:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def free_to_change(self) -> frozenset[str]:
+        """Settings that may differ when this run is resumed (budgets, the path of ``out``)."""
+        return self.resumable | {"out"}
+
+
+def _local_path(value: str | None) -> str | None:
+    """An existing local path made absolute; a hub id (or anything else) unchanged."""
+    if value is not None and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def _check_at_least(config: object, names: tuple[str, ...], low: int) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if int(value) < low:
+            raise InputError(f"Invalid value for {name!r}: expected >= {low}, got {value}.")
+
+
+@dataclass
+class BehaviorFitConfig(_Config):
+    """Everything that defines a CLIP-HBA-Behavior run (saved as the run's config.json)."""
+
+    model: str  # Hugging Face hub id or local directory of the base model
+    out: str  # run directory
+    inputs: InputConfig = field(default_factory=InputConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    epochs: int = 500  # maximum number of epochs
+    batch_size: int = 64
+    lr: float = 3e-4  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    patience: int = 20  # stop after this many epochs without a lower validation MSE
+    seed: int = 0  # split, adapter initialisation and batch order
+    val_fraction: float = 0.2  # share of the 1,806 non-held-out concepts used for validation
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"  # frozen-prefix cache
+    max_concepts: int | None = None  # use only this many train+val concepts (quick runs)
+    data_dir: str | None = None  # THINGS data directory (default: bundled)
+    time_budget_s: float | None = None  # a safety stop after this many seconds (best kept)
+    train_dropout: bool = False  # dropout of the trainable blocks (and adapters) while training
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr -> 0 over `epochs`
+    device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    allow_random_init: bool = False  # accept a base model whose files lack some weights
+
+    resumable: ClassVar[frozenset[str]] = frozenset({"epochs", "patience", "time_budget_s"})
+
+    def __post_init__(self) -> None:
+        if Path(self.model).is_dir():  # a local model: absolute, so the run loads from anywhere
+            self.model = str(Path(self.model).resolve())
+        self.data_dir = absolute_path(self.data_dir)
+        if isinstance(self.inputs, dict):
+            self.inputs = InputConfig(**self.inputs)
+        if isinstance(self.adapter, dict):
+            self.adapter = AdapterConfig(**self.adapter)
+        if isinstance(self.head, dict):
+            self.head = HeadConfig(**self.head)
+        check_option("cache", self.cache, ("auto", "memory", "disk", "off"))
+        check_option("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _check_at_least(self, ("epochs", "batch_size", "patience"), 1)
+        check_range("lr", self.lr, 0, low_open=True)
+        check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        if self.max_concepts is not None and self.max_concepts < 4:
+            raise InputError(
+                f"Invalid value for 'max_concepts': expected >= 4, got {self.max_concepts}."
+            )
+
+    def free_to_change(self) -> frozenset[str]:
+        # a cosine schedule spans `epochs`: changing it would change every learning rate
+        fixed = {"epochs"} if self.lr_schedule == "cosine" else set()
+        return (self.resumable - fixed) | {"out"}
+
+
+@dataclass
+class MegFitConfig(_Config):
+    """Everything that defines a CLIP-HBA-MEG run (saved as the run's config.json)."""
+
+    store: str  # MEG RDM store (.h5)
+    model: str  # base model: hub id or local directory
+    out: str  # run directory
+    inputs: InputConfig = field(default_factory=InputConfig)
+    init_behavior: str | None = None  # CLIP-HBA-Behavior run to start from (and take labels)
+    init_meg: str | None = None  # a MEG run to start from (individualized: the group run)
+    participant: str | None = None  # one participant (individualized model); None: the mean
+    participants: list[str] | None = None  # group: participants averaged (None: all)
+    exclude_participants: list[str] | None = None
+    time_window: tuple[float, float] | None = None  # ms, inclusive; None: all times
+    meg: MegModelConfig = field(default_factory=MegModelConfig)
+    adapter: AdapterConfig = field(
+        default_factory=lambda: AdapterConfig(rank=32, alpha=16.0, layers=(), label_layers=())
+    )  # layers () = every block of the concept tower
+    stage0_lr: float = 3e-3  # layer weights W (both stages)
+    stage1_lr: float = 3e-5  # DoRA adapters (stage 1)
+    stage0_epochs: int = 200  # stage 0 runs until early stopping, at most this many epochs
+    stage1_epochs: int = 50  # 0: no stage 1
+    patience: int = 5
+    batch_size: int = 50  # concepts per batch
+    weight_decay: float = 0.0
+    loss_weights: tuple[float, float, float] = (1.0, 0.1, 0.15)  # rdm, mse, tg
+    seed: int = 0
+    val_fraction: float = 0.2  # of the non-held-out concepts
+    test_fraction: float = 0.2  # held out (the 48 RDM concepts first, when present)
+    max_concepts: int | None = None  # use only this many of the store's concepts (quick runs)
+    time_budget_s: float | None = None  # a safety stop (either stage) after this many seconds
+    device: str = "auto"
+    data_dir: str | None = None
+    allow_random_init: bool = False  # accept a base model whose files lack some weights
+
+    resumable: ClassVar[frozenset[str]] = frozenset(
+        {"stage0_epochs", "stage1_epochs", "patience", "time_budget_s"}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("store", "model", "init_behavior", "init_meg"):
+            setattr(self, name, _local_path(getattr(self, name)))
+        self.data_dir = absolute_path(self.data_dir)
+        if isinstance(self.inputs, dict):
+            self.inputs = InputConfig(**self.inputs)
+        if isinstance(self.meg, dict):
+            self.meg = MegModelConfig(**self.meg)
+        if isinstance(self.adapter, dict):
+            self.adapter = AdapterConfig(**self.adapter)
+        if self.time_window is not None:
+            self.time_window = tuple(float(v) for v in self.time_window)
+        self.loss_weights = tuple(float(v) for v in self.loss_weights)
+        if self.init_behavior and self.init_meg:
+            raise InputError(
+                f"Start from a behaviour run or a MEG run, not both (got {self.init_behavior} "
+                f"and {self.init_meg})."
+            )
+        _check_at_least(self, ("batch_size", "patience", "stage0_epochs"), 1)
+        _check_at_least(self, ("stage1_epochs",), 0)
+        if self.batch_size < 3:
+            raise InputError(
+                f"Invalid value for 'batch_size': RDMs need at least 3 concepts, got "
+                f"{self.batch_size}."
+            )
+        check_range("stage0_lr", self.stage0_lr, 0, low_open=True)
+        check_range("stage1_lr", self.stage1_lr, 0, low_open=True)
+        self._check_loss_weights()
+        for name in ("val_fraction", "test_fraction"):
+            check_range(name, getattr(self, name), 0, 1, low_open=True, high_open=True)
+
+    def _check_loss_weights(self) -> None:
+        weights = self.loss_weights
+        if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise InputError(
+                f"Invalid value for 'loss_weights': expected 3 non-negative numbers (rdm, mse, "
+                f"tg), got {weights}."
+            )
+        if sum(weights) == 0:
+            raise InputError(
+                f"Invalid value for 'loss_weights': at least one must be > 0, got {weights}."
+            )
+
+
+FitConfig = BehaviorFitConfig | MegFitConfig

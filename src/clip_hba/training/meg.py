@@ -1,0 +1,453 @@
+"""CLIP-HBA-MEG training: group and individualized models of time-resolved MEG RDMs.
+
+One path. Load the base model and the chain of runs it starts from (a behaviour run, or a MEG
+run for individualized models), merging their adapters into the weights, and freeze the label
+embeddings. Split the store's concepts (held-out, validation, training), read the targets
+(participants' mean or one participant, over a time window) and rescale them to [0, 1] on the
+training concepts, from which the noise curves also come. Then:
+
+- stage 0: the backbone is frozen, so every block's pooled feature of every concept is computed
+  once; only the layer weights W (and, with ``meg.dimension_gains``, the dimension gains)
+  train (AdamW, ``stage0_lr``) until the validation loss stops improving;
+- stage 1: the best stage-0 state is reloaded, DoRA adapters are added to every block, and W
+  (and gains; ``stage0_lr``) and the adapters (``stage1_lr``) train together.
+
+The loss is `clip_hba.training.meg_data.meg_loss`, each term divided by its value at the
+initial validation pass. Both stages run the shared lifecycle of `clip_hba.training.loop`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clip_hba._validation import InputError
+from clip_hba.data.things import load_spose_labels
+from clip_hba.meg.store import RDMStore
+from clip_hba.models.adapters import adapter_state, add_adapters, load_adapter_state, merge_adapters
+from clip_hba.models.backbones import Backbone, backbone_fingerprint, load_backbone
+from clip_hba.models.config import AdapterConfig, HeadConfig
+from clip_hba.models.inputs import (
+    concept_inputs,
+    concepts_with_inputs,
+    map_batches,
+    select_inputs,
+    to_device,
+)
+from clip_hba.models.meg import MegModel, noise_curves, relative_gains
+from clip_hba.rsa.rdms import subset_pairs
+from clip_hba.training.config import MegFitConfig
+from clip_hba.training.load import (
+    apply_chain,
+    check_same_base,
+    label_features,
+    load_meg_head,
+    load_meg_run,
+    resolve_device,
+)
+from clip_hba.training.loop import (
+    Progress,
+    begin,
+    recording_status,
+    restore_checkpoint,
+    save_checkpoint,
+    train_epochs,
+)
+from clip_hba.training.meg_data import MegSplit, meg_loss, meg_split, meg_targets
+from clip_hba.training.runs import RunDir, strip_prefix, with_prefix
+
+__all__ = ["MegFitResult", "MegTrainer", "fit_meg"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MegFitResult:
+    """What `fit_meg` produced."""
+
+    run_dir: Path
+    best_stage: int
+    best_val_loss: float
+    log: list[dict]
+    model: MegModel = field(repr=False)
+
+
+def fit_meg(
+    config: MegFitConfig,
+    *,
+    resume: bool = False,
+    allow_unfinished: bool = False,
+    verbose: bool = True,
+) -> MegFitResult:
+    """Train a CLIP-HBA-MEG model (group, or one participant); see `MegFitConfig`.
+
+    Parameters
+    ----------
+    config : MegFitConfig
+    resume : bool
+        Continue the run in ``config.out`` where it stopped (settings as when it began, apart
+        from the epoch limits, patience and time limit); the result is identical to a run that
+        was never interrupted.
+    allow_unfinished : bool
+        Start from a behaviour or MEG run whose training did not finish.
+    verbose : bool
+        Show progress bars.
+    """
+    run = RunDir(config.out)
+    begin(run, config, resume)
+    trainer = MegTrainer(config, verbose, allow_unfinished=allow_unfinished)
+    with recording_status(run):
+        if resume:
+            trainer.resume()
+        else:
+            trainer.start()
+        run.mark("running")
+        budget = config.time_budget_s
+        deadline = None if budget is None else time.perf_counter() + budget
+        while trainer.progress.stage <= 1:
+            if trainer.progress.stage == 1 and config.stage1_epochs == 0:
+                break
+            if trainer.train_stage(deadline, verbose) == "out_of_time":
+                break
+        trainer.finish()
+        run.mark("finished")
+    progress = trainer.progress
+    model = load_meg_run(run, config.device)
+    return MegFitResult(run.path, progress.best_stage, progress.best_val_loss, trainer.log, model)
+
+
+@dataclass
+class _Start:
+    """What a new run starts from: merged ancestors, label embeddings, initial W and gains."""
+
+    chain: list[dict]
+    chain_tensors: dict[str, torch.Tensor]
+    label_features: torch.Tensor
+    head: dict[str, torch.Tensor] | None  # the parent MEG run's "meg.layer_weights_raw", ...
+
+
+class MegTrainer:
+    """One CLIP-HBA-MEG run: model, concepts, targets, feature cache, optimizer (`Trainer`).
+
+    ``inputs`` hold the training, validation and held-out concepts in that order; ``target``
+    (T, pairs) the rescaled MEG RDMs among the training and validation concepts.
+    """
+
+    def __init__(
+        self, config: MegFitConfig, verbose: bool = True, allow_unfinished: bool = False
+    ) -> None:
+        self.config = config
+        self.run = RunDir(config.out)
+        backbone = load_backbone(config.model, allow_random_init=config.allow_random_init)
+        self.base_fingerprint = backbone_fingerprint(backbone)  # before any adapter is added
+        start = self._start_point(backbone, allow_unfinished)
+        self.chain_tensors = start.chain_tensors
+        split, store_description = self._split(backbone)
+        ordered = [*split.train_ids, *split.val_ids, *split.test_ids]
+        self.inputs = concept_inputs(
+            backbone, ordered, config.inputs, config.data_dir, things_ids_only=False
+        )
+        values, times, participants = meg_targets(config, [*split.train_ids, *split.val_ids])
+        self.n_train, self.n_val = len(split.train_ids), len(split.val_ids)
+        train_pairs = subset_pairs(np.arange(self.n_train), self.n_train + self.n_val)
+        low, high = np.nanmin(values[:, train_pairs]), np.nanmax(values[:, train_pairs])
+        if not high > low:
+            raise InputError("The training targets are constant; nothing to fit.")
+        scaled = (values - low) / (high - low)
+        curves = noise_curves(scaled[:, train_pairs], times, config.meg.window)
+        device = resolve_device(config.device)
+        self.model = MegModel(backbone, start.label_features, times, config.meg, curves).to(device)
+        if start.head is not None:
+            self._check_layer_weights(start.head["meg.layer_weights_raw"])
+            load_meg_head(self.model, start.head)
+        self.model.backbone_model.requires_grad_(False)
+        self.model.eval()
+        self.target = torch.as_tensor(scaled, dtype=torch.float32)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.progress = Progress()
+        self.log: list[dict] = []
+        self.norms: dict[str, float] | None = None  # each loss term's initial validation value
+        self.description = {
+            "task": "meg",
+            "base_model": config.model,
+            "base_model_fingerprint": self.base_fingerprint,
+            "store": store_description,
+            "chain": start.chain,
+            "times_ms": times.tolist(),
+            "target": {
+                "participants": participants,
+                "scale": [float(low), float(high)],
+                "participant": config.participant,
+            },
+            "split": {
+                "train": list(split.train_ids),
+                "val": list(split.val_ids),
+                "test": list(split.test_ids),
+            },
+            "inputs_fingerprint": self.inputs.fingerprint,
+            "n_layers": self.model.n_layers,
+        }
+        self.features: torch.Tensor | None = self._layer_features(verbose)
+
+    # ------------------------------------------------------------------ building
+
+    def _start_point(self, backbone: Backbone, allow_unfinished: bool) -> _Start:
+        config = self.config
+        if config.init_meg is not None:
+            parent = RunDir(config.init_meg).expect("meg", "--init-meg")
+            parent.require_finished(allow_unfinished)
+            check_same_base(parent, config.model, self.base_fingerprint, "--group-run")
+            saved, tensors = parent.description, parent.weights()
+            chain = list(saved["chain"])
+            chain_tensors = {k: v for k, v in tensors.items() if k.startswith("init.")}
+            own = strip_prefix("adapter.", tensors)
+            if own:
+                chain.append(
+                    {"adapter": saved["fit"]["adapter_resolved"], "source": str(parent.path)}
+                )
+                chain_tensors.update(with_prefix(f"init.{len(chain) - 1}.", own))
+            apply_chain(backbone, chain, chain_tensors)
+            return _Start(chain, chain_tensors, tensors["meg.label_features"], tensors)
+        if config.init_behavior is not None:
+            parent = RunDir(config.init_behavior).expect("behavior", "--init-behavior")
+            parent.require_finished(allow_unfinished)
+            check_same_base(parent, config.model, self.base_fingerprint, "--init-behavior")
+            behavior = parent.fit_config()
+            chain = [{"adapter": behavior.adapter.to_dict(), "source": str(parent.path)}]
+            adapters = strip_prefix("adapter.", parent.weights())
+            add_adapters(backbone, behavior.adapter, seed=0)
+            load_adapter_state(backbone, adapters)
+            labels = label_features(
+                backbone, behavior.head, config.data_dir
+            )  # the behaviour model's
+            merge_adapters(backbone)
+            return _Start(chain, with_prefix("init.0.", adapters), labels, None)
+        return _Start([], {}, label_features(backbone, HeadConfig(), config.data_dir), None)
+
+    def _split(self, backbone: Backbone) -> tuple[MegSplit, dict[str, Any]]:
+        """The split of the store's concepts that have inputs, and the store's description."""
+        config = self.config
+        with RDMStore(config.store) as store:
+            available = list(store.concept_ids)
+            store_description = {"path": str(store.path), **store.fingerprint()}
+        present = concepts_with_inputs(backbone, available, config.inputs, config.data_dir)
+        if len(present) < len(available):
+            logger.warning(
+                "%d of the store's concepts have no inputs and are left out.",
+                len(available) - len(present),
+            )
+        if config.max_concepts is not None:
+            present = present[: config.max_concepts]
+        split = meg_split(
+            present, config.seed, config.val_fraction, config.test_fraction, config.data_dir
+        )
+        if config.init_meg is not None:  # its W and adapters must not have seen our held-out set
+            parent = RunDir(config.init_meg).description["split"]["test"]
+            if set(parent) != set(split.test_ids):
+                raise InputError(
+                    f"{config.init_meg} holds out other concepts than this run would; use the "
+                    "same store, --seed, --val-fraction, --test-fraction and --max-concepts as "
+                    "that run."
+                )
+        return split, store_description
+
+    def _check_layer_weights(self, layer_raw: torch.Tensor) -> None:
+        if layer_raw.shape != self.model.weights.raw.shape:
+            raise InputError(
+                f"{self.config.init_meg} has layer weights for {tuple(layer_raw.shape)} "
+                f"(times x layers), this run needs {tuple(self.model.weights.raw.shape)}."
+            )
+
+    def _layer_features(self, verbose: bool) -> torch.Tensor:
+        """Every block's pooled feature of every concept with the frozen backbone, (L, N, P)."""
+        features = map_batches(
+            self.model.layer_features,
+            self.inputs.tensors,
+            self.config.batch_size,
+            self.model.device,
+            dim=1,
+            desc="Layer features" if verbose else None,
+        )
+        return features.to(self.model.device)
+
+    def resolved_adapter(self) -> AdapterConfig:
+        """The stage-1 adapters, with ``layers`` () resolved to every block."""
+        layers = self.config.adapter.layers or tuple(range(self.model.n_layers))
+        return dataclasses.replace(self.config.adapter, layers=layers, label_layers=())
+
+    def optimizer_for(self, stage: int) -> torch.optim.Optimizer:
+        """AdamW over W (and gains) at ``stage0_lr``, plus the adapters in stage 1."""
+        head = [self.model.weights.raw]
+        if self.config.meg.dimension_gains:
+            head.append(self.model.log_gains)
+        groups = [{"params": head, "lr": self.config.stage0_lr}]
+        if stage == 1:
+            adapters = [p for p in self.model.backbone_model.parameters() if p.requires_grad]
+            groups.append({"params": adapters, "lr": self.config.stage1_lr})
+        return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+
+    def enter_stage1(self) -> None:
+        """Reload the best stage-0 W and add the DoRA adapters (seeded)."""
+        load_meg_head(self.model, self.run.weights())
+        add_adapters(self.model.backbone, self.resolved_adapter(), seed=self.config.seed)
+        self.model.to(self.model.device).eval()
+        self.features = None  # stage 1 recomputes the features: the backbone now changes
+
+    # ------------------------------------------------------------------ the lifecycle
+
+    def start(self) -> None:
+        """A new run directory: config, the initial validation (loss norms), checkpoint."""
+        fit_extra = {"adapter_resolved": self.resolved_adapter().to_dict()}
+        self.run.write_description({**self.description, "fit_extra": fit_extra}, self.config)
+        self.run.mark("running")
+        self.optimizer = self.optimizer_for(0)
+        self.norms = self.validate(epoch=0, train_loss=None)["val_parts"]
+        record = self.validate(epoch=0, train_loss=None)
+        self.log.append(record)
+        self.progress.best_val_loss = record["val_loss"]
+        self.run.save_weights(self.weights())
+        save_checkpoint(self)
+
+    def resume(self) -> None:
+        if self.run.description["inputs_fingerprint"] != self.description["inputs_fingerprint"]:
+            raise InputError(f"Cannot resume {self.run.path}: the concept inputs have changed.")
+        checkpoint = self.run.load_checkpoint()
+        stage, groups = checkpoint.metadata["stage"], checkpoint.metadata["param_groups"]
+        if stage == 1 and groups:  # in the middle of stage 1: adapters exist
+            self.enter_stage1()
+            load_adapter_state(self.model.backbone, strip_prefix("adapter.", checkpoint.tensors))
+        load_meg_head(self.model, checkpoint.tensors)
+        self.optimizer = self.optimizer_for(stage) if groups or stage == 0 else None
+        self.norms = restore_checkpoint(self, checkpoint)["norms"]
+
+    def train_stage(self, deadline: float | None, verbose: bool) -> str:
+        """Train the current stage to its end, then move to the next (unless out of time)."""
+        stage = self.progress.stage
+        if stage == 1 and self.optimizer is None:
+            self.enter_stage1()
+            self.optimizer = self.optimizer_for(1)
+        max_epochs = self.config.stage0_epochs if stage == 0 else self.config.stage1_epochs
+        outcome = train_epochs(
+            self,
+            max_epochs,
+            self.config.patience,
+            desc=f"Stage {stage}",
+            deadline=deadline,
+            verbose=verbose,
+        )
+        if outcome != "out_of_time":
+            self.progress.stage, self.progress.epoch, self.progress.bad_epochs = stage + 1, 0, 0
+            self.optimizer = None
+            save_checkpoint(self)
+        return outcome
+
+    def finish(self) -> None:
+        progress = self.progress
+        best = next(
+            r
+            for r in self.log
+            if (r["stage"], r["epoch"]) == (progress.best_stage, progress.best_epoch)
+        )
+        metrics = {
+            "best_stage": progress.best_stage,
+            "best_epoch": progress.best_epoch,
+            "best_val_loss": progress.best_val_loss,
+            "initial_val_loss": self.log[0]["val_loss"],
+            "initial_val_r": self.log[0]["val_r"],
+            "best_val_r": best["val_r"],
+            "epochs": {
+                s: sum(1 for r in self.log if r["stage"] == s and r["epoch"] > 0) for s in (0, 1)
+            },
+        }
+        if self.config.meg.dimension_gains:  # the best model's, by SPoSE label
+            gains = relative_gains(self.run.weights()["meg.log_gains"])
+            labels = load_spose_labels(self.config.data_dir)
+            metrics["dimension_gains"] = dict(zip(labels, gains.tolist(), strict=True))
+        self.run.write_metrics(metrics)
+
+    # ------------------------------------------------------------------ Trainer
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        model = self.model
+        tensors = dict(self.chain_tensors)
+        tensors.update(with_prefix("adapter.", adapter_state(model.backbone)))
+        tensors["meg.layer_weights_raw"] = model.weights.raw.detach().cpu().clone()
+        tensors["meg.log_gains"] = model.log_gains.detach().cpu().clone()
+        tensors["meg.label_features"] = model.label_features.cpu().clone()
+        tensors["meg.beta"] = model.beta.cpu().clone()
+        tensors["meg.noise"] = model.noise.cpu().clone()
+        return tensors
+
+    def state(self) -> dict[str, Any]:
+        return {"norms": self.norms}
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        return self.validate(epoch, self.train_epoch())
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {
+            "train": f"{record['train_loss']:.3f}",
+            "val": f"{record['val_loss']:.3f}",
+            "r": f"{record['val_r']:.3f}",
+        }
+
+    # ------------------------------------------------------------------ epochs
+
+    def embeddings(self, rows: torch.Tensor, noise: bool) -> torch.Tensor:
+        """(T, len(rows), 66) embeddings of input rows, from the feature cache in stage 0."""
+        if self.features is not None:
+            features = self.features[:, rows]
+        else:
+            batch = to_device(select_inputs(self.inputs.tensors, rows), self.model.device)
+            features = self.model.layer_features(batch)
+        generator = self.generator if noise else None
+        return self.model.embed_features(features, noise=noise, generator=generator)
+
+    def targets(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rescaled MEG RDMs (T, pairs) among training/validation rows."""
+        pairs = subset_pairs(rows.numpy(), self.n_train + self.n_val)
+        return self.target[:, pairs].to(self.model.device)
+
+    def train_epoch(self) -> float:
+        """One pass over the training concepts in seeded batches; the mean loss."""
+        order = torch.randperm(self.n_train, generator=self.generator)
+        total, count = 0.0, 0
+        for start in range(0, self.n_train, self.config.batch_size):
+            rows = order[start : start + self.config.batch_size]
+            if len(rows) < 3:
+                continue
+            rows = rows.sort().values
+            predicted = MegModel.rdms(self.embeddings(rows, noise=True))
+            loss, _ = meg_loss(predicted, self.targets(rows), self.config.loss_weights, self.norms)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.model.weights.project()
+            total += loss.item() * len(rows)
+            count += len(rows)
+        return total / max(count, 1)
+
+    def validate(self, epoch: int, train_loss: float | None) -> dict[str, Any]:
+        """Validation loss over all validation concepts at once, noise off."""
+        rows = torch.arange(self.n_train, self.n_train + self.n_val)
+        with torch.no_grad():
+            predicted = MegModel.rdms(self.embeddings(rows, noise=False))
+            loss, parts = meg_loss(
+                predicted, self.targets(rows), self.config.loss_weights, self.norms
+            )
+        return {
+            "stage": self.progress.stage,
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": float(loss),
+            "val_parts": parts,
+            "val_r": 1.0 - parts["rdm"],  # mean over timepoints of the validation RDM correlation
+        }

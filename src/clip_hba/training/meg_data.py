@@ -1,0 +1,139 @@
+"""What a CLIP-HBA-MEG run fits: the split of a store's concepts, the targets and the loss."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clip_hba._validation import InputError
+from clip_hba.data.things import load_rdm48
+from clip_hba.meg.store import RDMStore
+from clip_hba.training.config import LOSS_TERMS, MegFitConfig
+
+__all__ = ["MegSplit", "meg_loss", "meg_split", "meg_targets"]
+
+
+@dataclass
+class MegSplit:
+    """Concept ids held out, for validation and for training, each in the store's order."""
+
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    test_ids: tuple[str, ...]
+
+
+def meg_split(
+    concept_ids: list[str],
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    data_dir: str | os.PathLike | None = None,
+) -> MegSplit:
+    """Seeded held-out / validation / training split of a store's concepts.
+
+    The held-out set takes the 48 concepts of the behavioural RDM first (when present), then
+    random others, up to ``test_fraction``; the rest splits ``val_fraction`` / training.
+    """
+    rng = np.random.default_rng(seed)
+    n_test = max(3, round(test_fraction * len(concept_ids)))
+    rdm48 = set(load_rdm48(data_dir).concept_ids)
+    first = [c for c in concept_ids if c in rdm48][:n_test]
+    others = [c for c in concept_ids if c not in set(first)]
+    order = [others[k] for k in rng.permutation(len(others))]
+    test = first + order[: n_test - len(first)]
+    rest = order[n_test - len(first) :]
+    n_val = max(3, round(val_fraction * len(rest)))
+    if len(rest) - n_val < 3:
+        raise InputError(
+            f"{len(concept_ids)} concepts are too few to hold out {n_test}, validate on {n_val} "
+            "and train on at least 3."
+        )
+    keep = {c: k for k, c in enumerate(concept_ids)}
+    return MegSplit(
+        tuple(sorted(rest[n_val:], key=keep.get)),
+        tuple(sorted(rest[:n_val], key=keep.get)),
+        tuple(sorted(test, key=keep.get)),
+    )
+
+
+def meg_targets(
+    config: MegFitConfig, concept_ids: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """MEG RDMs (T, pairs) over ``concept_ids`` (train then val), times, and participants."""
+    with RDMStore(config.store) as store:
+        if config.participant is not None:
+            read = store.read(config.time_window, concept_ids, [config.participant])
+            return read.values[0], read.times_ms, [config.participant]
+        rows = store.participant_indices(config.participants, config.exclude_participants)
+        mean = store.mean(
+            config.time_window, concept_ids, config.participants, config.exclude_participants
+        )
+        return mean.values, mean.times_ms, [store.participant_ids[r] for r in rows]
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+def _masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pearson r along the last axis over ``mask`` (rows of a, b: (..., n)) -> (...)."""
+    weight = mask.to(a.dtype)
+    count = weight.sum(-1, keepdim=True).clamp_min(1.0)
+    a = torch.where(mask, a, 0.0)
+    b = torch.where(mask, b, 0.0)
+    ac = (a - (a * weight).sum(-1, keepdim=True) / count) * weight
+    bc = (b - (b * weight).sum(-1, keepdim=True) / count) * weight
+    return (ac * bc).sum(-1) / (ac.norm(dim=-1) * bc.norm(dim=-1)).clamp_min(1e-12)
+
+
+def _generalisation(rdms: torch.Tensor) -> torch.Tensor:
+    """Temporal generalisation: Pearson r between the RDMs of every two timepoints, (T, T)."""
+    centred = rdms - rdms.mean(-1, keepdim=True)
+    unit = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.T
+
+
+def meg_loss(
+    predicted: torch.Tensor,
+    target: torch.Tensor,
+    weights: tuple[float, float, float] = (1.0, 0.1, 0.15),
+    norms: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The MEG loss between model RDMs and target RDMs, both (T, n_pairs).
+
+    Terms: ``rdm`` = mean over timepoints of (1 - Pearson r); ``mse`` = mean squared error of
+    the model's RDM / 2 (1 - Pearson lies in [0, 2]) against the target (rescaled to [0, 1]);
+    ``tg`` = 1 - Pearson r between the upper triangles of the two temporal-generalisation
+    matrices. NaN target pairs are left out. With ``norms`` each term is divided by its norm.
+
+    Returns
+    -------
+    total : Tensor (scalar)
+    parts : dict term -> float (the raw, unnormalised values)
+    """
+    mask = ~torch.isnan(target)
+    target = torch.nan_to_num(target)
+    rdm_term = (1.0 - _masked_pearson(predicted, target, mask)).mean()
+    weight = mask.to(predicted.dtype)
+    mse_term = (((predicted / 2.0 - target) ** 2) * weight).sum() / weight.sum().clamp_min(1.0)
+    complete = mask.all(0)
+    n_times = predicted.shape[0]
+    if n_times > 2 and int(complete.sum()) >= 3:
+        upper = torch.triu_indices(n_times, n_times, offset=1, device=predicted.device)
+        tg_model = _generalisation(predicted[:, complete])[upper[0], upper[1]]
+        tg_target = _generalisation(target[:, complete])[upper[0], upper[1]]
+        tg_term = 1.0 - _masked_pearson(tg_model, tg_target, torch.ones_like(tg_model).bool())
+    else:
+        tg_term = predicted.new_zeros(())
+    terms = {"rdm": rdm_term, "mse": mse_term, "tg": tg_term}
+    norms = norms or {}
+    total = sum(
+        w * terms[name] / max(norms.get(name, 1.0), 1e-12)
+        for w, name in zip(weights, LOSS_TERMS, strict=True)
+    )
+    return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+# ---------------------------------------------------------------------------- building

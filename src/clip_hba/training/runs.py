@@ -1,0 +1,320 @@
+"""The run directory: one owner of its files, its state and its configuration.
+
+A run directory holds ``config.json`` (the resolved configuration with the package version,
+base model, its fingerprint and the data fingerprints), ``status.json`` (running, finished or
+failed: a run is complete only when it says so), ``adapter.safetensors`` (the best epoch's
+trained weights: adapters and heads only, never the base model), ``last.safetensors`` (the last
+finished epoch with optimizer and random-generator state, and the progress that ``--resume``
+trusts, in one file so they can never disagree; ``state.json`` is a readable copy),
+``log.jsonl`` and ``metrics.json``. Nothing is pickled and every file is written atomically.
+Nothing outside this module opens these files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from clip_hba import __version__
+from clip_hba._io import read_json, write_atomic, write_json_atomic, write_text_atomic
+from clip_hba._validation import InputError, check_option
+from clip_hba.training.config import BehaviorFitConfig, FitConfig, MegFitConfig
+
+__all__ = [
+    "CONFIG_FILE",
+    "LAST_FILE",
+    "LOG_FILE",
+    "METRICS_FILE",
+    "STATE_FILE",
+    "STATUSES",
+    "STATUS_FILE",
+    "TASKS",
+    "WEIGHTS_FILE",
+    "Checkpoint",
+    "RunDir",
+    "find_runs",
+    "load_metadata",
+    "load_tensors",
+    "optimizer_from_tensors",
+    "optimizer_tensors",
+    "save_tensors",
+    "strip_prefix",
+    "with_prefix",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+WEIGHTS_FILE = "adapter.safetensors"
+LAST_FILE = "last.safetensors"
+STATE_FILE = "state.json"
+LOG_FILE = "log.jsonl"
+METRICS_FILE = "metrics.json"
+TASKS: dict[str, type[BehaviorFitConfig] | type[MegFitConfig]] = {
+    "behavior": BehaviorFitConfig,
+    "meg": MegFitConfig,
+}
+Status = Literal["running", "finished", "failed"]
+STATUSES: tuple[str, ...] = ("running", "finished", "failed")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What ``last.safetensors`` and ``log.jsonl`` hold: the state to resume from."""
+
+    tensors: dict[str, torch.Tensor]  # weights, optimizer state, generator states
+    metadata: dict[str, Any]  # the progress record and the optimizer's parameter groups
+    log: list[dict]  # one record per finished epoch, up to this checkpoint
+
+
+class RunDir:
+    """A run directory (see the module docstring).
+
+    Parameters
+    ----------
+    path : path
+        The directory; it need not exist yet (a run about to start).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._description: dict | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ configuration
+
+    def is_run(self) -> bool:
+        """Whether the directory holds a clip-hba run (a config.json with its settings).
+
+        A Hugging Face model folder has a config.json too, without clip-hba's ``fit``.
+        """
+        if not self.file(CONFIG_FILE).is_file():
+            return False
+        if self._description is None:
+            description = read_json(self.file(CONFIG_FILE))
+            if not (isinstance(description, dict) and "fit" in description):
+                return False
+            self._description = description
+        return True
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """The whole config.json: what the run is, ``fit`` (its settings) and fingerprints."""
+        if not self.is_run():
+            raise InputError(f"{self.path} is not a clip-hba run: it holds no run {CONFIG_FILE}.")
+        assert self._description is not None
+        return self._description
+
+    @property
+    def task(self) -> str:
+        return self.description.get("task", "behavior")
+
+    def fit_config(self) -> FitConfig:
+        """The resolved settings, through the dataclass (settings added later get defaults)."""
+        return TASKS[self.task].from_dict(self.description["fit"])
+
+    def expect(self, task: str, option: str) -> RunDir:
+        """This run, if it is a run of ``task``; else `InputError` naming ``option``."""
+        check_option("task", task, tuple(TASKS))
+        if not self.is_run() or self.task != task:
+            what = "behaviour" if task == "behavior" else "MEG"
+            raise InputError(f"{self.path} is not a clip-hba {what} run ({option}).")
+        return self
+
+    def write_description(self, description: dict[str, Any], config: FitConfig) -> None:
+        """Write config.json: ``description`` plus the version and ``fit`` (the config)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fit = {**config.to_dict(), **description.pop("fit_extra", {})}
+        self._description = {"clip_hba_version": __version__, **description, "fit": fit}
+        write_json_atomic(self.file(CONFIG_FILE), self._description)
+
+    def check_resumable(self, config: FitConfig) -> None:
+        """Refuse to resume with settings other than the ones the run began with."""
+        if not self.file(LAST_FILE).is_file():
+            raise InputError(f"Nothing to resume in {self.path}: it holds no {LAST_FILE}.")
+        # through the dataclass, so that settings added since the run began take their defaults
+        saved = json.loads(json.dumps(self.fit_config().to_dict()))
+        current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+        free = config.free_to_change()
+        changed = sorted(k for k in current if k not in free and saved.get(k) != current[k])
+        if changed:
+            detail = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:3])
+            raise InputError(
+                f"Cannot resume {self.path} with other settings: {', '.join(changed)} differ "
+                f"({detail})."
+            )
+
+    def check_new(self) -> None:
+        """Refuse to start a run where one already is."""
+        if self.file(LAST_FILE).exists():
+            raise InputError(
+                f"{self.path} already holds a run; use --resume to continue it or another --out."
+            )
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> str:
+        """``running``, ``finished`` or ``failed``.
+
+        Runs written before the status was recorded count as finished when their metrics
+        after training were written, else as running.
+        """
+        if self.file(STATUS_FILE).is_file():
+            return str(read_json(self.file(STATUS_FILE)).get("status", "running"))
+        if not self.file(METRICS_FILE).is_file():
+            return "running"
+        metrics = read_json(self.file(METRICS_FILE))
+        return "finished" if self.task == "meg" or "after" in metrics else "running"
+
+    def mark(self, status: Status, error: str | None = None) -> None:
+        """Record the run's status (and, for a failure, its error message)."""
+        check_option("status", status, STATUSES)
+        record = {"status": status, "clip_hba_version": __version__}
+        if error is not None:
+            record["error"] = error
+        write_json_atomic(self.file(STATUS_FILE), record)
+
+    def require_finished(self, allow_unfinished: bool = False) -> RunDir:
+        """This run, if it finished training; else `InputError` naming ``--resume``."""
+        status = self.status()
+        if status == "finished" or allow_unfinished:
+            if status != "finished":
+                logger.warning("Using the unfinished run %s (status: %s).", self.path, status)
+            return self
+        why = {
+            "running": "its training was interrupted or is still going",
+            "failed": "its training failed",
+        }.get(status, status)
+        raise InputError(
+            f"{self.path} is an unfinished run (status: {status}: {why}); finish it with "
+            "`--resume`, or pass --allow-unfinished to use its best epoch so far."
+        )
+
+    # ------------------------------------------------------------------ weights and progress
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The best epoch's trained weights (``adapter.safetensors``)."""
+        return load_tensors(self.file(WEIGHTS_FILE))
+
+    def save_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        save_tensors(self.file(WEIGHTS_FILE), tensors)
+
+    def has_checkpoint(self) -> bool:
+        return self.file(LAST_FILE).is_file()
+
+    def save_checkpoint(
+        self, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], log: Sequence[dict]
+    ) -> None:
+        """Write ``log.jsonl``, then ``last.safetensors`` and its readable copy ``state.json``."""
+        text = "".join(json.dumps(record) + "\n" for record in log)
+        write_text_atomic(self.file(LOG_FILE), text)
+        # one file holds everything resume needs, so a crash between writes cannot mix epochs
+        save_tensors(self.file(LAST_FILE), tensors, {**metadata, "log_length": len(log)})
+        readable = {k: v for k, v in metadata.items() if k != "param_groups"}
+        write_json_atomic(self.file(STATE_FILE), readable)
+
+    def load_checkpoint(self) -> Checkpoint:
+        metadata = load_metadata(self.file(LAST_FILE))
+        tensors = load_tensors(self.file(LAST_FILE))
+        lines = self.file(LOG_FILE).read_text(encoding="utf-8").splitlines()
+        log = [json.loads(line) for line in lines if line.strip()]
+        # a crash between the two writes leaves one record more in the log than was saved
+        length = metadata.pop("log_length", None)
+        return Checkpoint(tensors, metadata, log if length is None else log[:length])
+
+    def read_metrics(self) -> dict[str, Any]:
+        return read_json(self.file(METRICS_FILE))
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json_atomic(self.file(METRICS_FILE), metrics)
+
+    def predictions_path(self, stage: str) -> Path:
+        """Where the behaviour predictions of every concept ``before``/``after`` training go."""
+        return self.file(f"predictions_{stage}.npz")
+
+
+def find_runs(folder: str | os.PathLike) -> dict[str, RunDir]:
+    """The runs in the sub-folders of ``folder``, by sub-folder name (sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    runs = {sub.name: RunDir(sub) for sub in sorted(folder.iterdir()) if sub.is_dir()}
+    return {name: run for name, run in runs.items() if run.is_run()}
+
+
+def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with every name preceded by ``prefix`` (e.g. ``"adapter."``)."""
+    return {f"{prefix}{name}": value for name, value in tensors.items()}
+
+
+def strip_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# ---------------------------------------------------------------------------- safetensors
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> Path:
+    """Write tensors (and JSON-able ``metadata``) to a safetensors file atomically."""
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = None if metadata is None else {"clip_hba": json.dumps(metadata)}
+    return write_atomic(path, lambda tmp: save_file(flat, str(tmp), metadata=header))
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; `InputError` if it is missing or damaged."""
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        raise InputError(f"Cannot read weights {path}: {err}") from None
+
+
+def load_metadata(path: str | os.PathLike) -> dict:
+    """The ``metadata`` saved with `save_tensors` (empty if none)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (OSError, SafetensorError) as err:
+        raise InputError(f"Cannot read weights {path}: {err}") from None
+    return json.loads(header.get("clip_hba", "{}"))
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    """An optimizer's state as flat tensors plus its (JSON-able) parameter groups."""
+    state = optimizer.state_dict()
+    tensors = {
+        f"optimizer.{index}.{name}": torch.as_tensor(value)
+        for index, entries in state["state"].items()
+        for name, value in entries.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list
+) -> None:
+    """Restore what `optimizer_tensors` saved."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
