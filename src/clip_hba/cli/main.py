@@ -15,18 +15,21 @@ import typer
 
 from clip_hba import __version__
 from clip_hba._validation import InputError
+from clip_hba.cli.behavior import fit_behavior_command
 from clip_hba.cli.meg import meg_app, simulate_app
 from clip_hba.cli.meg_fit import evaluate_meg_command, fit_individual_command, fit_meg_command
 from clip_hba.cli.options import (
     AllowRandomInitOption,
     AllowUnfinishedOption,
+    BatchSizeOption,
     DataDirOption,
     DeviceOption,
+    ImagesCsvOption,
+    ImagesOption,
+    SkipMissingOption,
     defaults,
     emit,
-    int_tuple,
     joined,
-    path_or_none,
 )
 from clip_hba.models.config import AdapterConfig, HeadConfig, InputConfig
 from clip_hba.training.config import BehaviorFitConfig
@@ -48,6 +51,7 @@ rsa_app = typer.Typer(
     help="Representational similarity analysis of RDM files.", no_args_is_help=True
 )
 app.add_typer(rsa_app, name="rsa")
+fit_app.command("behavior")(fit_behavior_command)
 fit_app.command("meg")(fit_meg_command)
 fit_app.command("individual")(fit_individual_command)
 evaluate_app.command("meg")(evaluate_meg_command)
@@ -207,179 +211,6 @@ def rsa_compare_command(
         seed=seed,
     )
     emit(result.to_dict(), out)
-
-
-ImagesOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="Concept images: THINGS layout (object_images/<concept>/<concept>_01b.jpg) or a "
-        "folder with images.csv (columns image,concept_id). Not used by text backbones, which "
-        "read each concept's word and definition."
-    ),
-]
-ImagesCsvOption = Annotated[
-    Path | None, typer.Option(help="CSV of image,concept_id rows (paths relative to --images).")
-]
-ExemplarOption = Annotated[
-    str, typer.Option(help="THINGS layout: file-name suffix of the exemplar image per concept.")
-]
-NormalizationOption = Annotated[
-    Literal["things", "clip"],
-    typer.Option(help="Image normalisation: THINGS mean/std or CLIP's own."),
-]
-SkipMissingOption = Annotated[
-    bool, typer.Option(help="Leave out concepts without an image (reported) instead of failing.")
-]
-BatchSizeOption = Annotated[int, typer.Option(min=1, help="Concepts per batch.")]
-
-
-@fit_app.command("behavior")
-def fit_behavior_command(
-    model: Annotated[
-        str, typer.Option(help="Base model: Hugging Face hub id or local save_pretrained folder.")
-    ] = "openai/clip-vit-large-patch14",
-    out: Annotated[
-        Path, typer.Option(help="Run directory (config, weights, log, metrics).")
-    ] = Path("runs/behavior"),
-    images: ImagesOption = None,
-    images_csv: ImagesCsvOption = None,
-    exemplar: ExemplarOption = INPUTS.exemplar,
-    normalization: NormalizationOption = INPUTS.normalization,
-    skip_missing: SkipMissingOption = INPUTS.skip_missing,
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = BEHAVIOR.epochs,
-    batch_size: BatchSizeOption = BEHAVIOR.batch_size,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = BEHAVIOR.lr,
-    weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay.")
-    ] = BEHAVIOR.weight_decay,
-    patience: Annotated[
-        int,
-        typer.Option(min=1, help="Stop after this many epochs without a better validation MSE."),
-    ] = BEHAVIOR.patience,
-    seed: SeedOption = BEHAVIOR.seed,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of the 1,806 non-held-out concepts used for validation.")
-    ] = BEHAVIOR.val_fraction,
-    rank: Annotated[int, typer.Option(min=1, help="Adapter rank.")] = ADAPTER.rank,
-    alpha: Annotated[
-        float, typer.Option(help="Adapter alpha (update scaled by alpha/rank).")
-    ] = ADAPTER.alpha,
-    layers: Annotated[
-        str,
-        typer.Option(
-            help="Blocks of the concept (vision) tower with adapters; negative = from the end."
-        ),
-    ] = LAYERS,
-    text_layers: Annotated[
-        str,
-        typer.Option(help="Blocks of CLIP's text tower with adapters ('' = frozen text tower)."),
-    ] = TEXT_LAYERS,
-    modules: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated module names inside a block to adapt (default: the attention "
-            "output projection, out_proj for CLIP)."
-        ),
-    ] = None,
-    dora: Annotated[
-        bool, typer.Option(help="DoRA (on) or plain LoRA (--no-dora).")
-    ] = ADAPTER.use_dora,
-    adapter_dropout: Annotated[
-        float,
-        typer.Option(help="Dropout on the adapters' input while training (needs --train-dropout)."),
-    ] = ADAPTER.dropout,
-    text_template: Annotated[
-        str,
-        typer.Option(help="Text backbones: the text of a concept, from {word} and {definition}."),
-    ] = INPUTS.text_template,
-    max_text_tokens: Annotated[
-        int, typer.Option(min=4, help="Text backbones: longest concept text in tokens.")
-    ] = INPUTS.max_text_tokens,
-    head: Annotated[
-        Literal["prompt_cosine", "linear"],
-        typer.Option(
-            help="prompt_cosine: logit_scale x cos(features, label prompt); linear: a linear map."
-        ),
-    ] = HEAD.kind,
-    template: Annotated[
-        str, typer.Option(help="Prompt of a dimension label; must contain {label}.")
-    ] = HEAD.template,
-    logit_scale: Annotated[
-        float, typer.Option(help="Scale of the prompt-cosine head.")
-    ] = HEAD.logit_scale,
-    cache: Annotated[
-        Literal["auto", "memory", "disk", "off"],
-        typer.Option(
-            help="Frozen-prefix cache: auto = memory up to 4 GiB, else disk; off = run every block."
-        ),
-    ] = BEHAVIOR.cache,
-    lr_schedule: Annotated[
-        Literal["constant", "cosine"],
-        typer.Option(help="Learning rate per epoch: constant, or cosine decay to 0 over --epochs."),
-    ] = BEHAVIOR.lr_schedule,
-    train_dropout: Annotated[
-        bool,
-        typer.Option(help="Use the backbone's dropout in the trained blocks while training."),
-    ] = BEHAVIOR.train_dropout,
-    max_concepts: Annotated[
-        int | None,
-        typer.Option(min=4, help="Use only this many train+validation concepts (quick runs)."),
-    ] = BEHAVIOR.max_concepts,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the run in --out from its last epoch.")
-    ] = False,
-    device: DeviceOption = BEHAVIOR.device,
-    data_dir: DataDirOption = None,
-    allow_random_init: AllowRandomInitOption = BEHAVIOR.allow_random_init,
-) -> None:
-    """Fine-tune a CLIP (or text) backbone to predict the SPoSE 66-d behavioural embedding.
-
-    Trains DoRA adapters (and the head) on the 1,806 concepts outside the 48-object RDM, with early
-    stopping on the validation MSE; prints the run's metrics.json (before/after) as JSON.
-    """
-    from clip_hba.training.behavior import fit_behavior
-
-    config = BehaviorFitConfig(
-        model=model,
-        out=str(out),
-        inputs=InputConfig(
-            images=path_or_none(images),
-            images_csv=path_or_none(images_csv),
-            exemplar=exemplar,
-            skip_missing=skip_missing,
-            normalization=normalization,
-            text_template=text_template,
-            max_text_tokens=max_text_tokens,
-        ),
-        adapter=AdapterConfig(
-            rank=rank,
-            alpha=alpha,
-            layers=int_tuple("layers", layers),
-            label_layers=int_tuple("text-layers", text_layers),
-            modules=None if modules is None else tuple(m.strip() for m in modules.split(",")),
-            use_dora=dora,
-            dropout=adapter_dropout,
-        ),
-        head=HeadConfig(kind=head, template=template, logit_scale=logit_scale),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        patience=patience,
-        seed=seed,
-        val_fraction=val_fraction,
-        cache=cache,
-        lr_schedule=lr_schedule,
-        train_dropout=train_dropout,
-        max_concepts=max_concepts,
-        device=device,
-        data_dir=path_or_none(data_dir),
-        allow_random_init=allow_random_init,
-    )
-    from clip_hba.training.runs import RunDir
-
-    result = fit_behavior(config, resume=resume)
-    emit(RunDir(result.run_dir).read_metrics())
 
 
 @app.command("embed")

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -21,13 +21,22 @@ from clip_hba._io import write_json_atomic
 from clip_hba._validation import InputError
 
 __all__ = [
+    "AllowRandomInitOption",
+    "AllowUnfinishedOption",
+    "BatchSizeOption",
     "DataDirOption",
     "DeviceOption",
+    "ExemplarOption",
+    "ImagesCsvOption",
+    "ImagesOption",
+    "NormalizationOption",
     "QuietOption",
+    "SkipMissingOption",
     "defaults",
     "emit",
     "int_tuple",
     "joined",
+    "path_or_none",
     "split_list",
     "time_window",
     "with_options",
@@ -79,6 +88,28 @@ DeviceOption = Annotated[
     typer.Option(help="Torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."),
 ]
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+ImagesOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Concept images: THINGS layout (object_images/<concept>/<concept>_01b.jpg) or a "
+        "folder with images.csv (columns image,concept_id). Not used by text backbones, which "
+        "read each concept's word and definition."
+    ),
+]
+ImagesCsvOption = Annotated[
+    Path | None, typer.Option(help="CSV of image,concept_id rows (paths relative to --images).")
+]
+ExemplarOption = Annotated[
+    str, typer.Option(help="THINGS layout: file-name suffix of the exemplar image per concept.")
+]
+NormalizationOption = Annotated[
+    Literal["things", "clip"],
+    typer.Option(help="Image normalisation: THINGS mean/std or CLIP's own."),
+]
+SkipMissingOption = Annotated[
+    bool, typer.Option(help="Leave out concepts without an image (reported) instead of failing.")
+]
+BatchSizeOption = Annotated[int, typer.Option(min=1, help="Concepts per batch.")]
 AllowUnfinishedOption = Annotated[
     bool,
     typer.Option(

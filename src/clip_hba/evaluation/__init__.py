@@ -41,10 +41,14 @@ _MODULES = {
     "plot_rdms": "plots",
     "plot_rsa_curves": "plots",
     "plot_specificity": "plots",
+    "EMBEDDING_SUFFIXES": "model_rdms",
+    "Kind": "model_rdms",
 }
 __getattr__ = lazy_names(__name__, _MODULES)
 __all__ = [
+    "EMBEDDING_SUFFIXES",
     "BehaviorEvaluation",
+    "Kind",
     "ModelRDMs",
     "Specificity",
     "TimeRSAConfig",

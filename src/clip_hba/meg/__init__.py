@@ -1,9 +1,11 @@
 """MEG RDMs: the HDF5 store, importers, MNE/BIDS epochs -> RDMs, simulated participants.
 
 - `clip_hba.meg.config`: `EpochsConfig`, `BidsEpoching`, `SimulationConfig`.
-- `clip_hba.meg.store`: `RDMStore` (streaming reads), `StoreWriter`, `TimeRDMs`.
+- `clip_hba.meg.store`: `RDMStore` (streaming reads), `TimeRDMs`.
+- `clip_hba.meg.writer`: `StoreWriter` (atomic, content-hashed).
 - `clip_hba.meg.io`: the THINGS-MEG release ``.mat``, ``.npy``, format dispatch, export.
-- `clip_hba.meg.epochs`: MNE epochs and BIDS datasets -> time-resolved RDMs.
+- `clip_hba.meg.epochs`: MNE epochs -> time-resolved RDMs.
+- `clip_hba.meg.bids`: BIDS datasets (mne-bids) -> RDMs.
 - `clip_hba.meg.simulate`: simulated participants with a known truth.
 """
 
@@ -12,7 +14,7 @@ from clip_hba.meg.config import BidsEpoching, EpochsConfig, SimulationConfig
 
 _MODULES = {
     "RDMStore": "store",
-    "StoreWriter": "store",
+    "StoreWriter": "writer",
     "TimeRDMs": "store",
     "open_store": "store",
     "FORMATS": "io",
@@ -31,7 +33,7 @@ _MODULES = {
     "correlation_rdms": "epochs",
     "decoding_rdms": "epochs",
     "epochs_rdms": "epochs",
-    "import_bids": "epochs",
+    "import_bids": "bids",
     "import_epochs": "epochs",
     "COMPONENTS": "simulate",
     "component_rdms": "simulate",

@@ -21,9 +21,11 @@ from tqdm.auto import tqdm
 from clip_hba._io import read_ids, refuse_existing, write_atomic
 from clip_hba._validation import InputError, check_option
 from clip_hba.data.things import load_concepts
+from clip_hba.meg.bids import import_bids
 from clip_hba.meg.config import BidsEpoching, EpochsConfig
-from clip_hba.meg.epochs import import_bids, import_epochs
-from clip_hba.meg.store import RDMStore, StoreWriter
+from clip_hba.meg.epochs import import_epochs
+from clip_hba.meg.store import RDMStore
+from clip_hba.meg.writer import StoreWriter
 from clip_hba.rsa.rdms import n_conditions, to_condensed
 
 __all__ = [

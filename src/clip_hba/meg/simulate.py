@@ -37,7 +37,7 @@ from clip_hba._io import refuse_existing
 from clip_hba.data.things import load_concepts, load_spose
 from clip_hba.meg.config import SimulationConfig
 from clip_hba.meg.io import export_things_mat
-from clip_hba.meg.store import StoreWriter
+from clip_hba.meg.writer import StoreWriter
 from clip_hba.rsa.rdms import rdm
 
 __all__ = ["COMPONENTS", "SimulationConfig", "component_rdms", "simulate_meg", "time_course"]

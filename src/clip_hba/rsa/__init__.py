@@ -13,6 +13,7 @@ from clip_hba.rsa.methods import ASYMMETRY_POLICIES, METHODS, METRICS, Asymmetry
 
 _MODULES = {
     "RDM": "rdms",
+    "Embedding": "rdms",
     "align": "rdms",
     "mean_rdm": "rdms",
     "n_conditions": "rdms",
@@ -53,6 +54,7 @@ __all__ = [
     "Asymmetry",
     "BootstrapResult",
     "Cluster",
+    "Embedding",
     "Method",
     "Metric",
     "PermutationResult",

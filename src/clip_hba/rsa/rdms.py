@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,11 +23,17 @@ from clip_hba._io import read_ids, read_matrix
 from clip_hba._validation import InputError, check_option, check_unique_ids
 from clip_hba.rsa.methods import ASYMMETRY_POLICIES, METRICS, Asymmetry, Metric
 
-if TYPE_CHECKING:
-    from clip_hba.data.embeddings import ConceptEmbedding
+
+class Embedding(Protocol):
+    """Rows of features with their concept ids (e.g. `clip_hba.data.ConceptEmbedding`)."""
+
+    values: np.ndarray  # (n_concepts, n_features)
+    concept_ids: tuple[str, ...]
+
 
 __all__ = [
     "RDM",
+    "Embedding",
     "align",
     "mean_rdm",
     "n_conditions",
@@ -307,8 +313,8 @@ class RDM:
         return cls(to_condensed(square), tuple(concept_ids), metric)
 
     @classmethod
-    def from_embedding(cls, embedding: ConceptEmbedding, metric: Metric = "pearson") -> RDM:
-        """RDM between the rows of a `ConceptEmbedding` (see `rdm_torch` for ``metric``)."""
+    def from_embedding(cls, embedding: Embedding, metric: Metric = "pearson") -> RDM:
+        """RDM between the rows of an embedding (see `rdm_torch` for ``metric``)."""
         return cls(rdm(embedding.values, metric=metric), embedding.concept_ids, metric)
 
     def square(self) -> np.ndarray:

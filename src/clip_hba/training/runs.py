@@ -198,12 +198,17 @@ class RunDir:
             return self
         why = {
             "running": "its training was interrupted or is still going",
-            "failed": "its training failed",
+            "failed": f"its training failed: {self._error()}",
         }.get(status, status)
         raise InputError(
             f"{self.path} is an unfinished run (status: {status}: {why}); finish it with "
             "`--resume`, or pass --allow-unfinished to use its best epoch so far."
         )
+
+    def _error(self) -> str:
+        if not self.file(STATUS_FILE).is_file():
+            return "unknown error"
+        return str(read_json(self.file(STATUS_FILE)).get("error", "unknown error"))
 
     # ------------------------------------------------------------------ weights and progress
 
