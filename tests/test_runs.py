@@ -114,7 +114,9 @@ def test_an_interrupted_meg_run_is_refused_by_evaluate_and_fit_individual(
         capsys, "evaluate", "meg", "--model", str(group), "--store", str(store), "--out",
         str(tmp_path / "eval"), "--permutations", "0", "--quiet",
     )  # fmt: skip
-    assert_one_line_error(code, out, err, "unfinished run (status: failed", "KeyboardInterrupt", "--resume")
+    assert_one_line_error(
+        code, out, err, "unfinished run (status: failed", "KeyboardInterrupt", "--resume"
+    )
     assert not (tmp_path / "eval" / "evaluation.json").exists()
     code, out, err = run(
         capsys, "fit", "individual", "--store", str(store), "--model", str(bert),

@@ -115,3 +115,18 @@ def test_the_command_line_starts_without_torch():
     code = "import sys, clip_hba.cli; print('torch' in sys.modules, 'peft' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_type_errors_and_value_errors_are_told_apart():
+    from clip_hba.rsa import bootstrap_rdm_correlation
+    from clip_hba.training import BehaviorFitConfig
+
+    a, b = [0.1, 0.4, 0.2, 0.9, 0.5, 0.3], [0.2, 0.5, 0.1, 0.8, 0.6, 0.2]
+    with pytest.raises(TypeError, match="n_bootstrap must be an integer, but got str '10'"):
+        bootstrap_rdm_correlation(a, b, n_bootstrap="10")
+    with pytest.raises(ValueError, match="'n_bootstrap': expected a positive integer, got 0"):
+        bootstrap_rdm_correlation(a, b, n_bootstrap=0)
+    with pytest.raises(TypeError, match="epochs must be an integer, but got float 2.5"):
+        BehaviorFitConfig(model="m", out="o", epochs=2.5)
+    with pytest.raises(ValueError, match=r"'lr': expected a number in \(0, inf\), but got -1"):
+        BehaviorFitConfig(model="m", out="o", lr=-1)

@@ -56,11 +56,12 @@ def check_range(
 
     ``low``/``high`` of None leave that side unbounded; ``*_open`` excludes the bound.
     """
+    check_type(name, value, (int, float, np.integer, np.floating), "a number")
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
     if below or above or value != value:  # value != value: NaN
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
         interval = (
             f"{left}{'-inf' if low is None else f'{low:g}'}, "
             f"{'inf' if high is None else f'{high:g}'}{right}"

@@ -27,12 +27,9 @@ from clip_hba.cli.options import (
     ImagesCsvOption,
     ImagesOption,
     SkipMissingOption,
-    defaults,
     emit,
-    joined,
 )
-from clip_hba.models.config import AdapterConfig, HeadConfig, InputConfig
-from clip_hba.training.config import BehaviorFitConfig
+from clip_hba.models.config import InputConfig
 
 app = typer.Typer(
     name="clip-hba",
@@ -58,12 +55,7 @@ evaluate_app.command("meg")(evaluate_meg_command)
 app.add_typer(meg_app, name="meg")
 app.add_typer(simulate_app, name="simulate")
 
-BEHAVIOR = defaults(BehaviorFitConfig)
 INPUTS = InputConfig()
-ADAPTER = AdapterConfig()
-HEAD = HeadConfig()
-LAYERS = joined(ADAPTER.layers)  # "-2,-1"
-TEXT_LAYERS = joined(ADAPTER.label_layers)  # "-1"
 
 EXIT_BAD_INPUT = 2
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,16 +216,11 @@ def import_things_mat(
         times = resolve_times(times_ms, n_times, default=THINGS_MEG_TIMES_MS)
         participants = _participant_ids(participant_ids, n_participants)
         attrs = {"kind": "decoding_accuracy", "source": f"things-mat:{source.name}"}
-        with StoreWriter(out, ids, participants, times, dtype, attrs) as writer:
-            bar = tqdm(
-                total=n_participants * n_times, desc="Importing", unit="RDM", disable=not verbose
-            )
-            with bar:
-                for p in range(n_participants):
-                    for t in range(n_times):
-                        square = data[p, t] if data.ndim == 4 else data[t]
-                        writer.write(p, t, _condense(square))
-                        bar.update()
+        _write_rows(
+            StoreWriter(out, ids, participants, times, dtype, attrs),
+            lambda p, t: _condense(data[p, t] if data.ndim == 4 else data[t]),
+            verbose,
+        )
     return Path(out)
 
 
@@ -275,17 +270,24 @@ def import_npy(
     times = resolve_times(times_ms, n_times, default=None, source=source)
     participants = _participant_ids(participant_ids, n_participants)
     attrs = {"kind": "rdm", "source": f"npy:{source.name}"}
-    with StoreWriter(out, ids, participants, times, dtype, attrs) as writer:
-        bar = tqdm(
-            total=n_participants * n_times, desc="Importing", unit="RDM", disable=not verbose
-        )
-        with bar:
-            for p in range(n_participants):
-                for t in range(n_times):
-                    values = np.asarray(data[p, t], dtype=np.float64)
-                    writer.write(p, t, _condense(values) if square else values)
-                    bar.update()
+
+    def row(p: int, t: int) -> np.ndarray:
+        values = np.asarray(data[p, t], dtype=np.float64)
+        return _condense(values) if square else values
+
+    _write_rows(StoreWriter(out, ids, participants, times, dtype, attrs), row, verbose)
     return Path(out)
+
+
+def _write_rows(writer: StoreWriter, row: Callable[[int, int], np.ndarray], verbose: bool) -> None:
+    """Fill and commit a store with ``row(participant, time)``, one RDM at a time."""
+    n_participants, n_times = len(writer.participant_ids), len(writer.times_ms)
+    bar = tqdm(total=n_participants * n_times, desc="Importing", unit="RDM", disable=not verbose)
+    with writer, bar:
+        for p in range(n_participants):
+            for t in range(n_times):
+                writer.write(p, t, row(p, t))
+                bar.update()
 
 
 def _condense(square: np.ndarray) -> np.ndarray:

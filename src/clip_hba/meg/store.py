@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,15 +285,9 @@ class RDMStore:
         exclude: Sequence[str] | None = None,
     ) -> TimeRDMs:
         """The selected data, shape (P, T, n_pairs) (read batch by batch)."""
-        times = self.time_indices(window_ms)
         rows = self.participant_indices(participants, exclude)
-        pairs = self.pair_selection(concept_ids)
-        n_pairs = self.n_pairs if pairs is None else len(pairs)
-        values = np.empty((len(rows), len(times), n_pairs), dtype=np.float32)
-        offset = 0
-        for time_rows, block in self.iter_times(window_ms, concept_ids, participants, exclude):
-            values[:, offset : offset + len(time_rows)] = block
-            offset += len(time_rows)
+        selection = (window_ms, concept_ids, participants, exclude)
+        values, times = self._assemble(selection, (len(rows),), lambda block: block)
         return TimeRDMs(
             values,
             self._selected_ids(concept_ids),
@@ -314,14 +308,8 @@ class RDMStore:
         -------
         TimeRDMs with ``values`` of shape (T, n_pairs), float32, and ``participant_ids`` None.
         """
-        times = self.time_indices(window_ms)
-        pairs = self.pair_selection(concept_ids)
-        n_pairs = self.n_pairs if pairs is None else len(pairs)
-        values = np.empty((len(times), n_pairs), dtype=np.float32)
-        offset = 0
-        for time_rows, block in self.iter_times(window_ms, concept_ids, participants, exclude):
-            values[offset : offset + len(time_rows)] = mean_rdm(block)
-            offset += len(time_rows)
+        selection = (window_ms, concept_ids, participants, exclude)
+        values, times = self._assemble(selection, (), mean_rdm)
         return TimeRDMs(values, self._selected_ids(concept_ids), self.times_ms[times])
 
     def ground_truth(self) -> dict[str, np.ndarray] | None:
@@ -335,6 +323,24 @@ class RDMStore:
         }
 
     # ------------------------------------------------------------------ internals
+
+    def _assemble(
+        self,
+        selection: tuple,
+        leading: tuple[int, ...],
+        reduce: Callable[[np.ndarray], np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``reduce`` of every streamed block, (*leading, T, n_pairs) float32, and the times."""
+        window_ms, concept_ids = selection[:2]
+        times = self.time_indices(window_ms)
+        pairs = self.pair_selection(concept_ids)
+        n_pairs = self.n_pairs if pairs is None else len(pairs)
+        values = np.empty((*leading, len(times), n_pairs), dtype=np.float32)
+        offset = 0
+        for time_rows, block in self.iter_times(*selection):
+            values[..., offset : offset + len(time_rows), :] = reduce(block)
+            offset += len(time_rows)
+        return values, times
 
     def _selected_ids(self, concept_ids: Sequence[str] | None) -> tuple[str, ...]:
         return self.concept_ids if concept_ids is None else tuple(concept_ids)

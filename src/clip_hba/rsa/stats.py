@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage, stats
 
-from clip_hba._validation import InputError, check_option
+from clip_hba._validation import InputError, check_option, check_type
 from clip_hba.rsa.comparisons import COMPARISONS, compare, paired_condensed
 from clip_hba.rsa.methods import Method
 from clip_hba.rsa.rdms import n_conditions, pair_index, read_rdm
@@ -328,12 +328,16 @@ def proportion_ci(n_success: int, n_total: int, ci_level: float = 0.95) -> tuple
 
 
 def _check_count(name: str, value: int) -> None:
-    if not isinstance(value, int | np.integer) or value < 1:
+    check_type(name, value, (int, np.integer), "an integer")
+    if value < 1:
         raise InputError(f"Invalid value for {name!r}: expected a positive integer, got {value!r}.")
 
 
 def _check_seed(seed: int | None) -> None:
-    if seed is not None and not (isinstance(seed, int | np.integer) and seed >= 0):
+    if seed is None:
+        return
+    check_type("seed", seed, (int, np.integer), "None or an integer")
+    if seed < 0:
         raise InputError(
             f"Invalid value for 'seed': expected None or an integer >= 0, got {seed!r}."
         )

@@ -40,6 +40,7 @@ _MODULES = {
     "Progress": "loop",
     "Trainer": "loop",
     "train_epochs": "loop",
+    "training_run": "loop",
     "PrefixCache": "cache",
     "BehaviorTrainer": "behavior",
     "FitResult": "behavior",
@@ -137,5 +138,6 @@ __all__ = [
     "save_tensors",
     "strip_prefix",
     "train_epochs",
+    "training_run",
     "with_prefix",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,10 @@ from clip_hba.training.load import behavior_model, behavior_weights, load_behavi
 from clip_hba.training.loop import (
     Progress,
     begin,
-    recording_status,
     restore_checkpoint,
     save_checkpoint,
     train_epochs,
+    training_run,
 )
 from clip_hba.training.runs import RunDir
 
@@ -86,14 +85,7 @@ def fit_behavior(
     run = RunDir(config.out)
     begin(run, config, resume)
     trainer = BehaviorTrainer(config, verbose)
-    with recording_status(run):
-        if resume:
-            trainer.resume()
-        else:
-            trainer.start()
-        run.mark("running")
-        budget = config.time_budget_s
-        deadline = None if budget is None else time.perf_counter() + budget
+    with training_run(trainer, resume, config.time_budget_s) as deadline:
         outcome = train_epochs(
             trainer,
             config.epochs,
@@ -103,7 +95,6 @@ def fit_behavior(
             verbose=verbose,
         )
         trainer.finish(stopped_early=outcome == "stopped_early")
-        run.mark("finished")
     trainer.close()
     progress = trainer.progress
     return FitResult(
@@ -162,7 +153,6 @@ class BehaviorTrainer:
             },
             self.config,
         )
-        self.run.mark("running")
         self.run.save_weights(self.weights())
         self.run.write_metrics({"before": self.metrics("before")})
         self.log.append(self.evaluate(0, train_loss=None))

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from clip_hba._validation import InputError, check_option, check_range
+from clip_hba._validation import InputError, check_option, check_range, check_type
 from clip_hba.models.config import (
     AdapterConfig,
     HeadConfig,
@@ -62,8 +62,8 @@ def _local_path(value: str | None) -> str | None:
 
 def _check_at_least(config: object, names: tuple[str, ...], low: int) -> None:
     for name in names:
-        value = getattr(config, name)
-        if int(value) < low:
+        value = check_type(name, getattr(config, name), int, "an integer")
+        if value < low:
             raise InputError(f"Invalid value for {name!r}: expected >= {low}, got {value}.")
 
 

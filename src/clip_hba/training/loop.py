@@ -3,8 +3,9 @@
 A trainer (`Trainer`) knows how to run one epoch and what its weights are; this module does the
 rest, the same way for CLIP-HBA-Behavior and both stages of CLIP-HBA-MEG:
 
-- `begin`: refuse to overwrite a run, or check that a resumed run keeps its settings, and
-  record the run as running (`recording_status` marks it failed if training raises);
+- `begin`: refuse to overwrite a run, or check that a resumed run keeps its settings;
+- `training_run`: start or resume, record the run as running, then finished (or failed, with
+  the error, if training raises; a killed run stays "running");
 - `train_epochs`: epochs until the maximum, early stopping (``patience`` epochs without a
   lower validation loss) or a safety time limit; the best epoch's weights are saved when they
   improve, and every epoch ends with a checkpoint;
@@ -43,6 +44,7 @@ __all__ = [
     "restore_checkpoint",
     "save_checkpoint",
     "train_epochs",
+    "training_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,14 @@ class Trainer(Protocol):
         """JSON-able state to checkpoint besides `Progress` (e.g. loss normalisers)."""
         ...
 
+    def start(self) -> None:
+        """Write a new run directory and evaluate the starting point (epoch 0)."""
+        ...
+
+    def resume(self) -> None:
+        """Restore the state of the run's last checkpoint."""
+        ...
+
 
 def begin(run: RunDir, config: FitConfig, resume: bool) -> None:
     """Refuse a new run where one exists, or a resumed one whose settings changed."""
@@ -113,6 +123,22 @@ def recording_status(run: RunDir) -> Iterator[None]:
         if run.is_run():
             run.mark("failed", f"{type(err).__name__}: {err}")
         raise
+
+
+@contextlib.contextmanager
+def training_run(
+    trainer: Trainer, resume: bool, time_budget_s: float | None
+) -> Iterator[float | None]:
+    """Start (or resume) the trainer's run, give the safety deadline, and mark the run
+    finished when the block ends (failed if it raises)."""
+    with recording_status(trainer.run):
+        if resume:
+            trainer.resume()
+        else:
+            trainer.start()
+        trainer.run.mark("running")
+        yield None if time_budget_s is None else time.perf_counter() + time_budget_s
+        trainer.run.mark("finished")
 
 
 def train_epochs(

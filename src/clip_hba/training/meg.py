@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,10 +54,10 @@ from clip_hba.training.load import (
 from clip_hba.training.loop import (
     Progress,
     begin,
-    recording_status,
     restore_checkpoint,
     save_checkpoint,
     train_epochs,
+    training_run,
 )
 from clip_hba.training.meg_data import MegSplit, meg_loss, meg_split, meg_targets
 from clip_hba.training.runs import RunDir, strip_prefix, with_prefix
@@ -103,21 +102,13 @@ def fit_meg(
     run = RunDir(config.out)
     begin(run, config, resume)
     trainer = MegTrainer(config, verbose, allow_unfinished=allow_unfinished)
-    with recording_status(run):
-        if resume:
-            trainer.resume()
-        else:
-            trainer.start()
-        run.mark("running")
-        budget = config.time_budget_s
-        deadline = None if budget is None else time.perf_counter() + budget
+    with training_run(trainer, resume, config.time_budget_s) as deadline:
         while trainer.progress.stage <= 1:
             if trainer.progress.stage == 1 and config.stage1_epochs == 0:
                 break
             if trainer.train_stage(deadline, verbose) == "out_of_time":
                 break
         trainer.finish()
-        run.mark("finished")
     progress = trainer.progress
     model = load_meg_run(run, config.device)
     return MegFitResult(run.path, progress.best_stage, progress.best_val_loss, trainer.log, model)
@@ -307,7 +298,6 @@ class MegTrainer:
         """A new run directory: config, the initial validation (loss norms), checkpoint."""
         fit_extra = {"adapter_resolved": self.resolved_adapter().to_dict()}
         self.run.write_description({**self.description, "fit_extra": fit_extra}, self.config)
-        self.run.mark("running")
         self.optimizer = self.optimizer_for(0)
         self.norms = self.validate(epoch=0, train_loss=None)["val_parts"]
         record = self.validate(epoch=0, train_loss=None)
