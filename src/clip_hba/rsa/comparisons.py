@@ -98,24 +98,36 @@ def paired_condensed(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+# Each method has two forms that share its ranking and centring: the pairwise form below
+# (`compare`, bootstraps, permutation tests) and the standardised rows of `standardize`, whose
+# dot products give many correlations in one matrix product (time-resolved RSA). They agree to
+# float rounding (tests/test_time_rsa.py); each keeps its own rounding, so results stay
+# bit-identical from one version to the next.
+
+
+def _ranked(values: np.ndarray, method: str) -> np.ndarray:
+    """Ranks along the last axis (ties averaged) for the rank methods, else the values."""
+    return stats.rankdata(values, axis=-1) if method in ("spearman", "rho_a") else values
+
+
+def _centred(values: np.ndarray) -> np.ndarray:
+    return values - values.mean(-1, keepdims=True)
+
+
 def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r along the last axis of broadcastable arrays (NaN where one is constant)."""
-    xc = x - x.mean(-1, keepdims=True)
-    yc = y - y.mean(-1, keepdims=True)
+    xc, yc = _centred(x), _centred(y)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum(-1))
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return _pearson(stats.rankdata(x, axis=-1), stats.rankdata(y, axis=-1))
+    return _pearson(_ranked(x, "spearman"), _ranked(y, "spearman"))
 
 
 def _rho_a(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    rx = stats.rankdata(x, axis=-1)
-    ry = stats.rankdata(y, axis=-1)
+    rx, ry = _centred(_ranked(x, "rho_a")), _centred(_ranked(y, "rho_a"))
     n = x.shape[-1]
-    rx = rx - rx.mean(-1, keepdims=True)
-    ry = ry - ry.mean(-1, keepdims=True)
     return 12.0 * (rx * ry).sum(-1) / (n**3 - n)
 
 
@@ -212,12 +224,11 @@ def _correlate_complete(a: np.ndarray, b: np.ndarray, method: str) -> np.ndarray
 def standardize(values: np.ndarray, method: str) -> np.ndarray:
     """Rows transformed so that the dot product of two rows is the comparison ``method``."""
     n = values.shape[1]
-    if method in ("spearman", "rho_a"):
-        values = stats.rankdata(values, axis=1)
+    values = _ranked(values, method)
     if method == "rho_a":
         return (values - (n + 1) / 2) * np.sqrt(12.0 / (n**3 - n))
     if method != "cosine":
-        values = values - values.mean(1, keepdims=True)
+        values = _centred(values)
     with np.errstate(invalid="ignore", divide="ignore"):
         return values / np.linalg.norm(values, axis=1, keepdims=True)
 
