@@ -126,6 +126,22 @@ def test_an_interrupted_meg_run_is_refused_by_evaluate_and_fit_individual(
     assert_one_line_error(code, out, err, "unfinished")
 
 
+def test_a_refused_resume_leaves_a_finished_run_finished(tmp_path):
+    from clip_hba.data import split_concepts
+
+    split = split_concepts(seed=0)
+    ids = [*split.train_ids[:16], *split.val_ids[:4], *split.test_ids]
+    images = make_things_images(tmp_path / "images", ids)
+    clip = make_tiny_clip(tmp_path / "clip")
+    config = behavior_config(clip, tmp_path / "run", inputs=InputConfig(images=str(images)))
+    fit_behavior(config, verbose=False)
+    picture = images / "object_images" / ids[0] / f"{ids[0]}_01b.jpg"
+    picture.write_bytes((images / "object_images" / ids[1] / f"{ids[1]}_01b.jpg").read_bytes())
+    with pytest.raises(Exception, match="concept inputs .* have changed"):
+        fit_behavior(config, resume=True, verbose=False)
+    assert RunDir(config.out).status() == "finished"
+
+
 def test_an_exception_marks_the_run_failed(bert, tmp_path, monkeypatch):
     from clip_hba.training import BehaviorTrainer
 

@@ -27,11 +27,14 @@ from clip_hba.cli.options import (
     time_window,
     with_options,
 )
+from clip_hba.evaluation.config import SPECIFICITY_WINDOW_MS, TimeRSAConfig
 from clip_hba.models.config import AdapterConfig, InputConfig, MegModelConfig
 from clip_hba.training.config import INDIVIDUAL_RANK, MegFitConfig
 
 MEG = defaults(MegFitConfig)
 MEG_MODEL = MegModelConfig()
+RSA = TimeRSAConfig()
+SPECIFICITY_WINDOW = joined(SPECIFICITY_WINDOW_MS)  # "0,1000"
 LOSS_WEIGHTS = joined(MEG.loss_weights)  # "1,0.1,0.15"
 ADAPTER_LAYERS = joined(MEG.adapter.layers)  # "": every block
 
@@ -292,11 +295,11 @@ def evaluate_meg_command(
     out: Annotated[Path, typer.Option(help="Folder for the JSON summary and plots.")],
     n_permutations: Annotated[
         int, typer.Option("--permutations", min=0, help="Permutations of the cluster tests.")
-    ] = 1000,
+    ] = RSA.n_permutations,
     window: Annotated[
         str, typer.Option(help="Specificity: time window START,STOP in ms.")
-    ] = "0,1000",
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the permutations.")] = 0,
+    ] = SPECIFICITY_WINDOW,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the permutations.")] = RSA.seed,
     images: Annotated[
         Path | None,
         typer.Option(help="Concept images, instead of the image folder the runs were trained on."),

@@ -12,7 +12,7 @@ Everything here works on id-keyed arrays (embeddings, model RDMs, MEG stores), n
 """
 
 from clip_hba._lazy import lazy_names
-from clip_hba.evaluation.config import TimeRSAConfig
+from clip_hba.evaluation.config import SPECIFICITY_WINDOW_MS, TimeRSAConfig
 
 _MODULES = {
     "BehaviorEvaluation": "behavior",
@@ -47,6 +47,7 @@ _MODULES = {
 __getattr__ = lazy_names(__name__, _MODULES)
 __all__ = [
     "EMBEDDING_SUFFIXES",
+    "SPECIFICITY_WINDOW_MS",
     "BehaviorEvaluation",
     "Kind",
     "ModelRDMs",

@@ -8,7 +8,9 @@ from typing import Literal
 from clip_hba._validation import InputError, check_option, check_range
 from clip_hba.rsa.methods import METHODS
 
-__all__ = ["TimeRSAConfig"]
+__all__ = ["SPECIFICITY_WINDOW_MS", "TimeRSAConfig"]
+
+SPECIFICITY_WINDOW_MS = (0.0, 1000.0)  # times averaged by the specificity matrix
 
 
 @dataclass

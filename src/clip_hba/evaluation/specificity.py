@@ -18,6 +18,7 @@ import numpy as np
 
 from clip_hba._io import write_json_atomic
 from clip_hba._validation import InputError
+from clip_hba.evaluation.config import SPECIFICITY_WINDOW_MS
 from clip_hba.evaluation.plots import plot_specificity
 from clip_hba.meg.store import TimeRDMs
 from clip_hba.rsa.comparisons import correlate_rowwise
@@ -62,7 +63,7 @@ def difference(matrix: np.ndarray) -> float:
 def specificity_matrix(
     model_rdms: Mapping[str, np.ndarray],
     meg: TimeRDMs,
-    window_ms: tuple[float, float] = (0.0, 1000.0),
+    window_ms: tuple[float, float] = SPECIFICITY_WINDOW_MS,
     method: str = "spearman",
     n_permutations: int = 10000,
     seed: int = 0,

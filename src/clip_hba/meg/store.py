@@ -245,7 +245,7 @@ class RDMStore:
                 f"{preview(missing)}."
             )
         if len(concept_ids) < 2:
-            raise InputError("Select at least 2 concepts to have a pair.")
+            raise InputError(f"Select at least 2 concepts to have a pair, got {len(concept_ids)}.")
         rows = np.array([self._concept_row[c] for c in concept_ids], dtype=np.int64)
         return subset_pairs(rows, len(self.concept_ids))
 

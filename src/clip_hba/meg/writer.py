@@ -182,9 +182,15 @@ def _check_axes(
     if len(set(participant_ids)) != len(participant_ids):
         raise InputError(f"Participant ids repeat: {preview(list(participant_ids))}.")
     if times_ms.ndim != 1 or times_ms.size == 0 or not np.all(np.isfinite(times_ms)):
-        raise InputError("The time axis must be a non-empty list of finite times in ms.")
+        raise InputError(
+            f"The time axis must be a non-empty list of finite times in ms, got {times_ms}."
+        )
     if np.any(np.diff(times_ms) <= 0):
-        raise InputError("The time axis must be strictly increasing.")
+        k = int(np.argmax(np.diff(times_ms) <= 0))
+        raise InputError(
+            f"The time axis must be strictly increasing, but {times_ms[k + 1]:g} ms follows "
+            f"{times_ms[k]:g} ms."
+        )
 
 
 def _chunk_pairs(n_pairs: int) -> int:

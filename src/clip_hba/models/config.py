@@ -48,11 +48,17 @@ class InputConfig:
         images: str | os.PathLike | None = None,
         images_csv: str | os.PathLike | None = None,
     ) -> InputConfig:
-        """These settings with another image folder (and CSV), where given."""
+        """These settings with another image folder (and CSV), where given.
+
+        A new folder comes without the old folder's image list (``images_csv``), which names
+        files of the old folder.
+        """
+        if images is None and images_csv is None:
+            return self
         return dataclasses.replace(
             self,
             images=self.images if images is None else str(images),
-            images_csv=self.images_csv if images_csv is None else str(images_csv),
+            images_csv=None if images_csv is None else str(images_csv),
         )
 
 

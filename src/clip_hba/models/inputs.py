@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clip_hba._validation import InputError
-from clip_hba.data.images import find_images, load_pixels
+from clip_hba.data.images import ImageSet, find_images, load_pixels
 from clip_hba.data.things import load_concepts
 from clip_hba.models.backbones import Backbone, Inputs
 from clip_hba.models.config import InputConfig
@@ -91,18 +91,8 @@ def concept_inputs(
     ``things_ids_only`` an image list naming a concept outside THINGS is an error.
     """
     if backbone.kind in ("clip", "vision"):
-        if config.images is None:
-            raise InputError(
-                "An image backbone needs concept images: give an image folder (--images)."
-            )
-        found = find_images(
-            config.images,
-            concept_ids,
-            csv_path=config.images_csv,
-            exemplar=config.exemplar,
-            skip_missing=config.skip_missing,
-            known_ids=load_concepts(data_dir).ids if things_ids_only else None,
-        )
+        known = load_concepts(data_dir).ids if things_ids_only else None
+        found = _images(config, concept_ids, config.skip_missing, known)
         size = backbone.concept_tower.image_size
         pixels = load_pixels(found.paths, size, config.normalization)
         digest = hashlib.sha256(f"{size}/{config.normalization}".encode())
@@ -224,16 +214,25 @@ def concepts_with_inputs(
 ) -> list[str]:
     """The concepts of ``concept_ids`` that have an image (image models) or a THINGS text."""
     if backbone.kind in ("clip", "vision"):
-        if config.images is None:
-            raise InputError("An image backbone needs concept images: give --images.")
-        found = find_images(
-            config.images,
-            concept_ids,
-            csv_path=config.images_csv,
-            exemplar=config.exemplar,
-            skip_missing=True,
-        )
-        with_inputs = set(found.concept_ids)
+        with_inputs = set(_images(config, concept_ids, skip_missing=True).concept_ids)
     else:
         with_inputs = set(load_concepts(data_dir).ids)
     return [c for c in concept_ids if c in with_inputs]
+
+
+def _images(
+    config: InputConfig,
+    concept_ids: Sequence[str] | None,
+    skip_missing: bool,
+    known_ids: Sequence[str] | None = None,
+) -> ImageSet:
+    if config.images is None:
+        raise InputError("An image backbone needs concept images: give an image folder (--images).")
+    return find_images(
+        config.images,
+        concept_ids,
+        csv_path=config.images_csv,
+        exemplar=config.exemplar,
+        skip_missing=skip_missing,
+        known_ids=known_ids,
+    )

@@ -44,7 +44,10 @@ def embed_run(
         ``.npz`` (or ``.csv``/``.tsv`` for 66-d embeddings); see `save_embedding` and
         `save_stacked_embedding`.
     images, images_csv, exemplar, normalization
-        Override the inputs the run was trained with (its own image folder by default).
+        Override the inputs the run was trained with (its own image folder by default; a new
+        ``images`` folder drops the run's image list unless ``images_csv`` is given).
+    data_dir : path, optional
+        THINGS data directory (default: the run's).
     with_rdm : bool
         Also store the RDMs (1 - Pearson, condensed).
     layers : bool
@@ -65,7 +68,9 @@ def embed_run(
         normalization=normalization or loaded.inputs.normalization,
         skip_missing=skip_missing,
     )
-    run_data_dir = loaded.config.data_dir if loaded.config is not None else data_dir
+    run_data_dir = data_dir
+    if run_data_dir is None and loaded.config is not None:
+        run_data_dir = loaded.config.data_dir
     inputs = concept_inputs(
         loaded.model.backbone, None, config, run_data_dir, things_ids_only=False
     )

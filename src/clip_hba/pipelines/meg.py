@@ -19,7 +19,7 @@ import numpy as np
 from clip_hba._io import write_json_atomic, write_npy_atomic
 from clip_hba._validation import InputError
 from clip_hba.data.things import load_rdm48
-from clip_hba.evaluation.config import TimeRSAConfig
+from clip_hba.evaluation.config import SPECIFICITY_WINDOW_MS, TimeRSAConfig
 from clip_hba.evaluation.model_rdms import ModelRDMs
 from clip_hba.evaluation.plots import plot_layer_weights
 from clip_hba.evaluation.specificity import Specificity, save_specificity, specificity_matrix
@@ -45,9 +45,9 @@ def evaluate_meg(
     store: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    n_permutations: int = 1000,
-    window_ms: tuple[float, float] = (0.0, 1000.0),
-    seed: int = 0,
+    n_permutations: int = TimeRSAConfig.n_permutations,
+    window_ms: tuple[float, float] = SPECIFICITY_WINDOW_MS,
+    seed: int = TimeRSAConfig.seed,
     device: str = "auto",
     images: str | os.PathLike | None = None,
     allow_unfinished: bool = False,
@@ -129,13 +129,16 @@ def evaluate_meg_run(
     times = np.array(saved["times_ms"])
     with RDMStore(store) as opened:
         held_out = _held_out(run, opened)
-        store_matches = saved.get("store", {}).get("sha256") == opened.fingerprint()["sha256"]
+        recorded = saved.get("store", {}).get("sha256")  # runs of older versions: None
+        store_matches = None if recorded is None else recorded == opened.fingerprint()["sha256"]
     inputs = concept_inputs(
         model.backbone, held_out, inputs_config, config.data_dir, things_ids_only=False
     )
     ids = list(inputs.concept_ids)
     models = [ModelRDMs.from_embedding("meg_model", embed_times(model, inputs))]
-    base = base_model(config.model, config.data_dir, resolve_device(device))
+    base = base_model(
+        config.model, config.data_dir, resolve_device(device), config.allow_random_init
+    )
     base_inputs = concept_inputs(
         base.backbone, ids, inputs_config, config.data_dir, things_ids_only=False
     )
@@ -239,7 +242,7 @@ def _behavioral_alignment(
 def specificity_of_runs(
     runs: dict[str, str | os.PathLike],
     store: str | os.PathLike,
-    window_ms: tuple[float, float] = (0.0, 1000.0),
+    window_ms: tuple[float, float] = SPECIFICITY_WINDOW_MS,
     method: str = "spearman",
     n_permutations: int = 10000,
     seed: int = 0,
@@ -278,9 +281,9 @@ def specificity_of_runs(
     assert times is not None and held_out is not None
     with RDMStore(store) as opened:
         meg = opened.read((float(times[0]), float(times[-1])), held_out, list(runs))
-    if len(meg.times_ms) != len(times):
+    if len(meg.times_ms) != len(times) or not np.allclose(meg.times_ms, times):
         raise InputError(
-            f"The store's time axis ({len(meg.times_ms)} timepoints) does not match the runs' "
-            f"({len(times)})."
+            f"The store's time axis ({len(meg.times_ms)} timepoints from {meg.times_ms[0]:g} ms) "
+            f"does not match the runs' ({len(times)} from {times[0]:g} ms)."
         )
     return specificity_matrix(model_rdms, meg, window_ms, method, n_permutations, seed)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
+import numpy as np
+
 from clip_hba._validation import InputError, check_option, check_range, check_type
 from clip_hba.models.config import (
     AdapterConfig,
@@ -62,7 +64,7 @@ def _local_path(value: str | None) -> str | None:
 
 def _check_at_least(config: object, names: tuple[str, ...], low: int) -> None:
     for name in names:
-        value = check_type(name, getattr(config, name), int, "an integer")
+        value = check_type(name, getattr(config, name), (int, np.integer), "an integer")
         if value < low:
             raise InputError(f"Invalid value for {name!r}: expected >= {low}, got {value}.")
 
@@ -92,7 +94,10 @@ class BehaviorFitConfig(_Config):
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     allow_random_init: bool = False  # accept a base model whose files lack some weights
 
-    resumable: ClassVar[frozenset[str]] = frozenset({"epochs", "patience", "time_budget_s"})
+    # allow_random_init: a run begun before the setting existed may take it on resume
+    resumable: ClassVar[frozenset[str]] = frozenset(
+        {"epochs", "patience", "time_budget_s", "allow_random_init"}
+    )
 
     def __post_init__(self) -> None:
         if Path(self.model).is_dir():  # a local model: absolute, so the run loads from anywhere
@@ -156,7 +161,7 @@ class MegFitConfig(_Config):
     allow_random_init: bool = False  # accept a base model whose files lack some weights
 
     resumable: ClassVar[frozenset[str]] = frozenset(
-        {"stage0_epochs", "stage1_epochs", "patience", "time_budget_s"}
+        {"stage0_epochs", "stage1_epochs", "patience", "time_budget_s", "allow_random_init"}
     )
 
     def __post_init__(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,7 +28,7 @@ from clip_hba.models.behavior import BehaviorModel, base_model
 from clip_hba.models.config import AdapterConfig, HeadConfig, InputConfig
 from clip_hba.models.meg import MegModel, NoiseCurves
 from clip_hba.training.config import BehaviorFitConfig, FitConfig
-from clip_hba.training.runs import RunDir, strip_prefix, with_prefix
+from clip_hba.training.runs import CONFIG_FILE, RunDir, strip_prefix, with_prefix
 
 __all__ = [
     "LoadedModel",
@@ -221,8 +220,8 @@ def load_run(
     """
     run = RunDir(source)
     if not run.is_run():
-        if Path(source).is_dir() and (Path(source) / "last.safetensors").exists():
-            raise InputError(f"{source} holds a damaged run: its config.json is missing.")
+        if run.has_checkpoint():
+            raise InputError(f"{source} holds a damaged run: its {CONFIG_FILE} is missing.")
         model = base_model(source, data_dir, resolve_device(device), allow_random_init)
         return LoadedModel("base", model, InputConfig())
     config = run.fit_config()

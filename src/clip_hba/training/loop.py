@@ -5,7 +5,8 @@ rest, the same way for CLIP-HBA-Behavior and both stages of CLIP-HBA-MEG:
 
 - `begin`: refuse to overwrite a run, or check that a resumed run keeps its settings;
 - `training_run`: start or resume, record the run as running, then finished (or failed, with
-  the error, if training raises; a killed run stays "running");
+  the error, if training raises; a killed run stays "running"; a refused resume changes
+  nothing);
 - `train_epochs`: epochs until the maximum, early stopping (``patience`` epochs without a
   lower validation loss) or a safety time limit; the best epoch's weights are saved when they
   improve, and every epoch ends with a checkpoint;
@@ -130,13 +131,17 @@ def training_run(
     trainer: Trainer, resume: bool, time_budget_s: float | None
 ) -> Iterator[float | None]:
     """Start (or resume) the trainer's run, give the safety deadline, and mark the run
-    finished when the block ends (failed if it raises)."""
+    finished when the block ends (failed if it raises).
+
+    A resume that is refused (changed inputs) leaves the run's status as it was; a start that
+    fails leaves no status, which reads as unfinished.
+    """
+    if resume:
+        trainer.resume()
+    else:
+        trainer.start()
+    trainer.run.mark("running")
     with recording_status(trainer.run):
-        if resume:
-            trainer.resume()
-        else:
-            trainer.start()
-        trainer.run.mark("running")
         yield None if time_budget_s is None else time.perf_counter() + time_budget_s
         trainer.run.mark("finished")
 

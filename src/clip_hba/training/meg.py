@@ -145,12 +145,15 @@ class MegTrainer:
         self.inputs = concept_inputs(
             backbone, ordered, config.inputs, config.data_dir, things_ids_only=False
         )
-        values, times, participants = meg_targets(config, [*split.train_ids, *split.val_ids])
+        targets, participants = meg_targets(config, [*split.train_ids, *split.val_ids])
+        values, times = targets.values, targets.times_ms
         self.n_train, self.n_val = len(split.train_ids), len(split.val_ids)
         train_pairs = subset_pairs(np.arange(self.n_train), self.n_train + self.n_val)
         low, high = np.nanmin(values[:, train_pairs]), np.nanmax(values[:, train_pairs])
         if not high > low:
-            raise InputError("The training targets are constant; nothing to fit.")
+            raise InputError(
+                f"The training targets are constant ({low:g} everywhere); nothing to fit."
+            )
         scaled = (values - low) / (high - low)
         curves = noise_curves(scaled[:, train_pairs], times, config.meg.window)
         device = resolve_device(config.device)

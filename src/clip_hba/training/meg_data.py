@@ -10,7 +10,7 @@ import torch
 
 from clip_hba._validation import InputError
 from clip_hba.data.things import load_rdm48
-from clip_hba.meg.store import RDMStore
+from clip_hba.meg.store import RDMStore, TimeRDMs
 from clip_hba.training.config import LOSS_TERMS, MegFitConfig
 
 __all__ = ["MegSplit", "meg_loss", "meg_split", "meg_targets"]
@@ -59,19 +59,24 @@ def meg_split(
     )
 
 
-def meg_targets(
-    config: MegFitConfig, concept_ids: list[str]
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """MEG RDMs (T, pairs) over ``concept_ids`` (train then val), times, and participants."""
+def meg_targets(config: MegFitConfig, concept_ids: list[str]) -> tuple[TimeRDMs, list[str]]:
+    """The run's target RDMs over ``concept_ids`` and the participants they come from.
+
+    Returns
+    -------
+    TimeRDMs
+        Values (T, pairs): one participant's RDMs, or the participants' NaN-aware mean.
+    participants : list of str
+    """
     with RDMStore(config.store) as store:
         if config.participant is not None:
             read = store.read(config.time_window, concept_ids, [config.participant])
-            return read.values[0], read.times_ms, [config.participant]
+            return TimeRDMs(read.values[0], read.concept_ids, read.times_ms), [config.participant]
         rows = store.participant_indices(config.participants, config.exclude_participants)
         mean = store.mean(
             config.time_window, concept_ids, config.participants, config.exclude_participants
         )
-        return mean.values, mean.times_ms, [store.participant_ids[r] for r in rows]
+        return mean, [store.participant_ids[r] for r in rows]
 
 
 # ---------------------------------------------------------------------------- loss

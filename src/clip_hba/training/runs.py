@@ -131,9 +131,14 @@ class RunDir:
     def expect(self, task: str, option: str) -> RunDir:
         """This run, if it is a run of ``task``; else `InputError` naming ``option``."""
         check_option("task", task, tuple(TASKS))
-        if not self.is_run() or self.task != task:
-            what = "behaviour" if task == "behavior" else "MEG"
-            raise InputError(f"{self.path} is not a clip-hba {what} run ({option}).")
+        names = {"behavior": "behaviour", "meg": "MEG"}
+        if not self.is_run():
+            raise InputError(f"{self.path} is not a clip-hba run ({option}).")
+        if self.task != task:
+            raise InputError(
+                f"{self.path} is a clip-hba {names.get(self.task, self.task)} run; {option} "
+                f"needs a {names[task]} run."
+            )
         return self
 
     def write_description(self, description: dict[str, Any], config: FitConfig) -> None:
