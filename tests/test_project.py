@@ -40,3 +40,13 @@ def test_bundled_data_travel_with_their_notice():
 
 def test_version():
     assert re.fullmatch(r"\d+\.\d+\.\d+", clip_hba.__version__)
+
+
+def test_the_bundled_files_are_packaged():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    folder = bundled_data_dir().relative_to(ROOT / "src" / "clip_hba").as_posix()
+    assert f"{folder}/*" in project["tool"]["setuptools"]["package-data"]["clip_hba"]
+    for path in project["project"]["license-files"]:
+        assert (ROOT / path).is_file(), path
