@@ -59,7 +59,18 @@ def test_simulate_export_import_info(capsys, tmp_path):
     with RDMStore(tmp_path / "back.h5") as store:
         np.testing.assert_array_equal(store.read().values, original)
     code, out, _ = run(capsys, "meg", "info", str(tmp_path / "back.h5"))
-    assert code == 0 and json.loads(out)["nan_share"] == 0.0
+    info = json.loads(out)
+    assert code == 0 and info["nan_share"] == 0.0
+    quality = info["quality"]  # two participants: each agrees with the other alike
+    assert quality["window_ms"] == [0.0, 100.0] and quality["flagged"] == []
+    first, second = (quality["participants"][p]["r_with_others"] for p in ("P1", "P2"))
+    assert first == pytest.approx(second)
+    code, out, _ = run(capsys, "meg", "info", str(tmp_path / "back.h5"), "--no-quality")
+    assert "quality" not in json.loads(out)
+    code, out, err = run(
+        capsys, "meg", "info", str(tmp_path / "back.h5"), "--quality-window", "500,900"
+    )
+    assert code == 2 and "holds no timepoint" in err
 
 
 def test_rsa_command_writes_summary_curves_and_plots(capsys, simulated, tmp_path, spose):

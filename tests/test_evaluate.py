@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from clip_hba._validation import InputError
 from clip_hba.data import ConceptEmbedding, Triplets, load_rdm48, load_test_triplets
 from clip_hba.evaluation import evaluate_behavior, odd_one_out_predictions
+from clip_hba.meg import TimeRDMs
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +107,55 @@ def test_bad_embeddings_are_rejected(spose):
         evaluate_behavior(spose, similarity="euclid")
     with pytest.raises(InputError, match="nothing to evaluate"):
         evaluate_behavior(spose.select(["aardvark", "abacus", "accordion"]))
+
+
+def personal_population(n_people, seed=0, n_times=6, n_pairs=45):
+    """MEG of ``n_people`` who share a structure and differ by personal ones of various sizes."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=n_pairs)
+    personal = rng.normal(size=(n_people, n_pairs)) * rng.uniform(0.3, 2.0, size=(n_people, 1))
+    meg = shared + personal[:, None, :] + 0.3 * rng.normal(size=(n_people, n_times, n_pairs))
+    models = {
+        f"p{k:02d}": shared + personal[k] + 0.3 * rng.normal(size=(n_times, n_pairs))
+        for k in range(n_people)
+    }
+    times = np.arange(n_times) * 10.0
+    ids = tuple(f"c{k}" for k in range(10))
+    return models, TimeRDMs(meg, ids, times, tuple(models))
+
+
+def test_specificity_for_many_participants_uses_a_monte_carlo_permutation():
+    from clip_hba.evaluation import specificity_matrix
+
+    models, meg = personal_population(15)
+    result = specificity_matrix(models, meg, (0.0, 50.0), n_permutations=999, seed=3)
+    assert result.permutations == "monte_carlo" and result.n_permutations == 999
+    assert result.min_p_value == pytest.approx(1 / 1000)
+    assert result.p_value == pytest.approx(result.min_p_value)  # every model is its person's
+    assert all(result.diagonal_is_column_max)
+    again = specificity_matrix(models, meg, (0.0, 50.0), n_permutations=999, seed=3)
+    assert again.to_dict() == result.to_dict()  # seeded
+    small = specificity_matrix(
+        dict(list(models.items())[:4]),
+        TimeRDMs(meg.values[:4], meg.concept_ids, meg.times_ms, meg.participant_ids[:4]),
+        (0.0, 50.0),
+    )
+    assert small.permutations == "exact" and small.n_permutations == 23
+
+
+def test_second_order_finds_models_that_differ_as_their_participants_do():
+    from clip_hba.evaluation import second_order
+
+    models, meg = personal_population(6, seed=1)
+    result = second_order(list(models.values()), list(meg.values), n_permutations=10000)
+    assert result.permutations == "exact" and result.n_permutations == 719
+    assert result.rho > 0.6 and result.p_value < 0.01
+    upper = np.triu_indices(6, k=1)
+    first, second = meg.values[0], meg.values[1]
+    by_hand = 1 - np.mean([stats.spearmanr(a, b)[0] for a, b in zip(first, second, strict=True)])
+    assert result.meg_dissimilarity[0, 1] == pytest.approx(by_hand, rel=1e-9)
+    shuffled = [models[p] for p in np.random.default_rng(0).permutation(list(models))]
+    unrelated = second_order(shuffled, list(meg.values), n_permutations=10000)
+    assert unrelated.p_value > result.p_value
+    assert unrelated.model_dissimilarity[upper].size == 15
+    assert second_order(list(models.values())[:2], list(meg.values)[:2]) is None

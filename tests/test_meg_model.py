@@ -40,15 +40,13 @@ def fit_config(setup, out, **kwargs):
     return MegFitConfig(**options)
 
 
-def tiny_model(setup, n_times=7, noise=True):
+def tiny_model(setup, n_times=7, noise=True, gating="richness"):
     backbone = load_backbone(setup[1])
     labels = torch.randn(66, backbone.concept_tower.feature_dim)
-    curves = noise_curves(
-        np.random.default_rng(0).normal(size=(n_times, 45)), np.arange(n_times) * 10.0 - 20
-    )
-    return MegModel(
-        backbone, labels, np.arange(n_times) * 10.0 - 20, MegModelConfig(noise=noise), curves
-    ).eval()
+    times = np.arange(n_times) * 10.0 - 20
+    curves = noise_curves(np.random.default_rng(0).normal(size=(n_times, 45)), times)
+    config = MegModelConfig(noise=noise, gating=gating)
+    return MegModel(backbone, labels, times, config, curves if gating != "none" else None).eval()
 
 
 def test_batched_rdms_equal_a_per_timepoint_reference(setup):
@@ -57,15 +55,21 @@ def test_batched_rdms_equal_a_per_timepoint_reference(setup):
     with torch.no_grad():
         model.weights.raw.uniform_(0, 1)
         embeddings = model.embed_features(features)  # (T, 9, 66)
-        batched = MegModel.rdms(embeddings).numpy()
+        batched = model.rdms(embeddings).numpy()
         weights = model.weights().numpy()
+    gate = model.gate.numpy()
+    assert (gate[model.times_ms < 0] == 0).all() and (gate[model.times_ms >= 0] > 0).all()
     for t in range(embeddings.shape[0]):
         mixed = np.einsum("l,lbp->bp", weights[t], features.numpy())
         mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
         labels = model.label_features.numpy()
-        expected = np.maximum(model.beta[t].item() * 100 * mixed @ labels.T, 0)
+        expected = np.maximum(gate[t] * 100 * mixed @ labels.T, 0)
         np.testing.assert_allclose(embeddings[t].numpy(), expected, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(batched[t], rdm(embeddings[t].numpy()), rtol=1e-4, atol=1e-5)
+        if gate[t] == 0:  # no structure before onset: zero embeddings, a zero RDM
+            assert not batched[t].any()
+            continue
+        reference = gate[t] * rdm(embeddings[t].numpy())
+        np.testing.assert_allclose(batched[t], reference, rtol=1e-4, atol=1e-5)
 
 
 def test_layer_weights_start_on_the_last_block_and_stay_a_distribution():
@@ -151,7 +155,7 @@ def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path
     )
     np.testing.assert_array_equal(child.model.dimension_gains, gains)  # starts where the group is
     # a run without the option keeps (and uses) the gains of the run it starts from: the same
-    # RDMs (its beta curve, from its own participant, rescales each timepoint's embeddings only)
+    # RDMs up to the gate (from its own participant's targets, it scales each timepoint only)
     plain_child = MegTrainer(
         fit_config(setup, tmp_path / "q", participant=person, init_meg=str(full.run_dir)),
         verbose=False,
@@ -159,29 +163,38 @@ def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path
     assert not plain_child.config.meg.dimension_gains
     tower = plain_child.model.backbone.concept_tower
     features = torch.randn(tower.n_blocks, 5, tower.feature_dim)
+    parent = load_meg_run(full.run_dir)
     with torch.no_grad():
-        child_rdms = MegModel.rdms(plain_child.model.embed_features(features))
-        parent_rdms = MegModel.rdms(load_meg_run(full.run_dir).embed_features(features))
-    np.testing.assert_allclose(child_rdms, parent_rdms, rtol=1e-4, atol=1e-5)
+        child_rdms = plain_child.model.rdms(plain_child.model.embed_features(features))
+        parent_rdms = parent.rdms(parent.embed_features(features))
+    after = parent.times_ms >= 0
+    child_gate, parent_gate = plain_child.model.gate[after, None], parent.gate[after, None]
+    np.testing.assert_allclose(
+        child_rdms[after] / child_gate, parent_rdms[after] / parent_gate, rtol=1e-4, atol=1e-5
+    )
 
 
-def test_noise_curves_use_reliability_and_are_zero_signal_before_onset():
+def test_noise_curves_use_reliability_and_are_full_before_onset():
     times = np.arange(-50.0, 300.0, 10.0)
     rng = np.random.default_rng(0)
     shared = rng.normal(size=200)
     signal = np.clip((times - 50) / 100, 0, 1)[:, None] * shared
     target = signal + rng.normal(size=(len(times), 200))
     curves = noise_curves(target, times, window=0)
-    assert curves.beta[times < 0].max() == pytest.approx(0.05)  # floor, no signal before 0
-    assert curves.beta[times >= 150].mean() > 0.8
-    unfloored = np.where(curves.beta <= 0.05, 0.0, curves.beta)
-    np.testing.assert_allclose(curves.noise, 1 - unfloored, atol=1e-9)
+    assert (curves.noise[times < 0] == 1).all()  # no reliable signal before 0 ms
+    assert curves.noise[times >= 150].mean() < 0.2
+    centred = target - target.mean(1, keepdims=True)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    reliability = (unit @ unit.T).mean(1)[times >= 0]
+    scaled = (reliability - reliability.min()) / np.ptp(reliability)
+    np.testing.assert_allclose(curves.noise[times >= 0], 1 - scaled, atol=1e-9)
+    assert (noise_curves(target, times, gating="none").gate == 1).all()
 
 
 def test_loss_terms_and_nan_pairs():
     rng = np.random.default_rng(0)
     target = torch.tensor(rng.uniform(size=(6, 21)), dtype=torch.float32)
-    _, parts = meg_loss(target * 2, target)
+    _, parts = meg_loss(target, target)
     assert parts["rdm"] == pytest.approx(0, abs=1e-5) and parts["mse"] == pytest.approx(0)
     assert parts["tg"] == pytest.approx(0, abs=1e-5)
     with_nan = target.clone()

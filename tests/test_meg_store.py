@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clip_hba._validation import InputError
-from clip_hba.meg import RDMStore, StoreWriter
+from clip_hba.meg import RDMStore, StoreWriter, participant_quality
 from clip_hba.meg import store as meg
 from clip_hba.rsa import pair_index
 
@@ -170,3 +170,29 @@ def test_nan_only_timepoint_is_refused(tmp_path):
 def test_writer_checks_its_axes(tmp_path, ids, participants, times, message):
     with pytest.raises(InputError, match=message):
         StoreWriter(tmp_path / "s.h5", ids, participants, times)
+
+
+def planted_store(path, noisy="D"):
+    """Four participants sharing a structure after 0 ms, one of them (``noisy``) pure noise."""
+    rng = np.random.default_rng(5)
+    ids, times = IDS, np.arange(-20.0, 100.0, 10.0)
+    shared = rng.normal(size=66)
+    people = ["A", "B", "C", "D"]
+    with StoreWriter(path, ids, people, times) as writer:
+        for p, person in enumerate(people):
+            signal = 0.0 if person == noisy else (times >= 0)[:, None] * shared
+            writer.write_block(p, 0, (signal + rng.normal(size=(len(times), 66))).astype("f4"))
+    return path
+
+
+def test_participant_quality_flags_a_planted_outlier(tmp_path):
+    with RDMStore(planted_store(tmp_path / "q.h5")) as store:
+        quality = participant_quality(store, (0.0, 90.0))
+    entries = quality["participants"]
+    assert quality["flagged"] == ["D"] and entries["D"]["flagged"]
+    assert "--exclude-participants D" in quality["advice"]
+    assert entries["D"]["r_with_others"] < 0.2 < min(entries[p]["r_with_others"] for p in "ABC")
+    shares = [entries[p]["share_of_ceiling"] for p in "ABCD"]
+    assert np.mean(shares) == pytest.approx(1.0)  # shares of the lower noise ceiling
+    with RDMStore(planted_store(tmp_path / "fine.h5", noisy=None)) as store:
+        assert participant_quality(store, (0.0, 90.0))["flagged"] == []

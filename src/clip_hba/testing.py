@@ -97,8 +97,8 @@ def make_tiny_vit(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def make_tiny_bert(path: Path, seed: int = 0) -> Path:
-    """Save a randomly initialised 3-layer BERT (width 32) with a BERT tokenizer to ``path``."""
+def make_tiny_bert(path: Path, seed: int = 0, n_layers: int = 3) -> Path:
+    """Save a randomly initialised BERT (width 32, 3 layers) with a BERT tokenizer to ``path``."""
     from transformers import BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz:/-,.'"]
@@ -112,7 +112,7 @@ def make_tiny_bert(path: Path, seed: int = 0) -> Path:
         vocab_size=len(vocab),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=3,
+        num_hidden_layers=n_layers,
         num_attention_heads=4,
         max_position_embeddings=128,
     )

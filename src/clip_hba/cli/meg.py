@@ -13,7 +13,12 @@ import typer
 from clip_hba.cli.options import DataDirOption, emit, split_list
 from clip_hba.cli.options import time_window as parse_window
 from clip_hba.evaluation.config import TimeRSAConfig
-from clip_hba.meg.config import BidsEpoching, EpochsConfig, SimulationConfig
+from clip_hba.meg.config import (
+    QUALITY_WINDOW_MS,
+    BidsEpoching,
+    EpochsConfig,
+    SimulationConfig,
+)
 
 meg_app = typer.Typer(
     help="MEG RDM stores: import, inspect, export, and time-resolved RSA.", no_args_is_help=True
@@ -24,6 +29,7 @@ EPOCHS = EpochsConfig()
 BIDS = BidsEpoching()
 SIMULATION = SimulationConfig()
 RSA = TimeRSAConfig()
+QUALITY_WINDOW = ",".join(f"{v:g}" for v in QUALITY_WINDOW_MS)  # "0,1000"
 
 Format = Literal["auto", "things-mat", "npy", "mne", "bids"]
 DtypeOption = Annotated[
@@ -91,7 +97,12 @@ def import_command(
         int, typer.Option(min=2, help="Decoding folds when there is no fold column.")
     ] = EPOCHS.n_splits,
     bin_ms: Annotated[
-        float | None, typer.Option(help="mne/bids: average samples into bins of this width (ms).")
+        float | None,
+        typer.Option(
+            help="Average consecutive timepoints into bins of this width (ms), a whole "
+            "multiple of the sampling step; the time axis becomes the bins' mean times "
+            "(e.g. 5 for 1 ms data). Every format."
+        ),
     ] = EPOCHS.bin_ms,
     subjects: Annotated[
         str | None, typer.Option(help="bids: comma-separated subjects (default all).")
@@ -161,12 +172,28 @@ def info_command(
     nan_share: Annotated[
         bool, typer.Option(help="Count the NaN share (reads the whole store).")
     ] = True,
+    quality: Annotated[
+        bool,
+        typer.Option(
+            help="Per participant: the mean Pearson r of their RDMs with the mean of the "
+            "others over --quality-window, its share of the upper noise ceiling, and a flag "
+            "for participants far below the others (reads the window)."
+        ),
+    ] = True,
+    quality_window: Annotated[
+        str, typer.Option(help="Times START,STOP in ms (inclusive) of the quality check.")
+    ] = QUALITY_WINDOW,
 ) -> None:
-    """Print a JSON summary of a store: participants, concepts, times, NaN share."""
+    """Print a JSON summary of a store: participants, concepts, times, NaN share, quality."""
+    from clip_hba.meg.quality import participant_quality
     from clip_hba.meg.store import RDMStore
 
+    window = parse_window(quality_window)
     with RDMStore(store) as opened:
-        emit(opened.info(nan_share=nan_share))
+        summary = opened.info(nan_share=nan_share)
+        if quality:
+            summary["quality"] = participant_quality(opened, window)
+    emit(summary)
 
 
 @meg_app.command("export")

@@ -110,6 +110,44 @@ BudgetOption = Annotated[
     typer.Option(help="A safety stop after this many seconds of training (best epoch kept)."),
 ]
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
+RdmCorrelationOption = Annotated[
+    Literal["flat", "per-time"],
+    typer.Option(
+        help="RDM term of the loss: 1 - one Pearson r over every timepoint and pair together "
+        "(flat, the reference's: the model must also match how distinct the RDMs are at each "
+        "moment) or the mean over timepoints of 1 - r (per-time)."
+    ),
+]
+TgTermOption = Annotated[
+    Literal["row-mean", "matrix"],
+    typer.Option(
+        help="Temporal-generalisation term: 1 - r between the row means of the two "
+        "timepoint x timepoint matrices (row-mean, the reference's) or their upper triangles."
+    ),
+]
+LayerFeaturesOption = Annotated[
+    Literal["raw", "normed"],
+    typer.Option(
+        help="Each block's feature: its pooled token x projection without the tower's final "
+        "norm (raw, the reference's) or through it (normed). Same for towers without one."
+    ),
+]
+GatingOption = Annotated[
+    Literal["richness", "none"],
+    typer.Option(
+        help="richness: model RDMs are scaled per timepoint by the training targets' mean "
+        "dissimilarity (min-max scaled, zero before 0 ms: no structure before onset); none."
+    ),
+]
+FreezeMagnitudeOption = Annotated[
+    bool,
+    typer.Option(
+        "--freeze-magnitude/--train-magnitude",
+        help="Stage 1: keep the DoRA magnitudes fixed, only the directions train "
+        "(the reference's).",
+    ),
+]
+WeightDecayOption = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
 
 
 def _training_options(
@@ -127,6 +165,12 @@ def _training_options(
     no_noise: NoNoiseOption = not MEG_MODEL.noise,
     dimension_gains: DimensionGainsOption = MEG_MODEL.dimension_gains,
     loss_weights: LossWeightsOption = LOSS_WEIGHTS,
+    rdm_correlation: RdmCorrelationOption = MEG.rdm_correlation,
+    tg_term: TgTermOption = MEG.tg_term,
+    layer_features: LayerFeaturesOption = MEG_MODEL.layer_features,
+    gating: GatingOption = MEG_MODEL.gating,
+    freeze_magnitude: FreezeMagnitudeOption = MEG.freeze_magnitude,
+    weight_decay: WeightDecayOption = MEG.weight_decay,
     alpha: AlphaOption = MEG.adapter.alpha,
     layers: LayersOption = ADAPTER_LAYERS,
     seed: MegSeedOption = MEG.seed,
@@ -155,8 +199,14 @@ def _meg_config(options: dict[str, Any], **own: Any) -> MegFitConfig:
             window=options["window"],
             noise=not options["no_noise"],
             dimension_gains=options["dimension_gains"],
+            layer_features=options["layer_features"],
+            gating=options["gating"],
         ),
         loss_weights=_loss_weights(options["loss_weights"]),
+        rdm_correlation=options["rdm_correlation"],
+        tg_term=options["tg_term"],
+        freeze_magnitude=options["freeze_magnitude"],
+        weight_decay=options["weight_decay"],
         adapter=AdapterConfig(
             rank=own.pop("rank"),
             alpha=options["alpha"],
@@ -199,6 +249,13 @@ def fit_meg_command(
         Path | None,
         typer.Option(help="A CLIP-HBA-Behavior run to start from; its label embeddings are used."),
     ] = None,
+    init: Annotated[
+        Literal["behavior", "base"],
+        typer.Option(
+            help="With --init-behavior: the concept tower starts as the behaviour model's "
+            "(behavior) or as the base model's (base, the reference's)."
+        ),
+    ] = MEG.init,
     participants: Annotated[
         str | None, typer.Option(help="Comma-separated participants to average (default all).")
     ] = None,
@@ -221,6 +278,7 @@ def fit_meg_command(
         out=str(out),
         rank=rank,
         init_behavior=path_or_none(init_behavior),
+        init=init,
         participants=split_list(participants),
         exclude_participants=split_list(exclude_participants),
     )

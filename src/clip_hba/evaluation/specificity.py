@@ -2,7 +2,15 @@
 
 S[i, j] = mean over a time window of the RSA between participant i's model RDMs and
 participant j's MEG RDMs (held-out concepts), with the mean diagonal minus the mean
-off-diagonal and a permutation p-value (which model belongs to whom, shuffled).
+off-diagonal and a permutation p-value (which model belongs to whom, shuffled: exactly over
+all P! assignments when there are few, else a seeded Monte Carlo sample; the smallest p the
+test can give is stated).
+
+The second-order analysis (`second_order`) asks whether the personal models differ from each
+other as the participants do: the participant x participant dissimilarity of the models' RDMs
+(1 - their RSA, mean over the window) against the same matrix of the participants' MEG, by a
+Spearman correlation of the upper triangles with a Mantel permutation test (participants
+relabelled in rows and columns together).
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +30,15 @@ from clip_hba._validation import InputError
 from clip_hba.evaluation.config import SPECIFICITY_WINDOW_MS
 from clip_hba.evaluation.plots import plot_specificity
 from clip_hba.meg.store import TimeRDMs
-from clip_hba.rsa.comparisons import correlate_rowwise
+from clip_hba.rsa.comparisons import correlate, correlate_rowwise
 
 __all__ = [
+    "SecondOrder",
     "Specificity",
     "difference",
     "permuted_differences",
     "save_specificity",
+    "second_order",
     "specificity_matrix",
 ]
 
@@ -42,6 +53,10 @@ class Specificity:
     p_value: float
     diagonal_is_column_max: list[bool]
     window_ms: tuple[float, float]
+    permutations: str = "exact"  # "exact" (all P! assignments) or "monte_carlo"
+    n_permutations: int = 0  # assignments in the null
+    min_p_value: float = 1.0  # the smallest p the test can give: 1 / (1 + n_permutations)
+    second_order: SecondOrder | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -52,6 +67,34 @@ class Specificity:
             "diagonal_is_column_max": self.diagonal_is_column_max,
             "all_diagonals_column_max": all(self.diagonal_is_column_max),
             "window_ms": list(self.window_ms),
+            "permutations": self.permutations,
+            "n_permutations": self.n_permutations,
+            "min_p_value": self.min_p_value,
+            "second_order": None if self.second_order is None else self.second_order.to_dict(),
+        }
+
+
+@dataclass
+class SecondOrder:
+    """Participant x participant dissimilarities of the models and of the MEG, and their fit."""
+
+    model_dissimilarity: np.ndarray  # (P, P): 1 - RSA between the models of i and j
+    meg_dissimilarity: np.ndarray  # (P, P): 1 - RSA between the MEG of i and j
+    rho: float  # Spearman r of their upper triangles
+    p_value: float  # Mantel: participants relabelled, one-sided (rho larger)
+    permutations: str
+    n_permutations: int
+    min_p_value: float
+
+    def to_dict(self) -> dict:
+        return {
+            "model_dissimilarity": self.model_dissimilarity.tolist(),
+            "meg_dissimilarity": self.meg_dissimilarity.tolist(),
+            "spearman_rho": self.rho,
+            "p_value": self.p_value,
+            "permutations": self.permutations,
+            "n_permutations": self.n_permutations,
+            "min_p_value": self.min_p_value,
         }
 
 
@@ -95,12 +138,9 @@ def specificity_matrix(
     in_window = (times >= window_ms[0]) & (times <= window_ms[1])
     if not in_window.any():
         raise InputError(f"No timepoint of the runs lies in {window_ms} ms.")
-    matrix = np.zeros((len(participants), len(participants)))
-    for i, p_model in enumerate(participants):
-        rdms = np.asarray(model_rdms[p_model])[in_window]
-        for j in range(len(participants)):
-            data = meg.values[j][in_window]
-            matrix[i, j] = float(np.nanmean(correlate_rowwise(data, rdms, method)))
+    models = [np.asarray(model_rdms[p])[in_window] for p in participants]
+    data = [meg.values[j][in_window] for j in range(len(participants))]
+    matrix = _rsa_matrix(models, data, method)
     observed = difference(matrix)
     null = permuted_differences(matrix, n_permutations, seed)
     p_value = (1 + int((null >= observed).sum())) / (1 + len(null))
@@ -112,19 +152,88 @@ def specificity_matrix(
         p_value,
         column_max,
         (float(window_ms[0]), float(window_ms[1])),
+        permutations=_kind(len(participants), n_permutations),
+        n_permutations=len(null),
+        min_p_value=1.0 / (1 + len(null)),
+        second_order=second_order(models, data, method, n_permutations, seed),
     )
+
+
+def _rsa_matrix(a: list[np.ndarray], b: list[np.ndarray], method: str) -> np.ndarray:
+    """M[i, j]: mean over time of the RSA between ``a[i]`` and ``b[j]`` (each (T, n_pairs))."""
+    matrix = np.zeros((len(a), len(b)))
+    for i, rdms in enumerate(a):
+        for j, other in enumerate(b):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN row: mean of none
+                matrix[i, j] = float(np.nanmean(correlate_rowwise(other, rdms, method)))
+    return matrix
+
+
+def _kind(n: int, n_permutations: int) -> str:
+    return "exact" if math.factorial(n) <= n_permutations else "monte_carlo"
+
+
+def _orders(n: int, n_permutations: int, seed: int) -> list[np.ndarray]:
+    """Every assignment but the observed one, or ``n_permutations`` seeded random ones."""
+    if _kind(n, n_permutations) == "exact":
+        return [np.array(o) for o in itertools.permutations(range(n))][1:]
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n) for _ in range(n_permutations)]
 
 
 def permuted_differences(matrix: np.ndarray, n_permutations: int, seed: int) -> np.ndarray:
     """`difference` under every other assignment of models to participants (or a sample)."""
-    n = len(matrix)
-    if math.factorial(n) <= n_permutations:
-        orders = [np.array(o) for o in itertools.permutations(range(n))]
-        orders = orders[1:]  # leave out the observed assignment
-    else:
-        rng = np.random.default_rng(seed)
-        orders = [rng.permutation(n) for _ in range(n_permutations)]
-    return np.array([difference(matrix[order]) for order in orders])
+    return np.array(
+        [difference(matrix[order]) for order in _orders(len(matrix), n_permutations, seed)]
+    )
+
+
+def second_order(
+    model_rdms: list[np.ndarray],
+    meg_rdms: list[np.ndarray],
+    method: str = "spearman",
+    n_permutations: int = 10000,
+    seed: int = 0,
+) -> SecondOrder | None:
+    """Do the personal models differ from each other as their participants' MEG does?
+
+    Parameters
+    ----------
+    model_rdms, meg_rdms : list of ndarray, each (T, n_pairs)
+        Participant by participant, the same timepoints and pairs.
+
+    Returns
+    -------
+    SecondOrder, or None with fewer than 3 participants (one pair: nothing to correlate).
+    """
+    n = len(model_rdms)
+    if n < 3:
+        return None
+    models = 1.0 - _rsa_matrix(model_rdms, model_rdms, method)
+    meg = 1.0 - _rsa_matrix(meg_rdms, meg_rdms, method)
+    upper = np.triu_indices(n, k=1)
+    observed = _spearman(models[upper], meg[upper])
+    null = np.array(
+        [
+            _spearman(models[np.ix_(order, order)][upper], meg[upper])
+            for order in _orders(n, n_permutations, seed)
+        ]
+    )
+    p_value = (1 + int((null >= observed - 1e-12).sum())) / (1 + len(null))
+    return SecondOrder(
+        models,
+        meg,
+        observed,
+        p_value,
+        _kind(n, n_permutations),
+        len(null),
+        1.0 / (1 + len(null)),
+    )
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(correlate(a[None], b[None], "spearman")[0, 0])
 
 
 def save_specificity(result: Specificity, out: str | os.PathLike) -> dict:

@@ -12,6 +12,7 @@ timepoint, so the temporal structure of the null is kept).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from clip_hba.data.things import load_concepts, load_rdm48
 from clip_hba.evaluation.config import TimeRSAConfig
 from clip_hba.evaluation.model_rdms import ModelRDMs, load_model_rdms
 from clip_hba.evaluation.time_rsa_result import TimeRSAResult, save_time_rsa
+from clip_hba.meg.quality import leave_one_out_correlations
 from clip_hba.meg.store import RDMStore
 from clip_hba.rsa.comparisons import correlate, correlate_rowwise, standardize
 from clip_hba.rsa.methods import Metric
@@ -227,9 +229,11 @@ def _block_model(
     """
     names = model.curve_names()
     method = config.method
-    fast = (
-        standardized is not None and method != "kendall_tau_a" and not np.isnan(model.values).any()
-    )
+    # a row may be wholly undefined (a gated MEG model before 0 ms: no structure); its curve
+    # is NaN there, and the rest still takes the fast path
+    missing = np.isnan(model.values)
+    whole_rows = bool((missing.all(1) | ~missing.any(1)).all())
+    fast = standardized is not None and method != "kendall_tau_a" and whole_rows
     if fast and model.name not in standardized:
         standardized[model.name] = standardize(model.values, method)
     complete = [t for t, meg in enumerate(rows) if fast and not np.isnan(meg).any()]
@@ -304,18 +308,9 @@ def _block_noise_ceiling(
     block: np.ndarray, method: str, ceiling: dict[str, np.ndarray], span: slice
 ) -> None:
     """Each participant against the mean of the others (lower) and of all (upper)."""
-    n_p = block.shape[0]
-    if n_p < 2:
+    if block.shape[0] < 2:
         return
-    valid = ~np.isnan(block)
-    total = np.where(valid, block, 0.0).sum(0, dtype=np.float64)
-    count = valid.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        everyone = total / count
-        for p in range(n_p):
-            others = (total - np.where(valid[p], block[p], 0.0)) / (count - valid[p])
-            ceiling["lower"][p, span] = correlate_rowwise(block[p], others, method)
-            ceiling["upper"][p, span] = correlate_rowwise(block[p], everyone, method)
+    ceiling["lower"][:, span], ceiling["upper"][:, span] = leave_one_out_correlations(block, method)
 
 
 def _clusters(
@@ -333,9 +328,12 @@ def _clusters(
         found[name] = {}
         for k, target in enumerate(targets):
             observed, null = values[k], nulls[name][k].astype(np.float64)
-            if config.baseline == "prestimulus":
-                observed = observed - np.nanmean(observed[before])
-                null = null - np.nanmean(null[:, before], axis=1, keepdims=True)
+            if config.baseline == "prestimulus" and np.isfinite(observed[before]).any():
+                # (a curve undefined before 0 ms, as a gated MEG model's, is tested against 0)
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN null rows
+                    observed = observed - np.nanmean(observed[before])
+                    null = null - np.nanmean(null[:, before], axis=1, keepdims=True)
             found[name][target] = cluster_permutation_test(
                 observed, null, times, config.threshold_p
             )

@@ -7,10 +7,16 @@
 - `clip_hba.meg.epochs`: MNE epochs -> time-resolved RDMs.
 - `clip_hba.meg.bids`: BIDS datasets (mne-bids) -> RDMs.
 - `clip_hba.meg.simulate`: simulated participants with a known truth.
+- `clip_hba.meg.quality`: how well each participant agrees with the others.
 """
 
 from clip_hba._lazy import lazy_names
-from clip_hba.meg.config import BidsEpoching, EpochsConfig, SimulationConfig
+from clip_hba.meg.config import (
+    QUALITY_WINDOW_MS,
+    BidsEpoching,
+    EpochsConfig,
+    SimulationConfig,
+)
 
 _MODULES = {
     "RDMStore": "store",
@@ -28,6 +34,8 @@ _MODULES = {
     "write_things_mat": "io",
     "ConditionMeans": "epochs",
     "bin_times": "epochs",
+    "bin_means": "epochs",
+    "time_bins": "epochs",
     "concept_order": "epochs",
     "condition_rdms": "epochs",
     "correlation_rdms": "epochs",
@@ -36,6 +44,9 @@ _MODULES = {
     "import_bids": "bids",
     "import_epochs": "epochs",
     "COMPONENTS": "simulate",
+    "participant_quality": "quality",
+    "FLAG_RATIO": "quality",
+    "leave_one_out_correlations": "quality",
     "component_rdms": "simulate",
     "simulate_meg": "simulate",
     "time_course": "simulate",
@@ -43,7 +54,9 @@ _MODULES = {
 __getattr__ = lazy_names(__name__, _MODULES)
 __all__ = [
     "COMPONENTS",
+    "FLAG_RATIO",
     "FORMATS",
+    "QUALITY_WINDOW_MS",
     "THINGS_MEG_TIMES_MS",
     "BidsEpoching",
     "ConditionMeans",
@@ -52,6 +65,7 @@ __all__ = [
     "SimulationConfig",
     "StoreWriter",
     "TimeRDMs",
+    "bin_means",
     "bin_times",
     "component_rdms",
     "concept_order",
@@ -66,9 +80,12 @@ __all__ = [
     "import_npy",
     "import_rdms",
     "import_things_mat",
+    "leave_one_out_correlations",
     "open_store",
+    "participant_quality",
     "resolve_times",
     "simulate_meg",
+    "time_bins",
     "time_course",
     "write_things_mat",
 ]

@@ -13,7 +13,9 @@ import numpy as np
 
 from clip_hba._validation import InputError, check_option
 
-__all__ = ["BidsEpoching", "EpochsConfig", "SimulationConfig"]
+__all__ = ["QUALITY_WINDOW_MS", "BidsEpoching", "EpochsConfig", "SimulationConfig"]
+
+QUALITY_WINDOW_MS = (0.0, 1000.0)  # times averaged by the participant-quality check
 
 Method = Literal["correlation", "decoding"]
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from clip_hba._validation import InputError
+from clip_hba._validation import InputError, check_range
 from clip_hba.data.things import load_concepts
 from clip_hba.meg.config import BidsEpoching, EpochsConfig
 from clip_hba.meg.store import TimeRDMs
@@ -37,6 +37,7 @@ __all__ = [
     "BidsEpoching",
     "ConditionMeans",
     "EpochsConfig",
+    "bin_means",
     "bin_times",
     "concept_order",
     "condition_rdms",
@@ -44,6 +45,7 @@ __all__ = [
     "decoding_rdms",
     "epochs_rdms",
     "import_epochs",
+    "time_bins",
 ]
 
 RDM_BYTES = 256 << 20  # square RDMs held at once while condensing
@@ -152,17 +154,46 @@ def _decode_pair(
 
 
 def bin_times(data: np.ndarray, times_ms: np.ndarray, bin_ms: float | None) -> tuple:
-    """Average consecutive samples into bins of ``bin_ms``; (…, T) -> (…, T // k)."""
+    """Average consecutive samples into bins of ``bin_ms`` (`time_bins`); (..., T) -> (..., B)."""
     if bin_ms is None:
         return data, times_ms
-    step = float(np.median(np.diff(times_ms))) if len(times_ms) > 1 else bin_ms
-    k = max(1, round(bin_ms / step))
+    bins = time_bins(times_ms, bin_ms)
+    k = len(bins[0])
+    trimmed = data[..., : len(bins) * k]
+    binned = trimmed.reshape(*data.shape[:-1], len(bins), k).mean(-1)
+    return binned, bin_means(times_ms, bins)
+
+
+def time_bins(times_ms: np.ndarray, bin_ms: float | None) -> list[np.ndarray]:
+    """Consecutive groups of timepoints spanning ``bin_ms`` each (None: one per timepoint).
+
+    Bins start at the first timepoint; a last, incomplete group is dropped. ``bin_ms`` must be
+    a whole multiple of the sampling step (e.g. 5 ms bins of 1 ms samples, as Cichy's
+    118-image set is used by the reference implementation).
+    """
+    times_ms = np.asarray(times_ms, dtype=np.float64)
+    if bin_ms is None:
+        return [np.array([t]) for t in range(len(times_ms))]
+    check_range("bin_ms", bin_ms, 0, low_open=True)
+    step = float(np.median(np.diff(times_ms))) if len(times_ms) > 1 else float(bin_ms)
+    k = round(bin_ms / step)
+    if k < 1 or abs(k * step - bin_ms) > 1e-6 * max(1.0, bin_ms):
+        raise InputError(
+            f"Invalid value for 'bin_ms': expected a whole multiple of the sampling step "
+            f"({step:g} ms), got {bin_ms:g}."
+        )
     n_bins = len(times_ms) // k
     if n_bins == 0:
-        raise InputError(f"Bins of {bin_ms:g} ms are longer than the epochs.")
-    trimmed = data[..., : n_bins * k]
-    binned = trimmed.reshape(*data.shape[:-1], n_bins, k).mean(-1)
-    return binned, times_ms[: n_bins * k].reshape(n_bins, k).mean(1)
+        raise InputError(
+            f"Bins of {bin_ms:g} ms are longer than the data ({len(times_ms)} timepoints)."
+        )
+    return [np.arange(b * k, (b + 1) * k) for b in range(n_bins)]
+
+
+def bin_means(times_ms: np.ndarray, bins: list[np.ndarray]) -> np.ndarray:
+    """The time of each bin: the mean of its timepoints (ms)."""
+    times_ms = np.asarray(times_ms, dtype=np.float64)
+    return np.array([times_ms[rows].mean() for rows in bins])
 
 
 def condition_rdms(

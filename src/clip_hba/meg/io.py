@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from clip_hba._validation import InputError, check_option
 from clip_hba.data.things import load_concepts
 from clip_hba.meg.bids import import_bids
 from clip_hba.meg.config import BidsEpoching, EpochsConfig
-from clip_hba.meg.epochs import import_epochs
+from clip_hba.meg.epochs import bin_means, import_epochs, time_bins
 from clip_hba.meg.store import RDMStore
 from clip_hba.meg.writer import StoreWriter
 from clip_hba.rsa.rdms import n_conditions, to_condensed
@@ -113,6 +114,7 @@ def import_rdms(
     if kind in ("things-mat", "npy", "bids") and len(sources) != 1:
         raise InputError(f"--format {kind} takes one source, got {len(sources)}.")
     arrays = dict(concept_ids=concept_ids, participant_ids=participant_ids, times_ms=times_ms)
+    bin_ms = None if epochs is None else epochs.bin_ms
     if kind == "things-mat":
         return import_things_mat(
             sources[0],
@@ -120,11 +122,12 @@ def import_rdms(
             variable=variable,
             dtype=dtype,
             data_dir=data_dir,
+            bin_ms=bin_ms,
             verbose=verbose,
             **arrays,
         )
     if kind == "npy":
-        return import_npy(sources[0], out, dtype=dtype, verbose=verbose, **arrays)
+        return import_npy(sources[0], out, dtype=dtype, bin_ms=bin_ms, verbose=verbose, **arrays)
     if kind == "mne":
         return import_epochs(
             sources,
@@ -159,6 +162,7 @@ def import_things_mat(
     times_ms: Any = None,
     dtype: str = "float32",
     data_dir: str | os.PathLike | None = None,
+    bin_ms: float | None = None,
     verbose: bool = True,
 ) -> Path:
     """Import the THINGS-MEG release RDMs (MATLAB v7.3 / HDF5) into a store.
@@ -181,6 +185,8 @@ def import_things_mat(
     dtype : {"float32", "float16"}
     data_dir : path, optional
         THINGS data directory whose concepts are the default ids (default: bundled).
+    bin_ms : float, optional
+        Average consecutive timepoints into bins of this width (see `time_bins`).
     verbose : bool
         Show a progress bar.
 
@@ -216,9 +222,10 @@ def import_things_mat(
         times = resolve_times(times_ms, n_times, default=THINGS_MEG_TIMES_MS)
         participants = _participant_ids(participant_ids, n_participants)
         attrs = {"kind": "decoding_accuracy", "source": f"things-mat:{source.name}"}
+        bins = time_bins(times, bin_ms)
         _write_rows(
-            StoreWriter(out, ids, participants, times, dtype, attrs),
-            lambda p, t: _condense(data[p, t] if data.ndim == 4 else data[t]),
+            StoreWriter(out, ids, participants, bin_means(times, bins), dtype, attrs),
+            _binned(lambda p, t: _condense(data[p, t] if data.ndim == 4 else data[t]), bins),
             verbose,
         )
     return Path(out)
@@ -232,6 +239,7 @@ def import_npy(
     participant_ids: Sequence[str] | None = None,
     times_ms: Any = None,
     dtype: str = "float32",
+    bin_ms: float | None = None,
     verbose: bool = True,
 ) -> Path:
     """Import a ``.npy`` array of RDMs into a store, through a memory map.
@@ -239,7 +247,8 @@ def import_npy(
     The array has shape (P, T, N, N) or (T, N, N) (square RDMs), or (P, T, n_pairs) or
     (T, n_pairs) (condensed upper triangles). Concept ids, times and participant ids come from
     the arguments or from a sidecar JSON beside the file (``X.json`` for ``X.npy``) with keys
-    ``concept_ids``, ``times_ms`` and ``participant_ids``; arguments win.
+    ``concept_ids``, ``times_ms`` and ``participant_ids``; arguments win. With ``bin_ms``
+    consecutive timepoints are averaged into bins (`time_bins`).
     """
     source = Path(source)
     try:
@@ -275,8 +284,27 @@ def import_npy(
         values = np.asarray(data[p, t], dtype=np.float64)
         return _condense(values) if square else values
 
-    _write_rows(StoreWriter(out, ids, participants, times, dtype, attrs), row, verbose)
+    bins = time_bins(times, bin_ms)
+    writer = StoreWriter(out, ids, participants, bin_means(times, bins), dtype, attrs)
+    _write_rows(writer, _binned(row, bins), verbose)
     return Path(out)
+
+
+def _binned(
+    row: Callable[[int, int], np.ndarray], bins: list[np.ndarray]
+) -> Callable[[int, int], np.ndarray]:
+    """``row`` over bins: the NaN-aware mean of the RDMs of each bin's timepoints."""
+
+    def mean_row(p: int, b: int) -> np.ndarray:
+        rows = bins[b]
+        if len(rows) == 1:
+            return row(p, int(rows[0]))
+        stacked = np.stack([row(p, int(t)) for t in rows])
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a pair NaN at every time
+            return np.nanmean(stacked, axis=0)
+
+    return mean_row
 
 
 def _write_rows(writer: StoreWriter, row: Callable[[int, int], np.ndarray], verbose: bool) -> None:

@@ -11,6 +11,9 @@
 
 from clip_hba._lazy import lazy_names
 from clip_hba.models.config import (
+    GATINGS,
+    LAYER_FEATURES,
+    LEGACY_MEG_MODEL,
     AdapterConfig,
     HeadConfig,
     InputConfig,
@@ -33,6 +36,8 @@ _MODULES = {
     "add_adapters": "adapters",
     "load_adapter_state": "adapters",
     "merge_adapters": "adapters",
+    "remove_adapters": "adapters",
+    "freeze_magnitudes": "adapters",
     "resolve_blocks": "adapters",
     "ConceptInputs": "inputs",
     "batch_rows": "inputs",
@@ -46,9 +51,11 @@ _MODULES = {
     "BehaviorModel": "behavior",
     "base_model": "behavior",
     "LayerWeights": "meg",
+    "GATE_FLOOR": "meg",
     "MegModel": "meg",
     "NoiseCurves": "meg",
     "noise_curves": "meg",
+    "richness_curve": "meg",
     "relative_gains": "meg",
     "embed": "inference",
     "embed_layers": "inference",
@@ -56,6 +63,10 @@ _MODULES = {
 }
 __getattr__ = lazy_names(__name__, _MODULES)
 __all__ = [
+    "GATE_FLOOR",
+    "GATINGS",
+    "LAYER_FEATURES",
+    "LEGACY_MEG_MODEL",
     "AdapterConfig",
     "Backbone",
     "BehaviorModel",
@@ -85,13 +96,16 @@ __all__ = [
     "embed_times",
     "eval_mode",
     "first_trainable_block",
+    "freeze_magnitudes",
     "load_adapter_state",
     "load_backbone",
     "map_batches",
     "merge_adapters",
     "noise_curves",
     "relative_gains",
+    "remove_adapters",
     "resolve_blocks",
+    "richness_curve",
     "select_inputs",
     "to_device",
     "token_length",

@@ -19,8 +19,10 @@ from clip_hba.models.config import AdapterConfig
 __all__ = [
     "adapter_state",
     "add_adapters",
+    "freeze_magnitudes",
     "load_adapter_state",
     "merge_adapters",
+    "remove_adapters",
     "resolve_blocks",
 ]
 
@@ -113,18 +115,38 @@ def merge_adapters(backbone: Backbone) -> int:
     Used to start a run from another run's fine-tuned weights: the merged model computes what
     the adapted one did, and new adapters can then be added on top. Returns how many merged.
     """
+    return _strip_adapters(backbone, merge=True)
+
+
+def remove_adapters(backbone: Backbone) -> int:
+    """Remove every adapter without merging (the base weights again); frozen after."""
+    return _strip_adapters(backbone, merge=False)
+
+
+def freeze_magnitudes(backbone: Backbone) -> int:
+    """Stop DoRA's magnitude vectors from training (only the directions train); how many."""
+    frozen = 0
+    for name, param in backbone.model.named_parameters():
+        if "lora_magnitude_vector" in name:
+            param.requires_grad = False
+            frozen += 1
+    return frozen
+
+
+def _strip_adapters(backbone: Backbone, merge: bool) -> int:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     model = backbone.model
-    merged = 0
+    stripped = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, BaseTunerLayer):
-            module.merge()
+            if merge:
+                module.merge()
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, module.get_base_layer())
-            merged += 1
+            stripped += 1
     if hasattr(model, "peft_config"):
         del model.peft_config
     for param in model.parameters():
         param.requires_grad = False
-    return merged
+    return stripped

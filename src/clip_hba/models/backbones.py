@@ -65,7 +65,8 @@ class Tower(nn.Module):
     def attention_bias(self, inputs: Inputs, dtype: torch.dtype) -> torch.Tensor | None:
         raise NotImplementedError
 
-    def pool(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, inputs: Inputs, normed: bool = True) -> torch.Tensor:
+        """Pooled features (B, P); ``normed=False`` skips the tower's final norm, if any."""
         raise NotImplementedError
 
     def pooled_position(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor | None:
@@ -101,18 +102,20 @@ class Tower(nn.Module):
             hidden = hidden.index_put((rows, position), token)
         return self.pool(hidden, inputs)
 
-    def layer_features(self, inputs: Inputs) -> torch.Tensor:
+    def layer_features(self, inputs: Inputs, normed: bool = True) -> torch.Tensor:
         """The tower's pooling applied after every block, shape (n_blocks, B, P).
 
-        CLIP: each block's class (or end-of-text) token through the final norm and projection;
-        text encoders: each block's masked mean over tokens. The last row equals `forward`.
+        CLIP: each block's class (or end-of-text) token from the residual stream, through the
+        final norm (``normed``) and the projection; ViT: the class token (normed or not);
+        BERT-style encoders (no final norm): each block's masked mean over tokens. With
+        ``normed`` the last row equals `forward`.
         """
         hidden = self.embed(inputs)
         bias = self.attention_bias(inputs, hidden.dtype)
         features = []
         for layer in self.blocks:
             hidden = layer(hidden, bias)
-            features.append(self.pool(hidden, inputs))
+            features.append(self.pool(hidden, inputs, normed))
         return torch.stack(features)
 
     def forward(self, inputs: Inputs) -> torch.Tensor:
@@ -173,8 +176,9 @@ class ClipVisionTower(Tower):
     def pooled_position(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor:
         return torch.zeros(len(hidden), dtype=torch.long, device=hidden.device)
 
-    def pool(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor:
-        return self.projection(self.vision.post_layernorm(hidden[:, 0]))
+    def pool(self, hidden: torch.Tensor, inputs: Inputs, normed: bool = True) -> torch.Tensor:
+        token = hidden[:, 0]
+        return self.projection(self.vision.post_layernorm(token) if normed else token)
 
 
 class ClipTextTower(Tower):
@@ -209,10 +213,10 @@ class ClipTextTower(Tower):
             return ids.argmax(dim=-1)
         return (ids == self.eos_token_id).int().argmax(dim=-1)
 
-    def pool(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, inputs: Inputs, normed: bool = True) -> torch.Tensor:
         rows = torch.arange(len(hidden), device=hidden.device)
-        position = self.pooled_position(hidden, inputs)
-        return self.projection(self.text.final_layer_norm(hidden[rows, position]))
+        token = hidden[rows, self.pooled_position(hidden, inputs)]
+        return self.projection(self.text.final_layer_norm(token) if normed else token)
 
 
 class BertTextTower(Tower):
@@ -238,7 +242,8 @@ class BertTextTower(Tower):
         bias = torch.zeros(padding.shape, dtype=dtype, device=padding.device)
         return bias.masked_fill(padding, torch.finfo(dtype).min)
 
-    def pool(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, inputs: Inputs, normed: bool = True) -> torch.Tensor:
+        # post-norm blocks: every block's output is already normed, there is no final norm
         weights = inputs["attention_mask"][..., None].to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
@@ -263,8 +268,8 @@ class VitTower(Tower):
     def attention_bias(self, inputs: Inputs, dtype: torch.dtype) -> None:
         return None
 
-    def pool(self, hidden: torch.Tensor, inputs: Inputs) -> torch.Tensor:
-        return self.model.layernorm(hidden[:, 0])
+    def pool(self, hidden: torch.Tensor, inputs: Inputs, normed: bool = True) -> torch.Tensor:
+        return self.model.layernorm(hidden[:, 0]) if normed else hidden[:, 0]
 
 
 @dataclass

@@ -13,7 +13,21 @@ from typing import Literal
 
 from clip_hba._validation import InputError, check_option
 
-__all__ = ["AdapterConfig", "HeadConfig", "InputConfig", "MegModelConfig", "absolute_path"]
+__all__ = [
+    "GATINGS",
+    "LAYER_FEATURES",
+    "LEGACY_MEG_MODEL",
+    "AdapterConfig",
+    "HeadConfig",
+    "InputConfig",
+    "MegModelConfig",
+    "absolute_path",
+]
+
+LAYER_FEATURES = ("raw", "normed")
+GATINGS = ("richness", "none")
+# what runs saved before these settings existed did (their config.json lacks the keys)
+LEGACY_MEG_MODEL = {"layer_features": "normed", "gating": "none"}
 
 
 @dataclass
@@ -122,8 +136,16 @@ class MegModelConfig:
     noise_scale: float = 1.0  # multiplies the noise curve
     logit_scale: float = 100.0  # prompt-cosine head: logit_scale x cos(feature, label)
     dimension_gains: bool = False  # learn one gain per output dimension (a personal weighting)
+    # raw: each block's pooled token x projection without the final norm (the reference's);
+    # normed: through the final norm first (so the last block equals the behaviour model)
+    layer_features: Literal["raw", "normed"] = "raw"
+    # richness: the model RDM at time t is scaled by the targets' mean dissimilarity at t
+    # (min-max scaled, zero before 0 ms: no structure before onset); none: unscaled
+    gating: Literal["richness", "none"] = "richness"
 
     def __post_init__(self) -> None:
+        check_option("layer_features", self.layer_features, LAYER_FEATURES)
+        check_option("gating", self.gating, GATINGS)
         if self.window < 0:
             raise InputError(f"Invalid value for 'window': expected >= 0, got {self.window}.")
         if self.noise_scale < 0:

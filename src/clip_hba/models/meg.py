@@ -1,16 +1,23 @@
 """CLIP-HBA-MEG: every block's pooled feature, mixed per timepoint, -> 66-d embeddings and RDMs.
 
-For each MEG timepoint t the model mixes the L per-block features (`Tower.layer_features`) with
+For each MEG timepoint t the model mixes the L per-block features (`Tower.layer_features`,
+without the tower's final norm by default, as the reference implementation) with
 non-negative weights W[t] that sum to 1 (smoothed over +-window timepoints), scores the mix
 against the 66 frozen label embeddings (100 x cosine, the prompt-cosine head) and, while
 training, injects noise whose size follows the target MEG's temporal reliability:
 
-    embedding_t = relu(beta_t * (raw_t + eps * std(raw_t) * noise_t))
+    embedding_t = relu(gate_t * (raw_t + eps * std(raw_t) * noise_t))
+    rdm_t       = gate_t * (1 - Pearson(embedding_t))
 
-with ``eps ~ N(0, 1)``. Optionally (``dimension_gains``) each of the 66 dimensions of
-``raw_t`` is multiplied by a learned positive gain shared over time, ``exp(g_k)`` with
-``g = 0`` at the start: how strongly the person (or group) weighs each behavioural dimension
-(only their ratios matter). A run started from a MEG run keeps that run's gains.
+with ``eps ~ N(0, 1)``. The gate (``gating="richness"``) is the targets' mean dissimilarity
+at t, min-max scaled and zero before 0 ms: model RDMs carry no structure before onset, and
+their overall level follows how distinct the MEG RDMs are at each moment, which the flat
+RDM correlation of the loss rewards. (The reference multiplies the features by the curve; a
+1 - Pearson RDM ignores such a factor except where it is zero, so ours scales the RDM.)
+Optionally (``dimension_gains``) each of the 66 dimensions of ``raw_t`` is multiplied by a
+learned positive gain shared over time, ``exp(g_k)`` with ``g = 0`` at the start: how
+strongly the person (or group) weighs each behavioural dimension (only their ratios matter).
+A run started from a MEG run keeps that run's gains.
 Unlike the reference implementation, ``std`` is each sample's own standard deviation over the
 66 dimensions, so even training outputs do not depend on which other concepts share the batch;
 at evaluation and inference the noise is off. The output for a batch is (T, B, 66) and its
@@ -26,20 +33,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_hba._validation import InputError
+from clip_hba._validation import InputError, check_option
 from clip_hba.models.backbones import Backbone, Inputs
-from clip_hba.models.config import MegModelConfig
+from clip_hba.models.config import GATINGS, MegModelConfig
 from clip_hba.rsa.rdms import rdm_torch
 
 __all__ = [
+    "GATE_FLOOR",
     "LayerWeights",
     "MegModel",
     "NoiseCurves",
     "noise_curves",
     "relative_gains",
+    "richness_curve",
 ]
 
-BETA_FLOOR = 0.05  # keeps pre-stimulus outputs defined (1 - Pearson is scale-invariant)
+GATE_FLOOR = 1e-3  # after 0 ms every timepoint keeps its structure, even at the curve's minimum
 
 
 class LayerWeights(nn.Module):
@@ -77,29 +86,62 @@ class LayerWeights(nn.Module):
 
 @dataclass
 class NoiseCurves:
-    """Fixed per-timepoint curves: ``beta`` scales the output, ``noise`` sizes the noise."""
+    """Fixed per-timepoint curves: ``gate`` scales the model RDMs, ``noise`` sizes the noise."""
 
-    beta: np.ndarray  # (T,)
+    gate: np.ndarray  # (T,)
     noise: np.ndarray  # (T,)
 
 
-def noise_curves(
-    target: np.ndarray, times_ms: np.ndarray, window: int = 3, pairs_per_row: int = 200_000
-) -> NoiseCurves:
-    """Noise curves from the temporal reliability of target RDMs (training concepts only!).
+def richness_curve(target: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
+    """The targets' mean dissimilarity per timepoint, min-max scaled, zero before 0 ms.
 
-    ``beta_t`` is the mean temporal-generalisation correlation of timepoint t (its RDM's
-    Pearson r with every timepoint's RDM), min-max scaled over t >= 0 to [0, 1], zero before
-    0 ms and floored at `BETA_FLOOR`; ``noise_t`` is ``1 - beta_t`` smoothed over +-window.
+    After 0 ms the curve is floored at `GATE_FLOOR`, so that no timepoint after onset loses
+    its structure where the mean happens to be lowest.
 
     Parameters
     ----------
     target : ndarray, shape (T, n_pairs)
         The training concepts' MEG RDMs (NaN pairs are left out).
     times_ms : ndarray, shape (T,)
+
+    Returns
+    -------
+    ndarray, shape (T,), in [0, 1]
+    """
+    with np.errstate(invalid="ignore"):
+        richness = np.nanmean(np.asarray(target, dtype=np.float64), axis=1)
+    after = np.asarray(times_ms) >= 0
+    gate = np.zeros(len(richness))
+    low, high = np.nanmin(richness), np.nanmax(richness)
+    scaled = (richness - low) / (high - low) if high > low else np.ones_like(richness)
+    gate[after] = np.maximum(np.nan_to_num(scaled[after]), GATE_FLOOR)
+    return gate
+
+
+def noise_curves(
+    target: np.ndarray,
+    times_ms: np.ndarray,
+    window: int = 3,
+    gating: str = "richness",
+    pairs_per_row: int = 200_000,
+) -> NoiseCurves:
+    """The gate and noise curves from the target RDMs (training concepts only!).
+
+    The noise follows the temporal reliability: the mean temporal-generalisation correlation
+    of timepoint t (its RDM's Pearson r with every timepoint's RDM), min-max scaled over
+    t >= 0 to [0, 1] and zero before 0 ms, gives ``noise_t = 1 - reliability_t`` smoothed over
+    +-window. The gate is `richness_curve` (``gating="richness"``) or 1 (``"none"``).
+
+    Parameters
+    ----------
+    target : ndarray, shape (T, n_pairs)
+        The training concepts' MEG RDMs (NaN pairs are left out).
+    times_ms : ndarray, shape (T,)
+    gating : {"richness", "none"}
     pairs_per_row : int
         At most this many pairs (evenly spaced) enter the correlations, to bound the work.
     """
+    check_option("gating", gating, GATINGS)
     target = np.asarray(target, dtype=np.float64)
     valid = ~np.isnan(target).any(0)
     columns = np.flatnonzero(valid)
@@ -114,15 +156,16 @@ def noise_curves(
     generalisation = np.nan_to_num(rows @ rows.T)
     reliability = generalisation.mean(1)
     after = times_ms >= 0
-    beta = np.zeros(len(times_ms))
+    scaled = np.zeros(len(times_ms))
     if after.any():
         low, high = reliability[after].min(), reliability[after].max()
-        beta[after] = (reliability[after] - low) / (high - low) if high > low else 1.0
-    noise = 1.0 - beta
+        scaled[after] = (reliability[after] - low) / (high - low) if high > low else 1.0
+    noise = 1.0 - scaled
     if window > 0:
         kernel = np.ones(2 * window + 1) / (2 * window + 1)
         noise = np.convolve(np.pad(noise, window, mode="edge"), kernel, mode="valid")
-    return NoiseCurves(np.maximum(beta, BETA_FLOOR), noise)
+    gate = richness_curve(target, times_ms) if gating == "richness" else np.ones(len(times_ms))
+    return NoiseCurves(gate, noise)
 
 
 def relative_gains(log_gains: torch.Tensor) -> np.ndarray:
@@ -142,7 +185,7 @@ class MegModel(nn.Module):
     times_ms : array-like, shape (T,)
     config : MegModelConfig
     curves : NoiseCurves, optional
-        Required for noise injection; beta defaults to 1 without it.
+        Required for noise injection and gating; the gate is 1 without it.
     """
 
     def __init__(
@@ -165,9 +208,9 @@ class MegModel(nn.Module):
             torch.zeros(len(labels)), requires_grad=config.dimension_gains
         )
         self.register_buffer("label_features", labels)
-        beta = np.ones(n_times) if curves is None else curves.beta
+        gate = np.ones(n_times) if curves is None else curves.gate
         noise = np.zeros(n_times) if curves is None else curves.noise
-        self.register_buffer("beta", torch.as_tensor(beta, dtype=torch.float32))
+        self.register_buffer("gate", torch.as_tensor(gate, dtype=torch.float32))
         self.register_buffer("noise", torch.as_tensor(noise, dtype=torch.float32))
 
     @property
@@ -188,8 +231,9 @@ class MegModel(nn.Module):
         return self.backbone.concept_tower.n_blocks
 
     def layer_features(self, inputs: Inputs) -> torch.Tensor:
-        """Every block's pooled feature, shape (L, B, P)."""
-        return self.backbone.concept_tower.layer_features(inputs)
+        """Every block's pooled feature, shape (L, B, P) (final norm per ``layer_features``)."""
+        normed = self.config.layer_features == "normed"
+        return self.backbone.concept_tower.layer_features(inputs, normed=normed)
 
     def embed_features(
         self,
@@ -205,17 +249,17 @@ class MegModel(nn.Module):
             eps = torch.randn(raw.shape, generator=generator, device="cpu").to(raw.device)
             spread = raw.detach().std(dim=-1, keepdim=True)  # per sample: batch-independent
             raw = raw + eps * spread * (self.config.noise_scale * self.noise)[:, None, None]
-        return F.relu(self.beta[:, None, None] * raw)
+        return F.relu(self.gate[:, None, None] * raw)
 
     def forward(self, inputs: Inputs) -> torch.Tensor:
         """Embeddings without noise, shape (T, B, n_labels)."""
         return self.embed_features(self.layer_features(inputs))
 
-    @staticmethod
-    def rdms(embeddings: torch.Tensor) -> torch.Tensor:
-        """1 - Pearson RDMs of embeddings (T, B, D) -> (T, B * (B - 1) / 2), batched.
+    def rdms(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Gated 1 - Pearson RDMs of embeddings (T, B, D) -> (T, B * (B - 1) / 2), batched.
 
         An all-zero embedding (every dimension cut by the relu) is at dissimilarity 1 from all
-        others rather than NaN, so one such sample cannot poison a training step.
+        others rather than NaN, so one such sample cannot poison a training step; where the
+        gate is zero the RDM is zero.
         """
-        return rdm_torch(embeddings, "pearson", eps=1e-8)
+        return self.gate[:, None] * rdm_torch(embeddings, "pearson", eps=1e-8)

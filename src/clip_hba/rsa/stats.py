@@ -242,7 +242,8 @@ def cluster_permutation_test(
     if times_ms.shape != observed.shape:
         raise InputError(f"times_ms has {times_ms.size} values for {observed.size} timepoints.")
     null = np.nan_to_num(null, nan=-np.inf)
-    threshold = np.quantile(null, 1.0 - threshold_p, axis=0)
+    with np.errstate(invalid="ignore"):  # a timepoint undefined in every permutation: no threshold
+        threshold = np.quantile(null, 1.0 - threshold_p, axis=0)
     null_max = np.array([_max_cluster_mass(row, threshold) for row in null])
     labels, n_clusters = ndimage.label(np.nan_to_num(observed, nan=-np.inf) > threshold)
     clusters = []

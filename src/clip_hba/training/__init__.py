@@ -8,14 +8,19 @@
   checkpoints, exact resume) and the typed `Progress` record.
 - `clip_hba.training.cache`: the frozen-prefix cache.
 - `clip_hba.training.behavior`: CLIP-HBA-Behavior (`fit_behavior`).
-- `clip_hba.training.meg_data`, `clip_hba.training.meg`: CLIP-HBA-MEG (`fit_meg`).
+- `clip_hba.training.meg_data`, `clip_hba.training.meg_start`, `clip_hba.training.meg`:
+  CLIP-HBA-MEG (`fit_meg`): what it fits, where it starts, the trainer.
 - `clip_hba.training.individual`: one MEG model per participant (`fit_individuals`).
 """
 
 from clip_hba._lazy import lazy_names
 from clip_hba.training.config import (
     INDIVIDUAL_RANK,
+    LEGACY_MEG_FIT,
     LOSS_TERMS,
+    MEG_INITS,
+    RDM_CORRELATIONS,
+    TG_TERMS,
     BehaviorFitConfig,
     FitConfig,
     MegFitConfig,
@@ -50,6 +55,9 @@ _MODULES = {
     "meg_loss": "meg_data",
     "meg_split": "meg_data",
     "meg_targets": "meg_data",
+    "rdm_correlations": "meg_data",
+    "MegStart": "meg_start",
+    "meg_start": "meg_start",
     "MegFitResult": "meg",
     "MegTrainer": "meg",
     "fit_meg": "meg",
@@ -84,13 +92,17 @@ __all__ = [
     "INDIVIDUAL_RANK",
     "INITS",
     "LAST_FILE",
+    "LEGACY_MEG_FIT",
     "LOG_FILE",
     "LOSS_TERMS",
+    "MEG_INITS",
     "METRICS_FILE",
+    "RDM_CORRELATIONS",
     "STATE_FILE",
     "STATUSES",
     "STATUS_FILE",
     "TASKS",
+    "TG_TERMS",
     "WEIGHTS_FILE",
     "BehaviorFitConfig",
     "BehaviorTrainer",
@@ -101,6 +113,7 @@ __all__ = [
     "MegFitConfig",
     "MegFitResult",
     "MegSplit",
+    "MegStart",
     "MegTrainer",
     "Outcome",
     "PrefixCache",
@@ -127,10 +140,12 @@ __all__ = [
     "load_tensors",
     "meg_loss",
     "meg_split",
+    "meg_start",
     "meg_targets",
     "optimizer_from_tensors",
     "optimizer_tensors",
     "prefix_key",
+    "rdm_correlations",
     "recording_status",
     "resolve_device",
     "restore_checkpoint",

@@ -204,6 +204,10 @@ class BehaviorTrainer:
         self._set_dropout(False)
         return self.evaluate(epoch, train_loss)
 
+    def improves(self, record: dict[str, Any]) -> bool:
+        """A lower validation MSE than the best so far."""
+        return record["val_loss"] < self.progress.best_val_loss
+
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {
             "train": f"{record['train_loss']:.3g}",

@@ -18,6 +18,7 @@ import numpy as np
 
 from clip_hba._validation import InputError, check_option, check_range, check_type
 from clip_hba.models.config import (
+    LEGACY_MEG_MODEL,
     AdapterConfig,
     HeadConfig,
     InputConfig,
@@ -27,13 +28,27 @@ from clip_hba.models.config import (
 
 __all__ = [
     "INDIVIDUAL_RANK",
+    "LEGACY_MEG_FIT",
     "LOSS_TERMS",
+    "MEG_INITS",
+    "RDM_CORRELATIONS",
+    "TG_TERMS",
     "BehaviorFitConfig",
     "FitConfig",
     "MegFitConfig",
 ]
 
 LOSS_TERMS = ("rdm", "mse", "tg")
+RDM_CORRELATIONS = ("flat", "per-time")
+TG_TERMS = ("row-mean", "matrix")
+MEG_INITS = ("behavior", "base")
+# what MEG runs saved before these settings existed did (their config.json lacks the keys)
+LEGACY_MEG_FIT = {
+    "rdm_correlation": "per-time",
+    "tg_term": "matrix",
+    "freeze_magnitude": False,
+    "init": "behavior",
+}
 INDIVIDUAL_RANK = 6  # DoRA rank of individualized MEG models (group models: 32)
 
 
@@ -135,6 +150,9 @@ class MegFitConfig(_Config):
     inputs: InputConfig = field(default_factory=InputConfig)
     init_behavior: str | None = None  # CLIP-HBA-Behavior run to start from (and take labels)
     init_meg: str | None = None  # a MEG run to start from (individualized: the group run)
+    # with init_behavior: the concept tower starts as the behaviour model's ("behavior") or as
+    # the base model's ("base", the reference's); the label embeddings are the behaviour model's
+    init: Literal["behavior", "base"] = "behavior"
     participant: str | None = None  # one participant (individualized model); None: the mean
     participants: list[str] | None = None  # group: participants averaged (None: all)
     exclude_participants: list[str] | None = None
@@ -149,8 +167,15 @@ class MegFitConfig(_Config):
     stage1_epochs: int = 50  # 0: no stage 1
     patience: int = 5
     batch_size: int = 50  # concepts per batch
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01  # AdamW
     loss_weights: tuple[float, float, float] = (1.0, 0.1, 0.15)  # rdm, mse, tg
+    # flat: one Pearson r over every timepoint and pair together (the reference's); per-time:
+    # the mean over timepoints of each timepoint's r
+    rdm_correlation: Literal["flat", "per-time"] = "flat"
+    # row-mean: 1 - r between the row means of the two temporal-generalisation matrices (the
+    # reference's); matrix: 1 - r between their upper triangles
+    tg_term: Literal["row-mean", "matrix"] = "row-mean"
+    freeze_magnitude: bool = True  # stage 1: DoRA magnitudes stay fixed (the reference's)
     seed: int = 0
     val_fraction: float = 0.2  # of the non-held-out concepts
     test_fraction: float = 0.2  # held out (the 48 RDM concepts first, when present)
@@ -182,6 +207,10 @@ class MegFitConfig(_Config):
                 f"Start from a behaviour run or a MEG run, not both (got {self.init_behavior} "
                 f"and {self.init_meg})."
             )
+        check_option("rdm_correlation", self.rdm_correlation, RDM_CORRELATIONS)
+        check_option("tg_term", self.tg_term, TG_TERMS)
+        check_option("init", self.init, MEG_INITS)
+        check_range("weight_decay", self.weight_decay, 0)
         _check_at_least(self, ("batch_size", "patience", "stage0_epochs"), 1)
         _check_at_least(self, ("stage1_epochs",), 0)
         if self.batch_size < 3:
@@ -194,6 +223,15 @@ class MegFitConfig(_Config):
         self._check_loss_weights()
         for name in ("val_fraction", "test_fraction"):
             check_range(name, getattr(self, name), 0, 1, low_open=True, high_open=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MegFitConfig:
+        """A saved config; settings it lacks (older runs) take what those runs did."""
+        values = {**LEGACY_MEG_FIT, **values}
+        meg = values.get("meg")
+        if isinstance(meg, dict):
+            values["meg"] = {**LEGACY_MEG_MODEL, **meg}
+        return super().from_dict(values)  # type: ignore[return-value]
 
     def _check_loss_weights(self) -> None:
         weights = self.loss_weights

@@ -144,7 +144,11 @@ def load_meg_run(
     if own:
         add_adapters(backbone, AdapterConfig(**saved["fit"]["adapter_resolved"]), seed=0)
         load_adapter_state(backbone, own)
-    curves = NoiseCurves(tensors["meg.beta"].numpy(), tensors["meg.noise"].numpy())
+    noise = tensors["meg.noise"].numpy()
+    # runs saved before gating existed hold "meg.beta", a scale of the outputs that left their
+    # RDMs unchanged: their gate is 1
+    gate = tensors["meg.gate"].numpy() if "meg.gate" in tensors else np.ones(len(noise))
+    curves = NoiseCurves(gate, noise)
     model = MegModel(
         backbone, tensors["meg.label_features"], np.array(saved["times_ms"]), config.meg, curves
     )

@@ -7,9 +7,9 @@ rest, the same way for CLIP-HBA-Behavior and both stages of CLIP-HBA-MEG:
 - `training_run`: start or resume, record the run as running, then finished (or failed, with
   the error, if training raises; a killed run stays "running"; a refused resume changes
   nothing);
-- `train_epochs`: epochs until the maximum, early stopping (``patience`` epochs without a
-  lower validation loss) or a safety time limit; the best epoch's weights are saved when they
-  improve, and every epoch ends with a checkpoint;
+- `train_epochs`: epochs until the maximum, early stopping (``patience`` epochs that do not
+  improve on the best, by the trainer's `Trainer.improves`) or a safety time limit; the best
+  epoch's weights are saved when they improve, and every epoch ends with a checkpoint;
 - `save_checkpoint` / `restore_checkpoint`: weights, optimizer, random generators and the
   `Progress` record in one safetensors file, so that a resumed run continues exactly.
 """
@@ -60,9 +60,10 @@ class Progress:
     stage: int = 0  # training stage (CLIP-HBA-MEG: 0 = layer weights only, 1 = with adapters)
     epoch: int = 0  # last finished epoch of the stage (0: only the initial evaluation)
     best_val_loss: float = math.inf
+    best_val_r: float | None = None  # CLIP-HBA-MEG: the best epoch's validation RSA
     best_stage: int = 0
     best_epoch: int = 0
-    bad_epochs: int = 0  # epochs since the validation loss last improved
+    bad_epochs: int = 0  # epochs since the last improvement
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -88,6 +89,10 @@ class Trainer(Protocol):
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch and validate; the log record, with ``val_loss``."""
+        ...
+
+    def improves(self, record: dict[str, Any]) -> bool:
+        """Whether an epoch's record beats the best so far (`Progress`)."""
         ...
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
@@ -157,7 +162,7 @@ def train_epochs(
 ) -> Outcome:
     """Train from the epoch after ``trainer.progress.epoch`` up to ``max_epochs``.
 
-    Stops early once ``patience`` epochs in a row did not lower the validation loss (also
+    Stops early once ``patience`` epochs in a row did not improve (`Trainer.improves`; also
     right away when a resumed run had already stopped), or after the epoch during which
     ``time.perf_counter()`` passed ``deadline`` (a safety limit; the best epoch is kept).
     """
@@ -176,8 +181,9 @@ def train_epochs(
             record = trainer.epoch(epoch)
             trainer.log.append(record)
             progress.epoch = epoch
-            if record["val_loss"] < progress.best_val_loss:
+            if trainer.improves(record):
                 progress.best_val_loss = record["val_loss"]
+                progress.best_val_r = record.get("val_r")
                 progress.best_stage, progress.best_epoch = progress.stage, epoch
                 progress.bad_epochs = 0
                 trainer.run.save_weights(trainer.weights())

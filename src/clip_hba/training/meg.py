@@ -8,12 +8,18 @@ training concepts, from which the noise curves also come. Then:
 
 - stage 0: the backbone is frozen, so every block's pooled feature of every concept is computed
   once; only the layer weights W (and, with ``meg.dimension_gains``, the dimension gains)
-  train (AdamW, ``stage0_lr``) until the validation loss stops improving;
-- stage 1: the best stage-0 state is reloaded, DoRA adapters are added to every block, and W
-  (and gains; ``stage0_lr``) and the adapters (``stage1_lr``) train together.
+  train (AdamW, ``stage0_lr``) until the validation stops improving;
+- stage 1: the best stage-0 state is reloaded, DoRA adapters are added to every block (their
+  magnitudes frozen with ``freeze_magnitude``), and W (and gains; ``stage0_lr``) and the
+  adapters' directions (``stage1_lr``) train together.
 
 The loss is `clip_hba.training.meg_data.meg_loss`, each term divided by its value at the
-initial validation pass. Both stages run the shared lifecycle of `clip_hba.training.loop`.
+initial validation pass. An epoch is kept as the best only when it raises the validation RSA
+(the mean over timepoints from 0 ms of the Pearson r between the validation concepts' model
+and MEG RDMs) above the best so far *and* does not raise the validation loss; the best so far
+starts as the epoch-0 evaluation, so a run never returns a model below its starting point
+(if no epoch beats it, the start is kept, and the log and metrics say so). Both stages run
+the shared lifecycle of `clip_hba.training.loop`.
 """
 
 from __future__ import annotations
@@ -30,9 +36,14 @@ import torch
 from clip_hba._validation import InputError
 from clip_hba.data.things import load_spose_labels
 from clip_hba.meg.store import RDMStore
-from clip_hba.models.adapters import adapter_state, add_adapters, load_adapter_state, merge_adapters
+from clip_hba.models.adapters import (
+    adapter_state,
+    add_adapters,
+    freeze_magnitudes,
+    load_adapter_state,
+)
 from clip_hba.models.backbones import Backbone, backbone_fingerprint, load_backbone
-from clip_hba.models.config import AdapterConfig, HeadConfig
+from clip_hba.models.config import AdapterConfig
 from clip_hba.models.inputs import (
     concept_inputs,
     concepts_with_inputs,
@@ -44,9 +55,6 @@ from clip_hba.models.meg import MegModel, noise_curves, relative_gains
 from clip_hba.rsa.rdms import subset_pairs
 from clip_hba.training.config import MegFitConfig
 from clip_hba.training.load import (
-    apply_chain,
-    check_same_base,
-    label_features,
     load_meg_head,
     load_meg_run,
     resolve_device,
@@ -59,7 +67,14 @@ from clip_hba.training.loop import (
     train_epochs,
     training_run,
 )
-from clip_hba.training.meg_data import MegSplit, meg_loss, meg_split, meg_targets
+from clip_hba.training.meg_data import (
+    MegSplit,
+    meg_loss,
+    meg_split,
+    meg_targets,
+    rdm_correlations,
+)
+from clip_hba.training.meg_start import meg_start
 from clip_hba.training.runs import RunDir, strip_prefix, with_prefix
 
 __all__ = ["MegFitResult", "MegTrainer", "fit_meg"]
@@ -114,16 +129,6 @@ def fit_meg(
     return MegFitResult(run.path, progress.best_stage, progress.best_val_loss, trainer.log, model)
 
 
-@dataclass
-class _Start:
-    """What a new run starts from: merged ancestors, label embeddings, initial W and gains."""
-
-    chain: list[dict]
-    chain_tensors: dict[str, torch.Tensor]
-    label_features: torch.Tensor
-    head: dict[str, torch.Tensor] | None  # the parent MEG run's "meg.layer_weights_raw", ...
-
-
 class MegTrainer:
     """One CLIP-HBA-MEG run: model, concepts, targets, feature cache, optimizer (`Trainer`).
 
@@ -138,7 +143,7 @@ class MegTrainer:
         self.run = RunDir(config.out)
         backbone = load_backbone(config.model, allow_random_init=config.allow_random_init)
         self.base_fingerprint = backbone_fingerprint(backbone)  # before any adapter is added
-        start = self._start_point(backbone, allow_unfinished)
+        start = meg_start(config, backbone, self.base_fingerprint, allow_unfinished)
         self.chain_tensors = start.chain_tensors
         split, store_description = self._split(backbone)
         ordered = [*split.train_ids, *split.val_ids, *split.test_ids]
@@ -155,7 +160,7 @@ class MegTrainer:
                 f"The training targets are constant ({low:g} everywhere); nothing to fit."
             )
         scaled = (values - low) / (high - low)
-        curves = noise_curves(scaled[:, train_pairs], times, config.meg.window)
+        curves = noise_curves(scaled[:, train_pairs], times, config.meg.window, config.meg.gating)
         device = resolve_device(config.device)
         self.model = MegModel(backbone, start.label_features, times, config.meg, curves).to(device)
         if start.head is not None:
@@ -164,6 +169,9 @@ class MegTrainer:
         self.model.backbone_model.requires_grad_(False)
         self.model.eval()
         self.target = torch.as_tensor(scaled, dtype=torch.float32)
+        # the validation RSA averages the timepoints from 0 ms on (all, if none are)
+        after = torch.as_tensor(times >= 0)
+        self.rsa_times = after if bool(after.any()) else torch.ones_like(after)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
@@ -175,6 +183,7 @@ class MegTrainer:
             "base_model_fingerprint": self.base_fingerprint,
             "store": store_description,
             "chain": start.chain,
+            "labels_from": start.labels_from,
             "times_ms": times.tolist(),
             "target": {
                 "participants": participants,
@@ -192,39 +201,6 @@ class MegTrainer:
         self.features: torch.Tensor | None = self._layer_features(verbose)
 
     # ------------------------------------------------------------------ building
-
-    def _start_point(self, backbone: Backbone, allow_unfinished: bool) -> _Start:
-        config = self.config
-        if config.init_meg is not None:
-            parent = RunDir(config.init_meg).expect("meg", "--init-meg")
-            parent.require_finished(allow_unfinished)
-            check_same_base(parent, config.model, self.base_fingerprint, "--group-run")
-            saved, tensors = parent.description, parent.weights()
-            chain = list(saved["chain"])
-            chain_tensors = {k: v for k, v in tensors.items() if k.startswith("init.")}
-            own = strip_prefix("adapter.", tensors)
-            if own:
-                chain.append(
-                    {"adapter": saved["fit"]["adapter_resolved"], "source": str(parent.path)}
-                )
-                chain_tensors.update(with_prefix(f"init.{len(chain) - 1}.", own))
-            apply_chain(backbone, chain, chain_tensors)
-            return _Start(chain, chain_tensors, tensors["meg.label_features"], tensors)
-        if config.init_behavior is not None:
-            parent = RunDir(config.init_behavior).expect("behavior", "--init-behavior")
-            parent.require_finished(allow_unfinished)
-            check_same_base(parent, config.model, self.base_fingerprint, "--init-behavior")
-            behavior = parent.fit_config()
-            chain = [{"adapter": behavior.adapter.to_dict(), "source": str(parent.path)}]
-            adapters = strip_prefix("adapter.", parent.weights())
-            add_adapters(backbone, behavior.adapter, seed=0)
-            load_adapter_state(backbone, adapters)
-            labels = label_features(
-                backbone, behavior.head, config.data_dir
-            )  # the behaviour model's
-            merge_adapters(backbone)
-            return _Start(chain, with_prefix("init.0.", adapters), labels, None)
-        return _Start([], {}, label_features(backbone, HeadConfig(), config.data_dir), None)
 
     def _split(self, backbone: Backbone) -> tuple[MegSplit, dict[str, Any]]:
         """The split of the store's concepts that have inputs, and the store's description."""
@@ -292,6 +268,8 @@ class MegTrainer:
         """Reload the best stage-0 W and add the DoRA adapters (seeded)."""
         load_meg_head(self.model, self.run.weights())
         add_adapters(self.model.backbone, self.resolved_adapter(), seed=self.config.seed)
+        if self.config.freeze_magnitude:
+            freeze_magnitudes(self.model.backbone)
         self.model.to(self.model.device).eval()
         self.features = None  # stage 1 recomputes the features: the backbone now changes
 
@@ -306,6 +284,7 @@ class MegTrainer:
         record = self.validate(epoch=0, train_loss=None)
         self.log.append(record)
         self.progress.best_val_loss = record["val_loss"]
+        self.progress.best_val_r = record["val_r"]
         self.run.save_weights(self.weights())
         save_checkpoint(self)
 
@@ -349,7 +328,16 @@ class MegTrainer:
             for r in self.log
             if (r["stage"], r["epoch"]) == (progress.best_stage, progress.best_epoch)
         )
+        kept_start = (progress.best_stage, progress.best_epoch) == (0, 0)
+        if kept_start:
+            logger.warning(
+                "%s: no epoch raised the validation RSA (without raising the loss) above the "
+                "starting model's (r = %.4f); the starting model is kept.",
+                self.run.path,
+                self.log[0]["val_r"],
+            )
         metrics = {
+            "kept_start": kept_start,
             "best_stage": progress.best_stage,
             "best_epoch": progress.best_epoch,
             "best_val_loss": progress.best_val_loss,
@@ -375,7 +363,7 @@ class MegTrainer:
         tensors["meg.layer_weights_raw"] = model.weights.raw.detach().cpu().clone()
         tensors["meg.log_gains"] = model.log_gains.detach().cpu().clone()
         tensors["meg.label_features"] = model.label_features.cpu().clone()
-        tensors["meg.beta"] = model.beta.cpu().clone()
+        tensors["meg.gate"] = model.gate.cpu().clone()
         tensors["meg.noise"] = model.noise.cpu().clone()
         return tensors
 
@@ -384,6 +372,12 @@ class MegTrainer:
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         return self.validate(epoch, self.train_epoch())
+
+    def improves(self, record: dict[str, Any]) -> bool:
+        """A higher validation RSA than the best so far, and a loss no higher than its."""
+        best_r = self.progress.best_val_r
+        higher_r = best_r is None or record["val_r"] > best_r
+        return higher_r and record["val_loss"] <= self.progress.best_val_loss
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {
@@ -418,8 +412,8 @@ class MegTrainer:
             if len(rows) < 3:
                 continue
             rows = rows.sort().values
-            predicted = MegModel.rdms(self.embeddings(rows, noise=True))
-            loss, _ = meg_loss(predicted, self.targets(rows), self.config.loss_weights, self.norms)
+            predicted = self.model.rdms(self.embeddings(rows, noise=True))
+            loss, _ = self._loss(predicted, self.targets(rows))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -429,18 +423,29 @@ class MegTrainer:
         return total / max(count, 1)
 
     def validate(self, epoch: int, train_loss: float | None) -> dict[str, Any]:
-        """Validation loss over all validation concepts at once, noise off."""
+        """Validation loss and RSA over all validation concepts at once, noise off."""
         rows = torch.arange(self.n_train, self.n_train + self.n_val)
         with torch.no_grad():
-            predicted = MegModel.rdms(self.embeddings(rows, noise=False))
-            loss, parts = meg_loss(
-                predicted, self.targets(rows), self.config.loss_weights, self.norms
-            )
+            predicted = self.model.rdms(self.embeddings(rows, noise=False))
+            target = self.targets(rows)
+            loss, parts = self._loss(predicted, target)
+            per_time = rdm_correlations(predicted, target).cpu()
         return {
             "stage": self.progress.stage,
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": float(loss),
             "val_parts": parts,
-            "val_r": 1.0 - parts["rdm"],  # mean over timepoints of the validation RDM correlation
+            "val_r": float(per_time[self.rsa_times].mean()),  # mean r from 0 ms on
         }
+
+    def _loss(self, predicted: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        config = self.config
+        return meg_loss(
+            predicted,
+            target,
+            config.loss_weights,
+            self.norms,
+            config.rdm_correlation,
+            config.tg_term,
+        )

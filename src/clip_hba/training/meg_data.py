@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clip_hba._validation import InputError
+from clip_hba._validation import InputError, check_option
 from clip_hba.data.things import load_rdm48
 from clip_hba.meg.store import RDMStore, TimeRDMs
-from clip_hba.training.config import LOSS_TERMS, MegFitConfig
+from clip_hba.training.config import LOSS_TERMS, RDM_CORRELATIONS, TG_TERMS, MegFitConfig
 
-__all__ = ["MegSplit", "meg_loss", "meg_split", "meg_targets"]
+__all__ = ["MegSplit", "meg_loss", "meg_split", "meg_targets", "rdm_correlations"]
 
 
 @dataclass
@@ -100,45 +100,75 @@ def _generalisation(rdms: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
+def _tg_term(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str):
+    """1 - r between the temporal-generalisation matrices (over pairs without NaN)."""
+    complete = mask.all(0)
+    n_times = predicted.shape[0]
+    if n_times < 3 or int(complete.sum()) < 3:
+        return predicted.new_zeros(())
+    tg_model = _generalisation(predicted[:, complete])
+    tg_target = _generalisation(target[:, complete])
+    if kind == "row-mean":
+        tg_model, tg_target = tg_model.mean(1), tg_target.mean(1)
+    else:
+        upper = torch.triu_indices(n_times, n_times, offset=1, device=predicted.device)
+        tg_model = tg_model[upper[0], upper[1]]
+        tg_target = tg_target[upper[0], upper[1]]
+    everything = torch.ones_like(tg_model, dtype=torch.bool)
+    return 1.0 - _masked_pearson(tg_model, tg_target, everything)
+
+
+def rdm_correlations(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson r of model and target RDMs at every timepoint, NaN pairs left out, (T,).
+
+    A timepoint where either RDM is constant (e.g. a gated model before 0 ms) gives 0.
+    """
+    mask = ~torch.isnan(target)
+    return _masked_pearson(predicted, torch.nan_to_num(target), mask)
+
+
 def meg_loss(
     predicted: torch.Tensor,
     target: torch.Tensor,
     weights: tuple[float, float, float] = (1.0, 0.1, 0.15),
     norms: dict[str, float] | None = None,
+    rdm_correlation: str = "flat",
+    tg_term: str = "row-mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The MEG loss between model RDMs and target RDMs, both (T, n_pairs).
 
-    Terms: ``rdm`` = mean over timepoints of (1 - Pearson r); ``mse`` = mean squared error of
-    the model's RDM / 2 (1 - Pearson lies in [0, 2]) against the target (rescaled to [0, 1]);
-    ``tg`` = 1 - Pearson r between the upper triangles of the two temporal-generalisation
-    matrices. NaN target pairs are left out. With ``norms`` each term is divided by its norm.
+    Terms: ``rdm`` = 1 - Pearson r over every timepoint and pair at once (``"flat"``, the
+    reference's: the model must also match how distinct the RDMs are at each moment) or the
+    mean over timepoints of 1 - r (``"per-time"``); ``mse`` = mean squared error of the model's
+    RDM (1 - Pearson, in [0, 2], gated) against the target (rescaled to [0, 1]), as the
+    reference; ``tg`` = 1 - Pearson r between the row means (``"row-mean"``, the reference's)
+    or the upper triangles (``"matrix"``) of the two temporal-generalisation matrices. NaN
+    target pairs are left out. With ``norms`` each term is divided by its norm.
 
     Returns
     -------
     total : Tensor (scalar)
     parts : dict term -> float (the raw, unnormalised values)
     """
+    check_option("rdm_correlation", rdm_correlation, RDM_CORRELATIONS)
+    check_option("tg_term", tg_term, TG_TERMS)
     mask = ~torch.isnan(target)
     target = torch.nan_to_num(target)
-    rdm_term = (1.0 - _masked_pearson(predicted, target, mask)).mean()
-    weight = mask.to(predicted.dtype)
-    mse_term = (((predicted / 2.0 - target) ** 2) * weight).sum() / weight.sum().clamp_min(1.0)
-    complete = mask.all(0)
-    n_times = predicted.shape[0]
-    if n_times > 2 and int(complete.sum()) >= 3:
-        upper = torch.triu_indices(n_times, n_times, offset=1, device=predicted.device)
-        tg_model = _generalisation(predicted[:, complete])[upper[0], upper[1]]
-        tg_target = _generalisation(target[:, complete])[upper[0], upper[1]]
-        tg_term = 1.0 - _masked_pearson(tg_model, tg_target, torch.ones_like(tg_model).bool())
+    if rdm_correlation == "flat":
+        rdm_term = (
+            1.0
+            - _masked_pearson(predicted.reshape(1, -1), target.reshape(1, -1), mask.reshape(1, -1))[
+                0
+            ]
+        )
     else:
-        tg_term = predicted.new_zeros(())
-    terms = {"rdm": rdm_term, "mse": mse_term, "tg": tg_term}
+        rdm_term = (1.0 - _masked_pearson(predicted, target, mask)).mean()
+    weight = mask.to(predicted.dtype)
+    mse_term = (((predicted - target) ** 2) * weight).sum() / weight.sum().clamp_min(1.0)
+    terms = {"rdm": rdm_term, "mse": mse_term, "tg": _tg_term(predicted, target, mask, tg_term)}
     norms = norms or {}
     total = sum(
         w * terms[name] / max(norms.get(name, 1.0), 1e-12)
         for w, name in zip(weights, LOSS_TERMS, strict=True)
     )
     return total, {name: float(value.detach()) for name, value in terms.items()}
-
-
-# ---------------------------------------------------------------------------- building
