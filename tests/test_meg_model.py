@@ -130,7 +130,9 @@ def test_dimension_gains_start_neutral_and_scale_their_dimension(setup):
 
 
 def test_dimension_gains_are_learned_saved_inherited_and_resumed(setup, tmp_path):
-    options = dict(meg={"dimension_gains": True}, loss_weights=(1.0, 0.0, 0.0))
+    options = dict(
+        meg={"dimension_gains": True}, loss_weights=(1.0, 0.0, 0.0), improvement_confidence=0.0
+    )
     full = fit_meg(fit_config(setup, tmp_path / "full", **options), verbose=False)
     gains = load_meg_run(full.run_dir).dimension_gains
     assert np.ptp(gains) > 0  # learned: no longer all 1

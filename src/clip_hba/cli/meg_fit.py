@@ -67,7 +67,9 @@ Stage1EpochsOption = Annotated[
 PatienceOption = Annotated[
     int,
     typer.Option(
-        min=1, help="Each stage stops after this many epochs without a better validation loss."
+        min=1,
+        help="Each stage stops after this many epochs without a better one (a higher "
+        "validation RSA and a validation loss no higher).",
     ),
 ]
 MegBatchOption = Annotated[int, typer.Option(min=3, help="Concepts per batch.")]
@@ -148,6 +150,14 @@ FreezeMagnitudeOption = Annotated[
     ),
 ]
 WeightDecayOption = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
+ConfidenceOption = Annotated[
+    float,
+    typer.Option(
+        help="An epoch beats the best only if its higher validation RSA holds in at least this "
+        "share of 200 paired bootstrap resamples of the validation concepts (0: any rise, "
+        "the reference's rule)."
+    ),
+]
 
 
 def _training_options(
@@ -171,6 +181,7 @@ def _training_options(
     gating: GatingOption = MEG_MODEL.gating,
     freeze_magnitude: FreezeMagnitudeOption = MEG.freeze_magnitude,
     weight_decay: WeightDecayOption = MEG.weight_decay,
+    improvement_confidence: ConfidenceOption = MEG.improvement_confidence,
     alpha: AlphaOption = MEG.adapter.alpha,
     layers: LayersOption = ADAPTER_LAYERS,
     seed: MegSeedOption = MEG.seed,
@@ -207,6 +218,7 @@ def _meg_config(options: dict[str, Any], **own: Any) -> MegFitConfig:
         tg_term=options["tg_term"],
         freeze_magnitude=options["freeze_magnitude"],
         weight_decay=options["weight_decay"],
+        improvement_confidence=options["improvement_confidence"],
         adapter=AdapterConfig(
             rank=own.pop("rank"),
             alpha=options["alpha"],
@@ -268,7 +280,8 @@ def fit_meg_command(
     """Fit CLIP-HBA-MEG to the participants' mean MEG RDMs (group model).
 
     Stage 0 trains the layer weights W on cached features of the frozen backbone; stage 1 adds
-    DoRA adapters to every block. Prints the run's metrics.json.
+    DoRA adapters to every block. An epoch is kept only if it raises the validation RSA without
+    raising the validation loss, so the run never ends below its start. Prints metrics.json.
     """
     from clip_hba.training.meg import fit_meg
     from clip_hba.training.runs import RunDir

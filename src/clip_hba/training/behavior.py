@@ -208,6 +208,12 @@ class BehaviorTrainer:
         """A lower validation MSE than the best so far."""
         return record["val_loss"] < self.progress.best_val_loss
 
+    def on_best(self, record: dict[str, Any]) -> None:
+        """Nothing to note: the next epochs compare validation losses only."""
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {
             "train": f"{record['train_loss']:.3g}",

@@ -48,6 +48,7 @@ LEGACY_MEG_FIT = {
     "tg_term": "matrix",
     "freeze_magnitude": False,
     "init": "behavior",
+    "improvement_confidence": 0.0,
 }
 INDIVIDUAL_RANK = 6  # DoRA rank of individualized MEG models (group models: 32)
 
@@ -176,6 +177,9 @@ class MegFitConfig(_Config):
     # reference's); matrix: 1 - r between their upper triangles
     tg_term: Literal["row-mean", "matrix"] = "row-mean"
     freeze_magnitude: bool = True  # stage 1: DoRA magnitudes stay fixed (the reference's)
+    # an epoch beats the best only if its higher validation RSA holds in at least this share
+    # of paired bootstrap resamples of the validation concepts (0: any rise, the reference's)
+    improvement_confidence: float = 0.95
     seed: int = 0
     val_fraction: float = 0.2  # of the non-held-out concepts
     test_fraction: float = 0.2  # held out (the 48 RDM concepts first, when present)
@@ -211,6 +215,7 @@ class MegFitConfig(_Config):
         check_option("tg_term", self.tg_term, TG_TERMS)
         check_option("init", self.init, MEG_INITS)
         check_range("weight_decay", self.weight_decay, 0)
+        check_range("improvement_confidence", self.improvement_confidence, 0, 1, high_open=True)
         _check_at_least(self, ("batch_size", "patience", "stage0_epochs"), 1)
         _check_at_least(self, ("stage1_epochs",), 0)
         if self.batch_size < 3:

@@ -95,6 +95,14 @@ class Trainer(Protocol):
         """Whether an epoch's record beats the best so far (`Progress`)."""
         ...
 
+    def on_best(self, record: dict[str, Any]) -> None:
+        """An epoch became the best (after `improves`): note what later epochs compare with."""
+        ...
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors a resumed run needs besides `weights` (saved in the checkpoint only)."""
+        ...
+
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         """What the progress bar shows after an epoch."""
         ...
@@ -186,6 +194,7 @@ def train_epochs(
                 progress.best_val_r = record.get("val_r")
                 progress.best_stage, progress.best_epoch = progress.stage, epoch
                 progress.bad_epochs = 0
+                trainer.on_best(record)
                 trainer.run.save_weights(trainer.weights())
             else:
                 progress.bad_epochs += 1
@@ -201,7 +210,7 @@ def train_epochs(
 
 def save_checkpoint(trainer: Trainer) -> None:
     """The trainer's weights, optimizer, generators and progress as the run's checkpoint."""
-    tensors = trainer.weights()
+    tensors = {**trainer.weights(), **trainer.checkpoint_tensors()}
     groups: list = []
     if trainer.optimizer is not None:
         optimizer_state, groups = optimizer_tensors(trainer.optimizer)

@@ -73,6 +73,7 @@ from clip_hba.training.meg_data import (
     meg_split,
     meg_targets,
     rdm_correlations,
+    rsa_gain_confidence,
 )
 from clip_hba.training.meg_start import meg_start
 from clip_hba.training.runs import RunDir, strip_prefix, with_prefix
@@ -177,6 +178,8 @@ class MegTrainer:
         self.progress = Progress()
         self.log: list[dict] = []
         self.norms: dict[str, float] | None = None  # each loss term's initial validation value
+        self.val_rdms: torch.Tensor | None = None  # the last validation's model RDMs
+        self.best_val_rdms: torch.Tensor | None = None  # the best epoch's
         self.description = {
             "task": "meg",
             "base_model": config.model,
@@ -285,6 +288,7 @@ class MegTrainer:
         self.log.append(record)
         self.progress.best_val_loss = record["val_loss"]
         self.progress.best_val_r = record["val_r"]
+        self.best_val_rdms = self.val_rdms
         self.run.save_weights(self.weights())
         save_checkpoint(self)
 
@@ -299,6 +303,8 @@ class MegTrainer:
         load_meg_head(self.model, checkpoint.tensors)
         self.optimizer = self.optimizer_for(stage) if groups or stage == 0 else None
         self.norms = restore_checkpoint(self, checkpoint)["norms"]
+        # (None in checkpoints of older versions, whose runs compare by the plain rise)
+        self.best_val_rdms = checkpoint.tensors.get("val.best_rdms")
 
     def train_stage(self, deadline: float | None, verbose: bool) -> str:
         """Train the current stage to its end, then move to the next (unless out of time)."""
@@ -331,8 +337,8 @@ class MegTrainer:
         kept_start = (progress.best_stage, progress.best_epoch) == (0, 0)
         if kept_start:
             logger.warning(
-                "%s: no epoch raised the validation RSA (without raising the loss) above the "
-                "starting model's (r = %.4f); the starting model is kept.",
+                "%s: no epoch raised the validation RSA reliably (without raising the loss) "
+                "above the starting model's (r = %.4f); the starting model is kept.",
                 self.run.path,
                 self.log[0]["val_r"],
             )
@@ -370,14 +376,40 @@ class MegTrainer:
     def state(self) -> dict[str, Any]:
         return {"norms": self.norms}
 
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """The best epoch's validation RDMs (for the paired comparison of later epochs)."""
+        if self.best_val_rdms is None:
+            return {}
+        return {"val.best_rdms": self.best_val_rdms.detach().cpu().contiguous()}
+
     def epoch(self, epoch: int) -> dict[str, Any]:
-        return self.validate(epoch, self.train_epoch())
+        record = self.validate(epoch, self.train_epoch())
+        record["gain_confidence"] = self._gain_confidence(record)
+        return record
 
     def improves(self, record: dict[str, Any]) -> bool:
-        """A higher validation RSA than the best so far, and a loss no higher than its."""
+        """A higher validation RSA than the best so far, reliably (``improvement_confidence``
+        of the paired bootstrap), and a validation loss no higher than the best's."""
+        return record.get("gain_confidence", 1.0) >= max(self.config.improvement_confidence, 1e-12)
+
+    def on_best(self, record: dict[str, Any]) -> None:
+        self.best_val_rdms = self.val_rdms
+
+    def _gain_confidence(self, record: dict[str, Any]) -> float:
+        """0 unless the RSA rose and the loss did not; then the bootstrap share (or 1)."""
         best_r = self.progress.best_val_r
-        higher_r = best_r is None or record["val_r"] > best_r
-        return higher_r and record["val_loss"] <= self.progress.best_val_loss
+        if best_r is not None and record["val_r"] <= best_r:
+            return 0.0
+        if record["val_loss"] > self.progress.best_val_loss:
+            return 0.0
+        if self.config.improvement_confidence == 0 or self.best_val_rdms is None:
+            return 1.0
+        rows = torch.arange(self.n_train, self.n_train + self.n_val)
+        target = self.targets(rows)
+        return rsa_gain_confidence(
+            self.val_rdms, self.best_val_rdms.to(target.device), target, self.rsa_times,
+            self.n_val, seed=self.config.seed,
+        )  # fmt: skip
 
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {
@@ -430,6 +462,7 @@ class MegTrainer:
             target = self.targets(rows)
             loss, parts = self._loss(predicted, target)
             per_time = rdm_correlations(predicted, target).cpu()
+        self.val_rdms = predicted
         return {
             "stage": self.progress.stage,
             "epoch": epoch,

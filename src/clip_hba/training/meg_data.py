@@ -11,9 +11,17 @@ import torch
 from clip_hba._validation import InputError, check_option
 from clip_hba.data.things import load_rdm48
 from clip_hba.meg.store import RDMStore, TimeRDMs
+from clip_hba.rsa.rdms import pair_index
 from clip_hba.training.config import LOSS_TERMS, RDM_CORRELATIONS, TG_TERMS, MegFitConfig
 
-__all__ = ["MegSplit", "meg_loss", "meg_split", "meg_targets", "rdm_correlations"]
+__all__ = [
+    "MegSplit",
+    "meg_loss",
+    "meg_split",
+    "meg_targets",
+    "rdm_correlations",
+    "rsa_gain_confidence",
+]
 
 
 @dataclass
@@ -172,3 +180,43 @@ def meg_loss(
         for w, name in zip(weights, LOSS_TERMS, strict=True)
     )
     return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def rsa_gain_confidence(
+    candidate: torch.Tensor,
+    best: torch.Tensor,
+    target: torch.Tensor,
+    times: torch.Tensor,
+    n_concepts: int,
+    n_resamples: int = 200,
+    seed: int = 0,
+) -> float:
+    """How reliably ``candidate`` beats ``best`` on the validation RSA: a paired bootstrap.
+
+    The validation concepts are resampled with replacement (pairs of a concept with itself
+    dropped) ``n_resamples`` times, the same draws for both models; the result is the share of
+    draws in which the candidate's mean RSA over ``times`` is the higher one.
+
+    Parameters
+    ----------
+    candidate, best, target : Tensor, shape (T, n_pairs)
+        Model RDMs and target RDMs over the same ``n_concepts`` validation concepts.
+    times : Tensor of bool, shape (T,)
+        The timepoints averaged.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    upper = torch.triu_indices(n_concepts, n_concepts, offset=1)
+    wins = 0
+    for _ in range(n_resamples):
+        draw = torch.randint(0, n_concepts, (n_concepts,), generator=generator)
+        rows_a, rows_b = draw[upper[0]], draw[upper[1]]
+        distinct = rows_a != rows_b
+        pairs = pair_index(rows_a[distinct].numpy(), rows_b[distinct].numpy(), n_concepts)
+        pairs = torch.as_tensor(pairs, device=target.device)
+        sampled = target[:, pairs]
+        gain = (
+            rdm_correlations(candidate[:, pairs], sampled)[times].mean()
+            - rdm_correlations(best[:, pairs], sampled)[times].mean()
+        )
+        wins += int(gain > 0)
+    return wins / n_resamples
