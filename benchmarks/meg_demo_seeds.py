@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from clip_hba.data import load_spose
+from clip_hba.evaluation import strict_column_max
 from clip_hba.meg import RDMStore, simulate_meg
 from clip_hba.pipelines import demo_simulation, run_meg_demo
 from clip_hba.rsa import correlate_rowwise, rdm
@@ -48,10 +49,6 @@ def oracle_matrix(store_path: Path, concept_ids: list[str]) -> np.ndarray:
                 correlate_rowwise(data, np.broadcast_to(own, data.shape), "spearman")
             )
     return matrix
-
-
-def column_max(matrix: np.ndarray) -> list[bool]:
-    return [bool(matrix[j, j] >= matrix[:, j].max()) for j in range(len(matrix))]
 
 
 def main() -> None:
@@ -81,7 +78,7 @@ def main() -> None:
             "diagonal_is_column_max": specific["diagonal_is_column_max"],
             "diagonal_minus_off_diagonal": round(specific["diagonal_minus_off_diagonal"], 4),
             "p_value": round(specific["p_value"], 4),
-            "oracle_diagonal_is_column_max": column_max(oracle),
+            "oracle_diagonal_is_column_max": strict_column_max(oracle),
             "matrix": np.round(specific["matrix"], 4).tolist(),
             "oracle_matrix": np.round(oracle, 4).tolist(),
             "seconds": round(time.perf_counter() - started),

@@ -159,3 +159,13 @@ def test_second_order_finds_models_that_differ_as_their_participants_do():
     assert unrelated.p_value > result.p_value
     assert unrelated.model_dissimilarity[upper].size == 15
     assert second_order(list(models.values())[:2], list(meg.values)[:2]) is None
+
+
+def test_identical_personal_models_are_specific_to_nobody():
+    from clip_hba.evaluation import specificity_matrix, strict_column_max
+
+    models, meg = personal_population(4, seed=2)
+    same = {p: models["p00"] for p in models}
+    result = specificity_matrix(same, meg, (0.0, 50.0))
+    assert result.diagonal_is_column_max == [False] * 4  # ties: nobody's own model wins
+    assert strict_column_max(np.array([[2.0, 0.0], [1.0, 1.0]])) == [True, True]

@@ -40,6 +40,7 @@ __all__ = [
     "save_specificity",
     "second_order",
     "specificity_matrix",
+    "strict_column_max",
 ]
 
 
@@ -98,6 +99,13 @@ class SecondOrder:
         }
 
 
+def strict_column_max(matrix: np.ndarray) -> list[bool]:
+    """Per column j: is S[j, j] larger than every other model's S[i, j]? (A tie is not: models
+    that kept the same starting point are not specific to anyone.)"""
+    n = len(matrix)
+    return [bool(matrix[j, j] > np.delete(matrix[:, j], j).max()) for j in range(n)]
+
+
 def difference(matrix: np.ndarray) -> float:
     off = ~np.eye(len(matrix), dtype=bool)
     return float(np.diag(matrix).mean() - matrix[off].mean())
@@ -144,7 +152,7 @@ def specificity_matrix(
     observed = difference(matrix)
     null = permuted_differences(matrix, n_permutations, seed)
     p_value = (1 + int((null >= observed).sum())) / (1 + len(null))
-    column_max = [bool(matrix[j, j] >= matrix[:, j].max()) for j in range(len(participants))]
+    column_max = strict_column_max(matrix)
     return Specificity(
         participants,
         matrix,

@@ -16,7 +16,9 @@ training concepts, from which the noise curves also come. Then:
 The loss is `clip_hba.training.meg_data.meg_loss`, each term divided by its value at the
 initial validation pass. An epoch is kept as the best only when it raises the validation RSA
 (the mean over timepoints from 0 ms of the Pearson r between the validation concepts' model
-and MEG RDMs) above the best so far *and* does not raise the validation loss; the best so far
+and MEG RDMs) above the best so far, reliably (in ``improvement_confidence`` of paired
+bootstrap resamples of the validation concepts), *and* does not raise the validation loss;
+the best so far
 starts as the epoch-0 evaluation, so a run never returns a model below its starting point
 (if no epoch beats it, the start is kept, and the log and metrics say so). Both stages run
 the shared lifecycle of `clip_hba.training.loop`.
