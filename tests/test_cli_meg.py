@@ -67,10 +67,14 @@ def test_simulate_export_import_info(capsys, tmp_path):
     assert first == pytest.approx(second)
     code, out, _ = run(capsys, "meg", "info", str(tmp_path / "back.h5"), "--no-quality")
     assert "quality" not in json.loads(out)
-    code, out, err = run(
+    code, out, _ = run(
         capsys, "meg", "info", str(tmp_path / "back.h5"), "--quality-window", "500,900"
     )
-    assert code == 2 and "holds no timepoint" in err
+    assert code == 0 and "no timepoint" in json.loads(out)["quality"]["note"]
+    code, out, err = run(
+        capsys, "meg", "info", str(tmp_path / "back.h5"), "--quality-window", "500"
+    )
+    assert code == 2 and "500" in err and "Traceback" not in err
 
 
 def test_rsa_command_writes_summary_curves_and_plots(capsys, simulated, tmp_path, spose):

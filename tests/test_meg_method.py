@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clip_hba.meg import SimulationConfig, simulate_meg
+from clip_hba._validation import InputError
+from clip_hba.meg import SimulationConfig, simulate_meg, time_bins
 from clip_hba.models import (
     AdapterConfig,
     adapter_state,
@@ -22,6 +23,7 @@ from clip_hba.training import (
     BehaviorFitConfig,
     MegFitConfig,
     MegTrainer,
+    RunDir,
     fit_behavior,
     fit_meg,
     meg_loss,
@@ -308,3 +310,37 @@ def test_resume_is_exact_with_every_option(store, bert, tmp_path, options):
     final = load_file(out / "adapter.safetensors")
     for name, tensor in load_file(full.run_dir / "adapter.safetensors").items():
         assert torch.equal(final[name], tensor), name
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def test_bad_starts_and_settings_are_refused(store, bert, tmp_path):
+    with pytest.raises(InputError, match="give --init-behavior"):
+        meg_config(store, bert, tmp_path / "a", init="base")
+    with pytest.raises(InputError, match="'rdm_correlation'"):
+        meg_config(store, bert, tmp_path / "a", rdm_correlation="flatter")
+    with pytest.raises(InputError, match="needs timepoints from 0 ms"):
+        MegTrainer(meg_config(store, bert, tmp_path / "b", time_window=(-50, -10)), verbose=False)
+    group = fit_meg(meg_config(store, bert, tmp_path / "g", stage1_epochs=0), verbose=False)
+    with pytest.raises(InputError, match="--layer-features raw"):
+        MegTrainer(
+            meg_config(
+                store, bert, tmp_path / "c", init_meg=str(group.run_dir), participant="sim01",
+                meg={"layer_features": "normed"},
+            ),
+            verbose=False,
+        )  # fmt: skip
+    with pytest.raises(InputError, match="evenly spaced"):
+        time_bins(np.array([0.0, 1, 2, 4, 5, 6]), 2)
+
+
+def test_a_run_begun_by_an_older_version_is_not_resumed(store, bert, tmp_path):
+    out = tmp_path / "run"
+    fit_meg(meg_config(store, bert, out, time_budget_s=0.0), verbose=False)
+    run = RunDir(out)
+    checkpoint = run.load_checkpoint()
+    metadata = {k: v for k, v in checkpoint.metadata.items() if k != "best_val_r"}
+    run.save_checkpoint(checkpoint.tensors, metadata, checkpoint.log)
+    with pytest.raises(Exception, match="older version"):
+        fit_meg(meg_config(store, bert, out), resume=True, verbose=False)

@@ -176,8 +176,8 @@ def info_command(
         bool,
         typer.Option(
             help="Per participant: the mean Pearson r of their RDMs with the mean of the "
-            "others over --quality-window, its share of the upper noise ceiling, and a flag "
-            "for participants far below the others (reads the window)."
+            "others over --quality-window, its share of the lower noise ceiling (1 = a typical "
+            "participant), and a flag for participants far below the others (reads the window)."
         ),
     ] = True,
     quality_window: Annotated[
@@ -191,7 +191,10 @@ def info_command(
     window = parse_window(quality_window)
     with RDMStore(store) as opened:
         summary = opened.info(nan_share=nan_share)
-        if quality:
+        times = opened.times_ms
+        if quality and not ((times >= window[0]) & (times <= window[1])).any():
+            summary["quality"] = {"note": f"no timepoint in the quality window {list(window)} ms"}
+        elif quality:
             summary["quality"] = participant_quality(opened, window)
     emit(summary)
 

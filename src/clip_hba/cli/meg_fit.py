@@ -365,7 +365,13 @@ def evaluate_meg_command(
     store: StoreOption,
     out: Annotated[Path, typer.Option(help="Folder for the JSON summary and plots.")],
     n_permutations: Annotated[
-        int, typer.Option("--permutations", min=0, help="Permutations of the cluster tests.")
+        int,
+        typer.Option(
+            "--permutations",
+            min=0,
+            help="Permutations of the cluster tests; for a folder of personal runs, of the "
+            "specificity and second-order tests (exact when P! is at most this; 0: 10,000).",
+        ),
     ] = RSA.n_permutations,
     window: Annotated[
         str, typer.Option(help="Specificity: time window START,STOP in ms.")

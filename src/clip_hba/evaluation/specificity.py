@@ -151,7 +151,7 @@ def specificity_matrix(
     matrix = _rsa_matrix(models, data, method)
     observed = difference(matrix)
     null = permuted_differences(matrix, n_permutations, seed)
-    p_value = (1 + int((null >= observed).sum())) / (1 + len(null))
+    p_value = _p_value(null, observed)
     column_max = strict_column_max(matrix)
     return Specificity(
         participants,
@@ -228,7 +228,7 @@ def second_order(
             for order in _orders(n, n_permutations, seed)
         ]
     )
-    p_value = (1 + int((null >= observed - 1e-12).sum())) / (1 + len(null))
+    p_value = _p_value(null, observed)
     return SecondOrder(
         models,
         meg,
@@ -238,6 +238,12 @@ def second_order(
         len(null),
         1.0 / (1 + len(null)),
     )
+
+
+def _p_value(null: np.ndarray, observed: float) -> float:
+    """One-sided permutation p: the observed assignment counts, and so does every tie (up to
+    rounding: a relabelling that reorders equal values gives the same statistic)."""
+    return (1 + int((null >= observed - 1e-12).sum())) / (1 + len(null))
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -176,6 +176,8 @@ def time_bins(times_ms: np.ndarray, bin_ms: float | None) -> list[np.ndarray]:
         return [np.array([t]) for t in range(len(times_ms))]
     check_range("bin_ms", bin_ms, 0, low_open=True)
     step = float(np.median(np.diff(times_ms))) if len(times_ms) > 1 else float(bin_ms)
+    if len(times_ms) > 1 and not np.allclose(np.diff(times_ms), step, rtol=1e-6, atol=1e-9):
+        raise InputError("Binning needs evenly spaced timepoints; this time axis is uneven.")
     k = round(bin_ms / step)
     if k < 1 or abs(k * step - bin_ms) > 1e-6 * max(1.0, bin_ms):
         raise InputError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from clip_hba.data.embeddings import ConceptEmbedding, StackedEmbedding
 from clip_hba.models.behavior import BehaviorModel
@@ -30,17 +31,29 @@ def embed(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64) -> 
 
 
 def embed_layers(
-    model: BehaviorModel | MegModel, inputs: ConceptInputs, batch_size: int = 64
+    model: BehaviorModel | MegModel,
+    inputs: ConceptInputs,
+    batch_size: int = 64,
+    normed: bool | None = None,
 ) -> StackedEmbedding:
     """Every block's pooled feature of every input (see `Tower.layer_features`).
+
+    ``normed`` (through the tower's final norm): default the MEG model's own setting
+    (``layer_features``), for other models True.
 
     Returns
     -------
     StackedEmbedding, shape (n_blocks, n_inputs, feature_dim), layers ``block_1`` ...
     """
     tower = model.backbone.concept_tower
+    if normed is None:
+        normed = not isinstance(model, MegModel) or model.config.layer_features == "normed"
+
+    def features(batch: dict) -> torch.Tensor:
+        return tower.layer_features(batch, normed=normed)
+
     with eval_mode(model):
-        values = map_batches(tower.layer_features, inputs.tensors, batch_size, model.device, dim=1)
+        values = map_batches(features, inputs.tensors, batch_size, model.device, dim=1)
     return StackedEmbedding(values.double().numpy(), inputs.concept_ids, "layers")
 
 

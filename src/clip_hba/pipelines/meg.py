@@ -78,7 +78,7 @@ def evaluate_meg(
         {name: run.path for name, run in runs.items()},
         store,
         window_ms,
-        n_permutations=max(n_permutations, 1),
+        n_permutations=n_permutations or 10000,  # 0 turns off cluster tests, not this one
         seed=seed,
         device=device,
         images=images,
@@ -143,7 +143,10 @@ def evaluate_meg_run(
         base.backbone, ids, inputs_config, config.data_dir, things_ids_only=False
     )
     models.append(ModelRDMs.from_embedding("base", embed(base, base_inputs)))
-    models.append(ModelRDMs.from_embedding("base_layers", embed_layers(base, base_inputs, 50)))
+    # the base model's blocks as the MEG model mixes them (with or without the final norm)
+    normed = config.meg.layer_features == "normed"
+    layers = embed_layers(base, base_inputs, 50, normed=normed)
+    models.append(ModelRDMs.from_embedding("base_layers", layers))
     if config.init_behavior is not None:
         behavior = load_behavior_run(RunDir(config.init_behavior), device, allow_unfinished)
         models.append(ModelRDMs.from_embedding("behavior", embed(behavior, base_inputs)))

@@ -214,6 +214,11 @@ class MegFitConfig(_Config):
         check_option("rdm_correlation", self.rdm_correlation, RDM_CORRELATIONS)
         check_option("tg_term", self.tg_term, TG_TERMS)
         check_option("init", self.init, MEG_INITS)
+        if self.init == "base" and self.init_behavior is None:
+            raise InputError(
+                "init 'base' takes the behaviour run's label embeddings with the base model's "
+                "tower: give --init-behavior too."
+            )
         check_range("weight_decay", self.weight_decay, 0)
         check_range("improvement_confidence", self.improvement_confidence, 0, 1, high_open=True)
         _check_at_least(self, ("batch_size", "patience", "stage0_epochs"), 1)
@@ -233,7 +238,7 @@ class MegFitConfig(_Config):
     def from_dict(cls, values: dict) -> MegFitConfig:
         """A saved config; settings it lacks (older runs) take what those runs did."""
         values = {**LEGACY_MEG_FIT, **values}
-        meg = values.get("meg")
+        meg = values.get("meg") or {}
         if isinstance(meg, dict):
             values["meg"] = {**LEGACY_MEG_MODEL, **meg}
         return super().from_dict(values)  # type: ignore[return-value]

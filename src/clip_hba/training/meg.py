@@ -18,10 +18,9 @@ initial validation pass. An epoch is kept as the best only when it raises the va
 (the mean over timepoints from 0 ms of the Pearson r between the validation concepts' model
 and MEG RDMs) above the best so far, reliably (in ``improvement_confidence`` of paired
 bootstrap resamples of the validation concepts), *and* does not raise the validation loss;
-the best so far
-starts as the epoch-0 evaluation, so a run never returns a model below its starting point
-(if no epoch beats it, the start is kept, and the log and metrics say so). Both stages run
-the shared lifecycle of `clip_hba.training.loop`.
+the best so far starts as the epoch-0 evaluation, so a run never returns a model below its
+starting point (if no epoch beats it, the start is kept, and the log and metrics say so).
+Both stages run the shared lifecycle of `clip_hba.training.loop`.
 """
 
 from __future__ import annotations
@@ -163,6 +162,11 @@ class MegTrainer:
                 f"The training targets are constant ({low:g} everywhere); nothing to fit."
             )
         scaled = (values - low) / (high - low)
+        if config.meg.gating == "richness" and not (times >= 0).any():
+            raise InputError(
+                f"--gating richness needs timepoints from 0 ms on; the targets span "
+                f"{times[0]:g}..{times[-1]:g} ms (use --gating none)."
+            )
         curves = noise_curves(scaled[:, train_pairs], times, config.meg.window, config.meg.gating)
         device = resolve_device(config.device)
         self.model = MegModel(backbone, start.label_features, times, config.meg, curves).to(device)
@@ -290,7 +294,7 @@ class MegTrainer:
         self.log.append(record)
         self.progress.best_val_loss = record["val_loss"]
         self.progress.best_val_r = record["val_r"]
-        self.best_val_rdms = self.val_rdms
+        self.on_best(record)
         self.run.save_weights(self.weights())
         save_checkpoint(self)
 
@@ -298,6 +302,11 @@ class MegTrainer:
         if self.run.description["inputs_fingerprint"] != self.description["inputs_fingerprint"]:
             raise InputError(f"Cannot resume {self.run.path}: the concept inputs have changed.")
         checkpoint = self.run.load_checkpoint()
+        if checkpoint.metadata.get("best_val_r") is None:
+            raise InputError(
+                f"Cannot resume {self.run.path}: it was begun by an older version of clip-hba, "
+                "whose loss and checkpoint rule differ; start a new run."
+            )
         stage, groups = checkpoint.metadata["stage"], checkpoint.metadata["param_groups"]
         if stage == 1 and groups:  # in the middle of stage 1: adapters exist
             self.enter_stage1()
@@ -400,7 +409,7 @@ class MegTrainer:
     def _gain_confidence(self, record: dict[str, Any]) -> float:
         """0 unless the RSA rose and the loss did not; then the bootstrap share (or 1)."""
         best_r = self.progress.best_val_r
-        if best_r is not None and record["val_r"] <= best_r:
+        if best_r is not None and not record["val_r"] > best_r:  # (NaN is no rise either)
             return 0.0
         if record["val_loss"] > self.progress.best_val_loss:
             return 0.0

@@ -108,7 +108,9 @@ def _generalisation(rdms: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def _tg_term(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str):
+def _tg_term(
+    predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str
+) -> torch.Tensor:
     """1 - r between the temporal-generalisation matrices (over pairs without NaN)."""
     complete = mask.all(0)
     n_times = predicted.shape[0]
@@ -162,13 +164,9 @@ def meg_loss(
     check_option("tg_term", tg_term, TG_TERMS)
     mask = ~torch.isnan(target)
     target = torch.nan_to_num(target)
-    if rdm_correlation == "flat":
-        rdm_term = (
-            1.0
-            - _masked_pearson(predicted.reshape(1, -1), target.reshape(1, -1), mask.reshape(1, -1))[
-                0
-            ]
-        )
+    if rdm_correlation == "flat":  # every timepoint and pair as one long vector
+        flat = _masked_pearson(predicted.reshape(1, -1), target.reshape(1, -1), mask.reshape(1, -1))
+        rdm_term = 1.0 - flat[0]
     else:
         rdm_term = (1.0 - _masked_pearson(predicted, target, mask)).mean()
     weight = mask.to(predicted.dtype)

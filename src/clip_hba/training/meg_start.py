@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clip_hba._validation import InputError
 from clip_hba.models.adapters import (
     add_adapters,
     load_adapter_state,
@@ -47,6 +48,7 @@ def meg_start(
         parent = RunDir(config.init_meg).expect("meg", "--init-meg")
         parent.require_finished(allow_unfinished)
         check_same_base(parent, config.model, base_fingerprint, "--group-run")
+        _check_same_features(parent, config)
         saved, tensors = parent.description, parent.weights()
         chain = list(saved["chain"])
         chain_tensors = {k: v for k, v in tensors.items() if k.startswith("init.")}
@@ -73,3 +75,13 @@ def meg_start(
         merge_adapters(backbone)
         return MegStart(chain, with_prefix("init.0.", adapters), labels, None, str(parent.path))
     return MegStart([], {}, label_features(backbone, HeadConfig(), config.data_dir), None)
+
+
+def _check_same_features(parent: RunDir, config: MegFitConfig) -> None:
+    """A child mixes the features its parent's W was fitted on, or refuses."""
+    theirs, ours = parent.fit_config().meg.layer_features, config.meg.layer_features
+    if theirs != ours:
+        raise InputError(
+            f"{parent.path} mixes {theirs!r} layer features, this run {ours!r}; give "
+            f"--layer-features {theirs}."
+        )
