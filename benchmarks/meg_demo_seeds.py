@@ -8,8 +8,12 @@ their planted dimension weights, static over time) against everyone's held-out M
 same concepts, window and correlation. Where even the oracle's diagonal is not the largest in
 a column, that participant's data hardly shows their personal space.
 
-Usage: python benchmarks/meg_demo_seeds.py BEHAVIOR_RUN OUT [--seeds 0 1 2]
-(BEHAVIOR_RUN: e.g. clip-hba-demo/run after ``clip-hba demo``; about 3.5 minutes a seed on
+``auc_start`` is the held-out AUC of the group run's starting point (its epoch-0 model: the
+behaviour model's tower with W on the last block and the output's relu), which the run never
+falls below on validation; ``auc_behavior`` is the behaviour model's own.
+
+Usage: python benchmarks/meg_demo_seeds.py BEHAVIOR_RUN OUT [--seeds 0 1 2 3 4]
+(BEHAVIOR_RUN: e.g. clip-hba-demo/run after ``clip-hba demo``; about 5-6 minutes a seed on
 2 CPU cores.)
 """
 
@@ -24,11 +28,18 @@ from pathlib import Path
 import numpy as np
 
 from clip_hba.data import load_spose
-from clip_hba.evaluation import strict_column_max
+from clip_hba.evaluation import (
+    ModelRDMs,
+    TimeRSAConfig,
+    strict_column_max,
+    summarize_curve,
+    time_resolved_rsa,
+)
 from clip_hba.meg import RDMStore, simulate_meg
-from clip_hba.pipelines import demo_simulation, run_meg_demo
+from clip_hba.models import concept_inputs, embed_times
+from clip_hba.pipelines import demo_meg_config, demo_simulation, run_meg_demo
 from clip_hba.rsa import correlate_rowwise, rdm
-from clip_hba.training import RunDir
+from clip_hba.training import MegTrainer, RunDir
 
 WINDOW_MS = (0.0, 1000.0)
 
@@ -49,6 +60,20 @@ def oracle_matrix(store_path: Path, concept_ids: list[str]) -> np.ndarray:
                 correlate_rowwise(data, np.broadcast_to(own, data.shape), "spearman")
             )
     return matrix
+
+
+def start_auc(store_path: Path, behavior_run: Path, out: Path, concept_ids: list[str]) -> float:
+    """Held-out AUC of the group run's starting point (its epoch-0 model), as `evaluate meg`."""
+    config = demo_meg_config(store_path, out / "start", init_behavior=behavior_run)
+    model = MegTrainer(config, verbose=False).model
+    inputs = concept_inputs(model.backbone, concept_ids, config.inputs, things_ids_only=False)
+    embedding = embed_times(model, inputs)
+    window = (float(model.times_ms[0]), float(model.times_ms[-1]))
+    rsa_config = TimeRSAConfig(n_permutations=0, concept_ids=concept_ids, window_ms=window)
+    result = time_resolved_rsa(
+        store_path, [ModelRDMs.from_embedding("start", embedding)], rsa_config, verbose=False
+    )
+    return summarize_curve(result.group["start"], result.times_ms)["auc"]
 
 
 def main() -> None:
@@ -74,6 +99,7 @@ def main() -> None:
             "auc_group": round(summary["group_vs_base"]["auc_meg_model"], 4),
             "auc_base": round(summary["group_vs_base"]["auc_base"], 4),
             "auc_behavior": round(summary["group_curves"]["behavior"]["auc"], 4),
+            "auc_start": round(start_auc(store, args.behavior_run, out, held_out), 4),
             "dominant_layers": summary["layer_weights"]["n_distinct_dominant_layers_after_0ms"],
             "diagonal_is_column_max": specific["diagonal_is_column_max"],
             "diagonal_minus_off_diagonal": round(specific["diagonal_minus_off_diagonal"], 4),
