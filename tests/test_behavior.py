@@ -369,10 +369,13 @@ def test_image_list_csv(tiny_clip, tmp_path):
             backbone, TRAIN[:3], InputConfig(images=str(root), images_csv=str(root / "bad.csv"))
         )
     (root / "dup.csv").write_text("\n".join([*rows, rows[1]]))
-    with pytest.raises(InputError, match="more than one image"):
-        concept_inputs(
-            backbone, TRAIN[:3], InputConfig(images=str(root), images_csv=str(root / "dup.csv"))
-        )
+    dup = {"images": str(root), "images_csv": str(root / "dup.csv")}
+    with pytest.raises(InputError, match="more than one image.*--exemplar first"):
+        concept_inputs(backbone, TRAIN[:3], InputConfig(**dup, exemplar="_01b"))
+    first = concept_inputs(backbone, TRAIN[:3], InputConfig(**dup))  # each concept's first row
+    assert first.concept_ids == tuple(TRAIN[:3])
+    every = concept_inputs(backbone, TRAIN[:3], InputConfig(**dup, exemplar="all"))
+    assert every.concept_ids == (TRAIN[0], TRAIN[0], TRAIN[1], TRAIN[2])
 
 
 def test_wrong_label_count_is_rejected(tiny_clip, images, tmp_path):

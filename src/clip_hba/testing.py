@@ -5,6 +5,7 @@ for benchmarks) with a character-level CLIP tokenizer; `make_things_images` writ
 images in the THINGS folder layout.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +122,24 @@ def make_tiny_bert(path: Path, seed: int = 0, n_layers: int = 3) -> Path:
     return path
 
 
-def make_things_images(root: Path, concept_ids, size: int = 40, seed: int = 0) -> Path:
-    """Synthetic images in the THINGS layout: root/object_images/<id>/<id>_01b.jpg."""
+def make_things_images(
+    root: Path,
+    concept_ids,
+    size: int = 40,
+    seed: int = 0,
+    exemplars: Sequence[str] | dict[str, Sequence[str]] = ("_01b",),
+) -> Path:
+    """Synthetic images in the THINGS layout: root/object_images/<id>/<id><exemplar>.jpg.
+
+    ``exemplars``: the file-name suffixes of every concept's images, or per concept id (a
+    concept not in the dict gets ``_01b``).
+    """
     rng = np.random.default_rng(seed)
     for concept in concept_ids:
         folder = root / "object_images" / concept
         folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, size=(size, size + 8, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{concept}_01b.jpg", quality=95)
+        suffixes = exemplars.get(concept, ("_01b",)) if isinstance(exemplars, dict) else exemplars
+        for suffix in suffixes:
+            pixels = rng.integers(0, 256, size=(size, size + 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{concept}{suffix}.jpg", quality=95)
     return root

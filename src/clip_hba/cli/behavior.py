@@ -58,7 +58,7 @@ def fit_behavior_command(
     ] = BEHAVIOR.weight_decay,
     patience: Annotated[
         int,
-        typer.Option(min=1, help="Stop after this many epochs without a better validation MSE."),
+        typer.Option(min=1, help="Stop after this many epochs without a lower validation loss."),
     ] = BEHAVIOR.patience,
     seed: SeedOption = BEHAVIOR.seed,
     val_fraction: Annotated[
@@ -129,6 +129,22 @@ def fit_behavior_command(
         int | None,
         typer.Option(min=4, help="Use only this many train+validation concepts (quick runs)."),
     ] = BEHAVIOR.max_concepts,
+    augment: Annotated[
+        Literal["none", "standard"],
+        typer.Option(
+            help="Training images: as they are, or 'standard' (seeded random resized crop, "
+            "horizontal flip, mild colour jitter; augmented batches run the whole tower, the "
+            "frozen-prefix cache serves evaluation only). Never applied in evaluation."
+        ),
+    ] = BEHAVIOR.augment,
+    rdm_loss_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight L of the geometry term: loss = MSE + L x (1 - Pearson r) between the "
+            "batch's model RDM and target RDM (1 - Pearson of the 66-d rows). 0 = the MSE alone.",
+        ),
+    ] = BEHAVIOR.rdm_loss_weight,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last epoch.")
     ] = False,
@@ -139,7 +155,8 @@ def fit_behavior_command(
     """Fine-tune a CLIP (or text) backbone to predict the SPoSE 66-d behavioural embedding.
 
     Trains DoRA adapters (and the head) on the 1,806 concepts outside the 48-object RDM, with early
-    stopping on the validation MSE; prints the run's metrics.json (before/after) as JSON.
+    stopping on the validation loss (the MSE, plus the geometry term with --rdm-loss-weight);
+    prints the run's metrics.json (before/after) as JSON.
     """
     from clip_hba.training.behavior import fit_behavior
 
@@ -176,6 +193,8 @@ def fit_behavior_command(
         lr_schedule=lr_schedule,
         train_dropout=train_dropout,
         max_concepts=max_concepts,
+        augment=augment,
+        rdm_loss_weight=rdm_loss_weight,
         device=device,
         data_dir=path_or_none(data_dir),
         allow_random_init=allow_random_init,

@@ -91,26 +91,59 @@ def _root(
 @evaluate_app.command("behavior")
 def evaluate_behavior_command(
     embedding: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="Embedding file (.npy, .txt, .csv or .tsv), one row per concept: all 1,854 THINGS "
-            "concepts in official order, or any subset with --ids."
+            "concepts in official order, or any subset with --ids. Or give --model instead."
         ),
-    ],
+    ] = None,
     ids: Annotated[
         Path | None,
         typer.Option(help="File with the THINGS concept id of each embedding row, one per line."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --embedding: a behaviour run (or a base image model) whose "
+            "embedding of --images is scored, clean and with each of --corruptions."
+        ),
+    ] = None,
+    images: ImagesOption = None,
+    images_csv: ImagesCsvOption = None,
+    exemplar: Annotated[
+        str | None,
+        typer.Option(
+            help="With --model: images per concept, 'first', 'all' (the mean per concept) or a "
+            "file-name suffix (default: the run's)."
+        ),
+    ] = None,
+    skip_missing: SkipMissingOption = False,
+    corruptions: Annotated[
+        str | None,
+        typer.Option(
+            help="With --model: comma-separated corruptions of every image, from blur, noise, "
+            "jpeg, grayscale, contrast (ImageNet-C's parameters where it has them; default: "
+            "clean images only)."
+        ),
+    ] = None,
+    severity: Annotated[
+        str,
+        typer.Option(help="Severities of the corruptions: a range such as 1-5 or a list 1,3,5."),
+    ] = "1-5",
+    batch_size: BatchSizeOption = 64,
+    device: DeviceOption = "auto",
+    allow_unfinished: AllowUnfinishedOption = False,
+    allow_random_init: AllowRandomInitOption = False,
     rdm_metric: Annotated[
         Literal["pearson", "cosine", "euclidean"],
         typer.Option(
-            help="Dissimilarity for the model's 48-object RDM.",
+            help="Dissimilarity for the model's 48-object RDM (with --embedding).",
         ),
     ] = "pearson",
     similarity: Annotated[
         Literal["dot", "cosine"],
         typer.Option(
-            help="Similarity for picking a triplet's most similar pair.",
+            help="Similarity for picking a triplet's most similar pair (with --embedding).",
         ),
     ] = "dot",
     n_bootstrap: NBootstrapOption = 1000,
@@ -129,14 +162,49 @@ def evaluate_behavior_command(
     ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option(help="Write a figure of model vs human 48-object RDM (.png/.pdf)."),
+        typer.Option(
+            help="Write a figure (.png/.pdf): model vs human 48-object RDM (--embedding), or "
+            "the scores against severity per corruption (--model)."
+        ),
     ] = None,
 ) -> None:
-    """Score a concept embedding on the 48-object RDM and the 20,000 test triplets.
+    """Score a concept embedding (or a model's, on clean and corrupted images) on the 48-object
+    RDM and the 20,000 test triplets.
 
     Prints one JSON object: rdm48_spearman (+ bootstrap CI), odd_one_out_accuracy (+ Wilson CI),
-    n_triplets used, n_concepts, and the settings.
+    n_triplets used, n_concepts, and the settings; with --model, these scores for the clean
+    images and for each corruption and severity.
     """
+    if (embedding is None) == (model is None):
+        raise InputError("Give either --embedding (a file) or --model (a run and --images).")
+    if model is not None:
+        from clip_hba.data.transforms import parse_corruptions, parse_severities
+        from clip_hba.pipelines.robustness import evaluate_corruptions
+
+        result = evaluate_corruptions(
+            model,
+            corruptions=() if corruptions is None else parse_corruptions(corruptions),
+            severities=parse_severities(severity),
+            images=images,
+            images_csv=images_csv,
+            exemplar=exemplar,
+            skip_missing=skip_missing,
+            batch_size=batch_size,
+            n_bootstrap=n_bootstrap,
+            ci_level=ci_level,
+            seed=seed,
+            device=device,
+            data_dir=data_dir,
+            plot=plot,
+            allow_unfinished=allow_unfinished,
+            allow_random_init=allow_random_init,
+        )
+        emit(result, out)
+        return
+    with_model = {"--images": images, "--corruptions": corruptions, "--exemplar": exemplar}
+    given = [name for name, value in with_model.items() if value is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} go with --model, not with --embedding.")
     from clip_hba.evaluation.behavior import evaluate_embedding_file
 
     result = evaluate_embedding_file(
@@ -225,7 +293,9 @@ def embed_command(
     exemplar: Annotated[
         str | None,
         typer.Option(
-            help=f"THINGS layout: exemplar suffix (default: the run's, else {INPUTS.exemplar})."
+            help="Images per concept: 'first' (first file by name), 'all' (one row per concept: "
+            "the mean over its images) or a file-name suffix such as _01b (default: the run's, "
+            f"else {INPUTS.exemplar})."
         ),
     ] = None,
     normalization: Annotated[
@@ -248,12 +318,19 @@ def embed_command(
             "dim), for `meg rsa`'s layer x time matrix."
         ),
     ] = False,
+    per_image: Annotated[
+        bool,
+        typer.Option(
+            help="One row per image (concept_ids repeat, image_ids name the files) instead of "
+            "one per concept; with --exemplar all, every image of every concept."
+        ),
+    ] = False,
     device: DeviceOption = "auto",
     data_dir: DataDirOption = None,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_random_init: AllowRandomInitOption = False,
 ) -> None:
-    """Write the model's 66-d behavioural embedding of every concept image (or concept text).
+    """Write the model's 66-d behavioural embedding of every concept (or concept image).
 
     A MEG run gives (T, N, 66) embeddings with their time axis. Images are prepared as the run
     was trained (its image folder, normalisation, text template) unless overridden.
@@ -272,6 +349,7 @@ def embed_command(
         batch_size=batch_size,
         with_rdm=rdm,
         layers=layers,
+        per_image=per_image,
         device=device,
         data_dir=data_dir,
         allow_unfinished=allow_unfinished,

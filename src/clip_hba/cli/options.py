@@ -100,7 +100,13 @@ ImagesCsvOption = Annotated[
     Path | None, typer.Option(help="CSV of image,concept_id rows (paths relative to --images).")
 ]
 ExemplarOption = Annotated[
-    str, typer.Option(help="THINGS layout: file-name suffix of the exemplar image per concept.")
+    str,
+    typer.Option(
+        help="Images per concept: 'first' (the first file by name: _01b in THINGS where it "
+        "exists, else _01s/_02s; a CSV's first row), 'all' (every image: a sample each in "
+        "training, the mean per concept in evaluation) or a file-name suffix such as _01b "
+        "(concepts without it are missing)."
+    ),
 ]
 NormalizationOption = Annotated[
     Literal["things", "clip"],

@@ -24,11 +24,13 @@ from clip_hba.rsa.rdms import rdm
 
 __all__ = [
     "ConceptEmbedding",
+    "ImageEmbedding",
     "StackedEmbedding",
     "read_embedding",
     "read_ids",
     "read_stacked_embedding",
     "save_embedding",
+    "save_image_embedding",
     "save_stacked_embedding",
 ]
 
@@ -325,13 +327,71 @@ def save_embedding(
         return write_npz_atomic(path, arrays)
     if with_rdm:
         raise InputError("An RDM can only be written into a .npz file (--rdm).")
+    return write_text_atomic(path, _table(embedding, item_ids, suffix))
+
+
+def _table(
+    embedding: ConceptEmbedding | ImageEmbedding, item_ids: Sequence[str], suffix: str
+) -> str:
+    """CSV/TSV text: columns concept_id, image_id and one per label."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="," if suffix == ".csv" else "\t")
-    labels = embedding.dim_labels or tuple(f"dim{k}" for k in range(embedding.n_dims))
+    n_dims = embedding.values.shape[1]
+    labels = embedding.dim_labels or tuple(f"dim{k}" for k in range(n_dims))
     writer.writerow(["concept_id", "image_id", *labels])
     for concept, item, row in zip(embedding.concept_ids, item_ids, embedding.values, strict=True):
         writer.writerow([concept, item, *(repr(float(v)) for v in row)])
-    return write_text_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True, eq=False)
+class ImageEmbedding:
+    """One row per image, with its image id and the concept it shows (ids may repeat).
+
+    Parameters
+    ----------
+    values : array-like, shape (n_images, n_dims)
+    concept_ids, image_ids : sequence of str, length n_images
+    dim_labels : sequence of str, length n_dims, optional
+    """
+
+    values: np.ndarray
+    concept_ids: tuple[str, ...]
+    image_ids: tuple[str, ...]
+    dim_labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        values = np.array(self.values, dtype=np.float64)
+        if values.ndim != 2 or not len(values) == len(self.concept_ids) == len(self.image_ids):
+            raise InputError(
+                f"An image embedding must be (n_images, n_dims) with one concept id and image id "
+                f"per row, got shape {values.shape}, {len(self.concept_ids)} concept ids and "
+                f"{len(self.image_ids)} image ids."
+            )
+        check_finite("The image embedding", values)
+        values.setflags(write=False)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "concept_ids", tuple(map(str, self.concept_ids)))
+        object.__setattr__(self, "image_ids", tuple(map(str, self.image_ids)))
+
+
+def save_image_embedding(path: str | os.PathLike, embedding: ImageEmbedding) -> Path:
+    """Write an `ImageEmbedding`, atomically: ``.npz`` (arrays ``embedding``, ``concept_ids``,
+    ``image_ids``, ``labels``) or ``.csv``/``.tsv`` (columns ``concept_id``, ``image_id`` and
+    one per label)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise InputError(f"Cannot write embeddings to {path}: use a .npz, .csv or .tsv file.")
+    if suffix == ".npz":
+        arrays = {
+            "embedding": embedding.values,
+            "concept_ids": np.array(embedding.concept_ids),
+            "image_ids": np.array(embedding.image_ids),
+            "labels": np.array(embedding.dim_labels or ()),
+        }
+        return write_npz_atomic(path, arrays)
+    return write_text_atomic(path, _table(embedding, embedding.image_ids, suffix))
 
 
 def save_stacked_embedding(

@@ -1,8 +1,14 @@
-"""Concept images: finding one image per concept, and turning images into normalised tensors.
+"""Concept images: finding the images of each concept, and turning them into normalised tensors.
 
-Two layouts are read: the THINGS layout ``object_images/<concept>/<concept>_01b.jpg`` (one
-exemplar per concept, chosen by its suffix), and any folder with a CSV of ``image,concept_id``
-rows (image paths relative to the folder).
+Two layouts are read: the THINGS layout ``object_images/<concept>/<concept>_01b.jpg`` and any
+folder with a CSV of ``image,concept_id`` rows (image paths relative to the folder). Which
+images of a concept are used is the ``exemplar``: ``"first"`` (the first file in sorted name
+order: ``_01b`` in THINGS where it exists, else ``_01s`` or ``_02s``; a CSV's first row of the
+concept), ``"all"`` (every image) or a file-name suffix such as ``"_01b"`` (THINGS layout).
+
+`ImagePixels` gives the normalised pixels of an image list by row, preloaded when small and read
+from disk batch by batch when not (all 26,107 THINGS images at 224 px would take 16 GB), with
+an optional seeded augmentation or a corruption.
 """
 
 from __future__ import annotations
@@ -10,8 +16,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -20,9 +27,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clip_hba._validation import InputError, check_option, preview
+from clip_hba.data.transforms import augment_image, corrupt_image
 
 __all__ = [
+    "EXEMPLAR_SETS",
     "NORMALIZATIONS",
+    "ImagePixels",
     "ImageSet",
     "find_images",
     "load_pixels",
@@ -37,6 +47,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 Normalization = Literal["things", "clip"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+EXEMPLAR_SETS = ("first", "all")  # besides a file-name suffix such as "_01b"
+PRELOAD_LIMIT_BYTES = 2 * 2**30  # ImagePixels keeps up to this much in memory
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class ImageSet:
     ----------
     paths : tuple of Path
     concept_ids : tuple of str
-        Same length as ``paths``.
+        Same length as ``paths``; a concept's images are consecutive (exemplar ``"all"``).
     """
 
     paths: tuple[Path, ...]
@@ -66,11 +78,11 @@ def find_images(
     concept_ids: Sequence[str] | None = None,
     *,
     csv_path: str | os.PathLike | None = None,
-    exemplar: str = "_01b",
+    exemplar: str = "first",
     skip_missing: bool = False,
     known_ids: Sequence[str] | None = None,
 ) -> ImageSet:
-    """One image per concept from a THINGS-layout folder or a folder plus CSV.
+    """The images of each concept from a THINGS-layout folder or a folder plus CSV.
 
     Parameters
     ----------
@@ -83,7 +95,9 @@ def find_images(
         CSV with columns ``image,concept_id`` (a header row is required). Without it, a file
         ``images.csv`` in ``root`` is used if present, else the THINGS layout.
     exemplar : str
-        THINGS layout: the file-name suffix of the exemplar to use (``<concept><exemplar>.jpg``).
+        ``"first"``: each concept's first image in sorted file-name order (a CSV: its first
+        row); ``"all"``: every image; otherwise a file-name suffix (THINGS layout:
+        ``<concept><exemplar>.jpg``; concepts without that file count as missing).
     skip_missing : bool
         Leave out concepts without an image (logged with a count) instead of failing.
     known_ids : sequence of str, optional
@@ -99,7 +113,11 @@ def find_images(
         raise InputError(f"Image folder {root} does not exist or is not a directory.")
     if csv_path is None and (root / "images.csv").is_file():
         csv_path = root / "images.csv"
-    found = _from_csv(root, Path(csv_path)) if csv_path else _from_things_layout(root, exemplar)
+    _check_exemplar(exemplar)
+    if csv_path:
+        found = _from_csv(root, Path(csv_path), exemplar)
+    else:
+        found = _from_things_layout(root, exemplar)
     if csv_path and known_ids is not None:
         known = set(known_ids)
         unknown = [c for c in found if c not in known]
@@ -122,24 +140,42 @@ def find_images(
     kept = [c for c in wanted if c in found]
     if not kept:
         raise InputError(f"No image of the requested concepts was found in {root}.")
-    return ImageSet(tuple(found[c] for c in kept), tuple(kept))
+    paths = tuple(path for c in kept for path in found[c])
+    return ImageSet(paths, tuple(c for c in kept for _ in found[c]))
 
 
-def _from_things_layout(root: Path, exemplar: str) -> dict[str, Path]:
+def _check_exemplar(exemplar: object) -> None:
+    if not isinstance(exemplar, str):
+        raise InputError(f"Invalid value for 'exemplar': expected a string, got {exemplar!r}.")
+    if exemplar not in EXEMPLAR_SETS and (not exemplar or "/" in exemplar or "\\" in exemplar):
+        raise InputError(
+            f"Invalid value for 'exemplar': expected 'first', 'all' or a file-name suffix such as "
+            f"'_01b', got {exemplar!r}."
+        )
+
+
+def _from_things_layout(root: Path, exemplar: str) -> dict[str, list[Path]]:
     base = root / "object_images" if (root / "object_images").is_dir() else root
     found = {}
     for folder in sorted(p for p in base.iterdir() if p.is_dir()):
-        matches = [
-            folder / f"{folder.name}{exemplar}{suffix}"
-            for suffix in IMAGE_SUFFIXES
-            if (folder / f"{folder.name}{exemplar}{suffix}").is_file()
-        ]
+        if exemplar in EXEMPLAR_SETS:
+            images = sorted(
+                (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                key=lambda p: p.name,
+            )
+            matches = images[:1] if exemplar == "first" else images
+        else:
+            matches = [
+                folder / f"{folder.name}{exemplar}{suffix}"
+                for suffix in IMAGE_SUFFIXES
+                if (folder / f"{folder.name}{exemplar}{suffix}").is_file()
+            ][:1]
         if matches:
-            found[folder.name] = matches[0]
+            found[folder.name] = matches
     return found
 
 
-def _from_csv(root: Path, csv_path: Path) -> dict[str, Path]:
+def _from_csv(root: Path, csv_path: Path, exemplar: str) -> dict[str, list[Path]]:
     try:
         with csv_path.open(encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -147,27 +183,41 @@ def _from_csv(root: Path, csv_path: Path) -> dict[str, Path]:
         raise InputError(f"Cannot read image list {csv_path}: {err}") from None
     if not rows or not {"image", "concept_id"} <= set(rows[0]):
         raise InputError(f"Image list {csv_path} needs a header with columns image,concept_id.")
-    found: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     for row in rows:
         concept, image = row["concept_id"].strip(), (root / row["image"].strip())
         if not image.is_file():
             raise InputError(f"Image list {csv_path} names a missing file: {image}.")
-        if concept in found:
-            raise InputError(
-                f"Image list {csv_path} gives concept {concept!r} more than one image; "
-                "training uses one image per concept."
-            )
-        found[concept] = image
-    return found
+        found.setdefault(concept, []).append(image)
+    if exemplar == "all":
+        return found
+    several = [c for c, images in found.items() if len(images) > 1]
+    if several and exemplar != "first":
+        raise InputError(
+            f"Image list {csv_path} gives {len(several)} concept(s) more than one image "
+            f"({preview(several)}): choose --exemplar first (each concept's first row) or all."
+        )
+    return {c: images[:1] for c, images in found.items()}
+
+
+Transform = Callable[[int, Image.Image], Image.Image]  # (row, RGB image) -> image
 
 
 def load_pixels(
-    paths: Sequence[Path], size: int = 224, normalization: Normalization = "things"
+    paths: Sequence[Path],
+    size: int = 224,
+    normalization: Normalization = "things",
+    transform: Transform | None = None,
+    rows: Sequence[int] | None = None,
+    corruption: tuple[str, int] | None = None,
 ) -> torch.Tensor:
     """Images as normalised tensors.
 
-    Each image is converted to RGB, resized so that its shorter side is ``size`` (bicubic),
-    centre-cropped to ``size`` x ``size`` and normalised per channel.
+    Each image is converted to RGB, passed through ``transform`` (given the image's row, from
+    ``rows``, default 0, 1, ...), resized so that its shorter side is ``size`` (bicubic),
+    centre-cropped to ``size`` x ``size``, corrupted (``corruption``: name and severity, at the
+    model's resolution as in ImageNet-C) and normalised per channel. Files are decoded on a
+    few threads (PIL releases the GIL while decoding and resizing).
 
     Returns
     -------
@@ -175,16 +225,34 @@ def load_pixels(
     """
     check_option("normalization", normalization, tuple(NORMALIZATIONS))
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[normalization])
+    rows = range(len(paths)) if rows is None else rows
     pixels = torch.empty(len(paths), 3, size, size)
-    for k, path in enumerate(paths):
-        pixels[k] = (_square_image(path, size) - mean) / std
+
+    def load(k: int) -> None:
+        square = _square_image(paths[k], size, rows[k], transform, corruption)
+        pixels[k] = (square - mean) / std
+
+    if len(paths) < 8:
+        for k in range(len(paths)):
+            load(k)
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(load, range(len(paths))))
     return pixels
 
 
-def _square_image(path: Path, size: int) -> torch.Tensor:
+def _square_image(
+    path: Path,
+    size: int,
+    row: int,
+    transform: Transform | None,
+    corruption: tuple[str, int] | None,
+) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
+            if transform is not None:
+                image = transform(row, image)
             scale = size / min(image.size)
             resized = image.resize(
                 (max(size, round(image.width * scale)), max(size, round(image.height * scale))),
@@ -195,5 +263,81 @@ def _square_image(path: Path, size: int) -> torch.Tensor:
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
     cropped = resized.crop((left, top, left + size, top + size))
+    if corruption is not None:
+        cropped = corrupt_image(cropped, *corruption)
     array = np.asarray(cropped, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class ImagePixels:
+    """The normalised pixels of a list of images, by row: ``pixels[rows]`` -> (k, 3, size, size).
+
+    Stands in for a ``pixel_values`` tensor in model inputs. Small sets without augmentation
+    are read once into memory (up to 2 GiB); larger ones and augmented ones are read from disk
+    for each batch, as a data loader would.
+
+    Attributes
+    ----------
+    paths : tuple of Path
+    size : int
+    normalization : {"things", "clip"}
+    augment : bool
+        The ``standard`` seeded training augmentation of `clip_hba.data.transforms`, drawn per
+        (``seed``, ``epoch``, row): the same seed gives the same images in every batch order.
+    seed, epoch : int
+    corruption : (str, int), optional
+        A corruption of `clip_hba.data.transforms.CORRUPTIONS` and its severity.
+    """
+
+    paths: tuple[Path, ...]
+    size: int = 224
+    normalization: Normalization = "things"
+    augment: bool = False
+    seed: int = 0
+    epoch: int = 0
+    corruption: tuple[str, int] | None = None
+    _memory: torch.Tensor | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_option("normalization", self.normalization, tuple(NORMALIZATIONS))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.paths) * 3 * self.size * self.size * 4
+
+    def __getitem__(self, rows: torch.Tensor | Sequence[int] | range) -> torch.Tensor:
+        index = torch.as_tensor(list(rows) if isinstance(rows, range) else rows, dtype=torch.long)
+        if self._memory is not None:
+            return self._memory[index]
+        chosen = index.tolist()
+        transform = self._augment if self.augment else None
+        paths = [self.paths[k] for k in chosen]
+        return load_pixels(paths, self.size, self.normalization, transform, chosen, self.corruption)
+
+    def preloaded(self) -> ImagePixels:
+        """These pixels held in memory when they fit (2 GiB) and are not augmented."""
+        if self._memory is not None or self.augment:
+            return self
+        if self.nbytes > PRELOAD_LIMIT_BYTES:
+            return self
+        memory = self[torch.arange(len(self))]
+        return replace(self, _memory=memory)
+
+    def augmented(self, seed: int, epoch: int) -> ImagePixels:
+        """The same images with the ``standard`` augmentation of ``epoch`` (read from disk)."""
+        return replace(self, augment=True, seed=seed, epoch=epoch, _memory=None)
+
+    def corrupted(self, corruption: str, severity: int) -> ImagePixels:
+        """The same images with a corruption (see `clip_hba.data.transforms.corrupt_image`)."""
+        return replace(self, corruption=(corruption, severity), _memory=None)
+
+    def _augment(self, row: int, image: Image.Image) -> Image.Image:
+        return augment_image(image, np.random.default_rng((self.seed, self.epoch, row)))

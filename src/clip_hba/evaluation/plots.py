@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from clip_hba._io import write_atomic
@@ -20,6 +21,7 @@ from clip_hba.rsa.rdms import RDM, align
 
 __all__ = [
     "check_figure_path",
+    "plot_corruptions",
     "plot_layer_time",
     "plot_layer_weights",
     "plot_learning_curves",
@@ -104,18 +106,59 @@ def plot_rdms(rdms: dict[str, RDM], path: str | os.PathLike, title: str = "") ->
 
 
 def plot_learning_curves(log: list[dict], path: str | os.PathLike, title: str = "") -> Path:
-    """Training and validation MSE and the held-out 48-object rho per epoch."""
+    """Training and validation MSE, and the validation and held-out 48-object RDM rho, per epoch.
+
+    The MSE panel shows the MSE term alone (``train_mse``/``val_mse``; logs of older versions:
+    the loss, which was the MSE), so runs with and without the geometry term compare.
+    """
     check_figure_path(path)
     epochs = [r["epoch"] for r in log]
     fig, (loss_ax, rho_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     trained = [r for r in log if r.get("train_loss") is not None]
-    loss_ax.plot([r["epoch"] for r in trained], [r["train_loss"] for r in trained], label="train")
-    loss_ax.plot(epochs, [r["val_loss"] for r in log], label="validation")
-    loss_ax.set(xlabel="epoch", ylabel="MSE (targets 0-100)", title="loss")
+    loss_ax.plot(
+        [r["epoch"] for r in trained],
+        [r.get("train_mse", r["train_loss"]) for r in trained],
+        label="train",
+    )
+    loss_ax.plot(epochs, [r.get("val_mse", r["val_loss"]) for r in log], label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="MSE (targets 0-100)", title="MSE")
     loss_ax.legend()
-    rho_ax.plot(epochs, [r.get("rdm48_spearman") for r in log], color="C2")
-    rho_ax.set(xlabel="epoch", ylabel="Spearman rho", title="held-out 48-object RDM")
+    if any(r.get("val_rdm_spearman") is not None for r in log):
+        rho_ax.plot(epochs, [r.get("val_rdm_spearman") for r in log], label="validation concepts")
+    rho_ax.plot(epochs, [r.get("rdm48_spearman") for r in log], label="held-out 48 (RDM48)")
+    rho_ax.set(xlabel="epoch", ylabel="Spearman rho with the target RDM", title="geometry")
+    rho_ax.legend()
+    for ax in (loss_ax, rho_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_corruptions(result: dict, path: str | os.PathLike) -> Path:
+    """RDM48 rho and odd-one-out accuracy against corruption severity, one line per corruption.
+
+    ``result``: the output of `clip_hba.pipelines.robustness.evaluate_corruptions`; the clean
+    images' scores are the dashed lines.
+    """
+    check_figure_path(path)
+    metrics = (("rdm48_spearman", "RDM48 Spearman rho"), ("odd_one_out_accuracy", "odd-one-out"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        for k, (name, rows) in enumerate(result["corruptions"].items()):
+            ax.plot(
+                [r["severity"] for r in rows],
+                [r[key] for r in rows],
+                "o-",
+                color=f"C{k}",
+                label=name,
+            )
+        clean = result["clean"][key]
+        if clean is not None:
+            ax.axhline(clean, color="k", linestyle="--", label="clean")
+        ax.set(xlabel="severity", ylabel=label, title=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"Robustness of {Path(str(result['model'])).name}")
     return _save(fig, path)
 
 

@@ -58,6 +58,7 @@ _MODULES = {
     "richness_curve": "meg",
     "relative_gains": "meg",
     "embed": "inference",
+    "embed_images": "inference",
     "embed_layers": "inference",
     "embed_times": "inference",
 }
@@ -92,6 +93,7 @@ __all__ = [
     "concept_inputs",
     "concepts_with_inputs",
     "embed",
+    "embed_images",
     "embed_layers",
     "embed_times",
     "eval_mode",

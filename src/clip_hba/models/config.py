@@ -36,7 +36,9 @@ class InputConfig:
 
     images: str | None = None  # image folder (THINGS layout, or with images.csv / images_csv)
     images_csv: str | None = None  # CSV with columns image,concept_id
-    exemplar: str = "_01b"  # THINGS layout: <concept><exemplar>.jpg
+    # "first": each concept's first image file by name (THINGS: _01b, else _01s/_02s); "all":
+    # every image (a sample each in training, a mean per concept in evaluation); or a suffix
+    exemplar: str = "first"
     skip_missing: bool = False  # leave out concepts without an image instead of failing
     normalization: Literal["things", "clip"] = "things"  # per-channel image mean/std
     text_template: str = "{word}: {definition}"  # text backbones: the text of a concept

@@ -1,7 +1,8 @@
 """Inference: models -> embeddings of concept inputs, with their ids (and layer or time axis).
 
 Deterministic and independent of the batch size: every model runs in eval mode (no dropout,
-no MEG noise) through `map_batches`.
+no MEG noise) through `map_batches`. A concept with several images gets the mean of their
+outputs (`ConceptInputs.concept_means`); `embed_images` keeps one row per image.
 """
 
 from __future__ import annotations
@@ -11,23 +12,44 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from clip_hba.data.embeddings import ConceptEmbedding, StackedEmbedding
+from clip_hba.data.embeddings import ConceptEmbedding, ImageEmbedding, StackedEmbedding
 from clip_hba.models.behavior import BehaviorModel
 from clip_hba.models.inputs import ConceptInputs, eval_mode, map_batches
 from clip_hba.models.meg import MegModel
 
-__all__ = ["embed", "embed_layers", "embed_times"]
+__all__ = ["embed", "embed_images", "embed_layers", "embed_times"]
 
 
 def embed(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64) -> ConceptEmbedding:
-    """Predicted behavioural dimensions of every input.
+    """Predicted behavioural dimensions of every concept (the mean over its images).
 
     Returns
     -------
-    ConceptEmbedding, shape (n_inputs, n_labels), labelled with the model's labels.
+    ConceptEmbedding, shape (n_concepts, n_labels), labelled with the model's labels.
+    """
+    ids, values = _concept_means(inputs, model.predict(inputs.tensors, batch_size), dim=0)
+    return ConceptEmbedding(values, ids, model.labels)
+
+
+def embed_images(
+    model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64
+) -> ImageEmbedding:
+    """Predicted behavioural dimensions of every input (image), with its image and concept id.
+
+    Returns
+    -------
+    ImageEmbedding, shape (n_inputs, n_labels)
     """
     values = model.predict(inputs.tensors, batch_size)
-    return ConceptEmbedding(values, inputs.concept_ids, model.labels)
+    return ImageEmbedding(values, inputs.concept_ids, inputs.item_ids, model.labels)
+
+
+def _concept_means(
+    inputs: ConceptInputs, values: np.ndarray | torch.Tensor, dim: int
+) -> tuple[tuple[str, ...], np.ndarray]:
+    tensor = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    ids, means = inputs.concept_means(tensor, torch.arange(len(inputs)), dim=dim)
+    return ids, means.numpy()
 
 
 def embed_layers(
@@ -43,7 +65,7 @@ def embed_layers(
 
     Returns
     -------
-    StackedEmbedding, shape (n_blocks, n_inputs, feature_dim), layers ``block_1`` ...
+    StackedEmbedding, shape (n_blocks, n_concepts, feature_dim), layers ``block_1`` ...
     """
     tower = model.backbone.concept_tower
     if normed is None:
@@ -54,7 +76,8 @@ def embed_layers(
 
     with eval_mode(model):
         values = map_batches(features, inputs.tensors, batch_size, model.device, dim=1)
-    return StackedEmbedding(values.double().numpy(), inputs.concept_ids, "layers")
+    ids, means = _concept_means(inputs, values.double(), dim=1)
+    return StackedEmbedding(means, ids, "layers")
 
 
 def embed_times(
@@ -67,14 +90,15 @@ def embed_times(
 
     Returns
     -------
-    StackedEmbedding, shape (T, n_inputs, n_labels), with the model's ``times_ms``; columns
+    StackedEmbedding, shape (T, n_concepts, n_labels), with the model's ``times_ms``; columns
     named ``labels`` (the SPoSE labels) when given.
     """
     with eval_mode(model):
         values = map_batches(model, inputs.tensors, batch_size, model.device, dim=1)
+    ids, means = _concept_means(inputs, values.double(), dim=1)
     return StackedEmbedding(
-        values.double().numpy(),
-        inputs.concept_ids,
+        means,
+        ids,
         "time",
         times_ms=np.asarray(model.times_ms),
         dim_labels=None if labels is None else tuple(labels),

@@ -1,14 +1,16 @@
 """Model inputs for concepts, and running a model over them batch by batch.
 
-`concept_inputs` makes one image per concept (CLIP, ViT) or its word and definition (text
-encoders); `ConceptInputs` keeps the tensors together with the concept id and item id of each
-row and a fingerprint of their content, which keys the frozen-prefix cache. `map_batches` is
-the one no-grad loop over rows that every inference and cache uses.
+`concept_inputs` makes the images of each concept (CLIP, ViT: one exemplar, or all of them) or
+its word and definition (text encoders); `ConceptInputs` keeps the tensors together with the
+concept id and item id of each row and a fingerprint of their content, which keys the
+frozen-prefix cache; `ConceptInputs.concept_means` turns per-row outputs into one per concept.
+`map_batches` is the one no-grad loop over rows that every inference and cache uses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clip_hba._validation import InputError
-from clip_hba.data.images import ImageSet, find_images, load_pixels
+from clip_hba.data.images import ImagePixels, ImageSet, find_images
 from clip_hba.data.things import load_concepts
 from clip_hba.models.backbones import Backbone, Inputs
 from clip_hba.models.config import InputConfig
@@ -40,37 +42,90 @@ __all__ = [
 
 @dataclass
 class ConceptInputs:
-    """Input tensors, one row per item, with ids.
+    """Input tensors, one row per item (an image, or a concept's text), with ids.
 
     Attributes
     ----------
     tensors : dict of str to Tensor
-        Batch-first model inputs (``pixel_values`` or ``input_ids``/``attention_mask``).
+        Batch-first model inputs (``pixel_values``, an `ImagePixels` read by row, or
+        ``input_ids``/``attention_mask``).
     concept_ids : tuple of str
+        The concept of each row; a concept with several images has several (consecutive) rows.
     item_ids : tuple of str
         Image file names, or the concept ids for text inputs.
     fingerprint : str
-        sha256 of the content the tensors were made from (image bytes and preprocessing, or
-        token ids).
+        sha256 of the content the tensors were made from (image bytes, their concepts and the
+        preprocessing, or token ids).
     """
 
     tensors: Inputs
     concept_ids: tuple[str, ...]
     item_ids: tuple[str, ...]
     fingerprint: str
-    _row: dict[str, int] = field(init=False, repr=False)
+    _rows: dict[str, list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._row = {c: k for k, c in enumerate(self.concept_ids)}
+        self._rows = {}
+        for k, concept in enumerate(self.concept_ids):
+            self._rows.setdefault(concept, []).append(k)
 
     def __len__(self) -> int:
         return len(self.concept_ids)
 
     def __contains__(self, concept_id: object) -> bool:
-        return concept_id in self._row
+        return concept_id in self._rows
+
+    @property
+    def concepts(self) -> tuple[str, ...]:
+        """Every concept once, in the order of its first row."""
+        return tuple(self._rows)
+
+    @property
+    def one_per_concept(self) -> bool:
+        return len(self._rows) == len(self.concept_ids)
 
     def rows(self, concept_ids: Sequence[str]) -> torch.Tensor:
-        return torch.tensor([self._row[c] for c in concept_ids], dtype=torch.long)
+        """Every row of each of ``concept_ids``, concept by concept."""
+        return torch.tensor([k for c in concept_ids for k in self._rows[c]], dtype=torch.long)
+
+    def concept_means(
+        self, values: torch.Tensor, rows: torch.Tensor, dim: int = 0
+    ) -> tuple[tuple[str, ...], torch.Tensor]:
+        """Mean of the outputs of each concept's rows.
+
+        Parameters
+        ----------
+        values : Tensor, the outputs of ``rows`` along ``dim``
+        rows : Tensor of int, the input rows ``values`` belong to
+
+        Returns
+        -------
+        concept_ids : tuple of str
+            The concepts of ``rows``, in the order of their first row there.
+        means : Tensor, ``values`` with ``dim`` of length ``len(concept_ids)``
+        """
+        concepts = [self.concept_ids[k] for k in rows.tolist()]
+        order = {c: None for c in concepts}
+        position = {c: k for k, c in enumerate(order)}
+        if len(position) == len(concepts):
+            return tuple(order), values
+        group = torch.tensor([position[c] for c in concepts], device=values.device)
+        moved = values.movedim(dim, 0)
+        sums = moved.new_zeros((len(position), *moved.shape[1:])).index_add_(0, group, moved)
+        counts = torch.bincount(group, minlength=len(position)).to(moved.dtype)
+        means = sums / counts.view(-1, *([1] * (moved.ndim - 1)))
+        return tuple(order), means.movedim(0, dim)
+
+    def with_pixels(self, pixels: ImagePixels) -> ConceptInputs:
+        """The same rows and ids with other pixels (e.g. corrupted), fingerprinted as such."""
+        digest = hashlib.sha256(f"{self.fingerprint}/{pixels!r}".encode()).hexdigest()
+        return dataclasses.replace(
+            self, tensors={**self.tensors, "pixel_values": pixels}, fingerprint=digest
+        )
+
+    def item_ids_of(self, concept_ids: Sequence[str]) -> tuple[str, ...]:
+        """For each concept, its items' ids joined by ``;`` (the images a mean is over)."""
+        return tuple(";".join(self.item_ids[k] for k in self._rows[c]) for c in concept_ids)
 
     @property
     def aux(self) -> Inputs:
@@ -94,10 +149,12 @@ def concept_inputs(
         known = load_concepts(data_dir).ids if things_ids_only else None
         found = _images(config, concept_ids, config.skip_missing, known)
         size = backbone.concept_tower.image_size
-        pixels = load_pixels(found.paths, size, config.normalization)
+        pixels = ImagePixels(found.paths, size, config.normalization).preloaded()
         digest = hashlib.sha256(f"{size}/{config.normalization}".encode())
         for path in found.paths:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
+        if len(set(found.concept_ids)) < len(found):  # several images per concept: which ones
+            digest.update("\n".join(found.concept_ids).encode())
         return ConceptInputs(
             {"pixel_values": pixels}, found.concept_ids, found.image_ids, digest.hexdigest()
         )

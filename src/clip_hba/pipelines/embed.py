@@ -1,4 +1,8 @@
-"""Embed with any model: a behaviour run, a MEG run or a base model -> an embedding file."""
+"""Embed with any model: a behaviour run, a MEG run or a base model -> an embedding file.
+
+One row per concept (the mean over its images when there are several, with each row's
+``image_ids`` entry naming them, joined by ``;``), or one row per image (``per_image``).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,18 @@ import os
 from typing import Any
 
 from clip_hba._validation import InputError
-from clip_hba.data.embeddings import save_embedding, save_stacked_embedding
+from clip_hba.data.embeddings import (
+    save_embedding,
+    save_image_embedding,
+    save_stacked_embedding,
+)
 from clip_hba.data.things import load_spose_labels
-from clip_hba.models.inference import embed, embed_layers, embed_times
-from clip_hba.models.inputs import concept_inputs
-from clip_hba.training.load import load_run
+from clip_hba.models.config import InputConfig
+from clip_hba.models.inference import embed, embed_images, embed_layers, embed_times
+from clip_hba.models.inputs import ConceptInputs, concept_inputs
+from clip_hba.training.load import LoadedModel, load_run
 
-__all__ = ["embed_run"]
+__all__ = ["embed_run", "run_inputs"]
 
 
 def embed_run(
@@ -28,6 +37,7 @@ def embed_run(
     batch_size: int = 64,
     with_rdm: bool = False,
     layers: bool = False,
+    per_image: bool = False,
     device: str = "auto",
     data_dir: str | os.PathLike | None = None,
     allow_unfinished: bool = False,
@@ -52,6 +62,9 @@ def embed_run(
         Also store the RDMs (1 - Pearson, condensed).
     layers : bool
         Every block's pooled feature instead of the head (behaviour runs and base models).
+    per_image : bool
+        One row per image (with its image and concept id) instead of one per concept (the mean
+        over the concept's images, with exemplar ``"all"``); behaviour runs and base models.
     allow_unfinished : bool
         Accept a run whose training did not finish.
     """
@@ -62,6 +75,58 @@ def embed_run(
         allow_random_init=allow_random_init,
         data_dir=data_dir,
     )
+    inputs, config, run_data_dir = run_inputs(
+        loaded, images, images_csv, exemplar, normalization, skip_missing, data_dir
+    )
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "n_items": len(inputs),
+        "n_concepts": len(inputs.concepts),
+        "exemplar": config.exemplar,
+    }
+    if per_image and (layers or loaded.kind == "meg"):
+        raise InputError(
+            "--per-image writes the 66-d head per image: not with --layers or a MEG run."
+        )
+    if per_image:
+        if with_rdm:
+            raise InputError("--rdm and --per-image cannot be combined (the RDM is per concept).")
+        images_embedding = embed_images(loaded.model, inputs, batch_size)
+        save_image_embedding(out, images_embedding)
+        return {**summary, "n_dims": images_embedding.values.shape[1], "per_image": True}
+    if loaded.kind == "meg":
+        if layers:
+            raise InputError("--layers is for behaviour runs and base models, not MEG runs.")
+        embedding = embed_times(loaded.model, inputs, batch_size, load_spose_labels(run_data_dir))
+        item_ids = inputs.item_ids_of(embedding.concept_ids)
+        save_stacked_embedding(out, embedding, item_ids, with_rdm)
+        n_times, _, n_dims = embedding.values.shape
+        return {**summary, "n_times": n_times, "n_dims": n_dims}
+    if layers:
+        if with_rdm:
+            raise InputError("--rdm and --layers cannot be combined.")
+        stacked = embed_layers(loaded.model, inputs, batch_size)
+        save_stacked_embedding(out, stacked, inputs.item_ids_of(stacked.concept_ids))
+        n_layers, _, n_dims = stacked.values.shape
+        return {**summary, "n_layers": n_layers, "n_dims": n_dims}
+    embedding = embed(loaded.model, inputs, batch_size)
+    save_embedding(out, embedding, inputs.item_ids_of(embedding.concept_ids), with_rdm=with_rdm)
+    return {**summary, "n_dims": embedding.n_dims}
+
+
+def run_inputs(
+    loaded: LoadedModel,
+    images: str | os.PathLike | None,
+    images_csv: str | os.PathLike | None,
+    exemplar: str | None,
+    normalization: str | None,
+    skip_missing: bool,
+    data_dir: str | os.PathLike | None,
+) -> tuple[ConceptInputs, InputConfig, str | os.PathLike | None]:
+    """Every concept input of a loaded model: the run's own settings unless overridden.
+
+    Returns the inputs, their settings and the THINGS data directory (given, else the run's).
+    """
     config = dataclasses.replace(
         loaded.inputs.with_images(images, images_csv),
         exemplar=exemplar or loaded.inputs.exemplar,
@@ -74,21 +139,4 @@ def embed_run(
     inputs = concept_inputs(
         loaded.model.backbone, None, config, run_data_dir, things_ids_only=False
     )
-    summary: dict[str, Any] = {"out": str(out), "n_items": len(inputs)}
-    if loaded.kind == "meg":
-        if layers:
-            raise InputError("--layers is for behaviour runs and base models, not MEG runs.")
-        embedding = embed_times(loaded.model, inputs, batch_size, load_spose_labels(run_data_dir))
-        save_stacked_embedding(out, embedding, inputs.item_ids, with_rdm)
-        n_times, _, n_dims = embedding.values.shape
-        return {**summary, "n_times": n_times, "n_dims": n_dims}
-    if layers:
-        if with_rdm:
-            raise InputError("--rdm and --layers cannot be combined.")
-        stacked = embed_layers(loaded.model, inputs, batch_size)
-        save_stacked_embedding(out, stacked, inputs.item_ids)
-        n_layers, _, n_dims = stacked.values.shape
-        return {**summary, "n_layers": n_layers, "n_dims": n_dims}
-    embedding = embed(loaded.model, inputs, batch_size)
-    save_embedding(out, embedding, inputs.item_ids, with_rdm=with_rdm)
-    return {**summary, "n_dims": embedding.n_dims}
+    return inputs, config, run_data_dir

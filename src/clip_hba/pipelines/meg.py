@@ -134,7 +134,7 @@ def evaluate_meg_run(
     inputs = concept_inputs(
         model.backbone, held_out, inputs_config, config.data_dir, things_ids_only=False
     )
-    ids = list(inputs.concept_ids)
+    ids = list(inputs.concepts)
     models = [ModelRDMs.from_embedding("meg_model", embed_times(model, inputs))]
     base = base_model(
         config.model, config.data_dir, resolve_device(device), config.allow_random_init
@@ -226,7 +226,7 @@ def _behavioral_alignment(
     except InputError as err:
         return {"rdm48_spearman_per_time": None, "note": str(err)}
     embeddings = embed_times(model, inputs).values
-    human = human.select(list(inputs.concept_ids))
+    human = human.select(list(inputs.concepts))
     rhos = []
     for values in embeddings:
         with np.errstate(invalid="ignore"):

@@ -7,6 +7,7 @@
 - `clip_hba.training.loop`: the lifecycle both trainers share (epochs, early stopping,
   checkpoints, exact resume) and the typed `Progress` record.
 - `clip_hba.training.cache`: the frozen-prefix cache.
+- `clip_hba.training.losses`: the differentiable geometry losses (`rdm_loss`).
 - `clip_hba.training.behavior`: CLIP-HBA-Behavior (`fit_behavior`).
 - `clip_hba.training.meg_data`, `clip_hba.training.meg_start`, `clip_hba.training.meg`:
   CLIP-HBA-MEG (`fit_meg`): what it fits, where it starts, the trainer.
@@ -15,6 +16,7 @@
 
 from clip_hba._lazy import lazy_names
 from clip_hba.training.config import (
+    AUGMENTATIONS,
     INDIVIDUAL_RANK,
     LEGACY_MEG_FIT,
     LOSS_TERMS,
@@ -79,6 +81,10 @@ _MODULES = {
     "strip_prefix": "runs",
     "with_prefix": "runs",
     "prefix_key": "cache",
+    "RDM_EPS": "losses",
+    "masked_pearson": "losses",
+    "rdm_loss": "losses",
+    "ConceptTargets": "behavior",
     "apply_chain": "load",
     "behavior_model": "load",
     "behavior_weights": "load",
@@ -89,6 +95,7 @@ _MODULES = {
 }
 __getattr__ = lazy_names(__name__, _MODULES)
 __all__ = [
+    "AUGMENTATIONS",
     "CONFIG_FILE",
     "INDIVIDUAL_RANK",
     "INITS",
@@ -99,6 +106,7 @@ __all__ = [
     "MEG_INITS",
     "METRICS_FILE",
     "RDM_CORRELATIONS",
+    "RDM_EPS",
     "STATE_FILE",
     "STATUSES",
     "STATUS_FILE",
@@ -108,6 +116,7 @@ __all__ = [
     "BehaviorFitConfig",
     "BehaviorTrainer",
     "Checkpoint",
+    "ConceptTargets",
     "FitConfig",
     "FitResult",
     "LoadedModel",
@@ -139,6 +148,7 @@ __all__ = [
     "load_metadata",
     "load_run",
     "load_tensors",
+    "masked_pearson",
     "meg_loss",
     "meg_split",
     "meg_start",
@@ -147,6 +157,7 @@ __all__ = [
     "optimizer_tensors",
     "prefix_key",
     "rdm_correlations",
+    "rdm_loss",
     "recording_status",
     "resolve_device",
     "restore_checkpoint",

@@ -1,9 +1,17 @@
 """CLIP-HBA-Behavior training: fit a backbone + head to the SPoSE targets, with early stopping.
 
 One path: load the backbone, add adapters, build the concept inputs, cache the frozen prefix,
-then train the suffix with AdamW on the MSE to the min-max rescaled SPoSE embedding, evaluating
-the validation loss and the held-out 48-object rho after every epoch (the shared lifecycle of
-`clip_hba.training.loop`: best epoch saved, every epoch checkpointed, exact ``resume``).
+then train the suffix with AdamW on the MSE to the min-max rescaled SPoSE embedding (plus,
+with ``rdm_loss_weight``, the geometry term of `clip_hba.training.losses.rdm_loss` on each
+batch), evaluating the validation loss and the held-out 48-object rho after every epoch (the
+shared lifecycle of `clip_hba.training.loop`: best epoch saved, every epoch checkpointed, exact
+``resume``).
+
+With several images per concept (exemplar ``"all"``) every image is a training sample with its
+concept's target, batches are drawn over images, and validation, the held-out rho and the
+saved predictions use each concept's mean prediction over its images. With ``augment``
+("standard") the training batches are augmented images run through the whole tower (the
+frozen-prefix cache serves the unaugmented evaluation passes only).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch.nn.functional as F
 
 from clip_hba._validation import InputError
 from clip_hba.data.embeddings import ConceptEmbedding, save_embedding
+from clip_hba.data.images import ImagePixels
 from clip_hba.data.things import load_rdm48, load_spose, rescale_minmax, split_concepts
 from clip_hba.evaluation.behavior import evaluate_behavior
 from clip_hba.models.backbones import backbone_fingerprint, first_trainable_block, load_backbone
@@ -43,9 +52,10 @@ from clip_hba.training.loop import (
     train_epochs,
     training_run,
 )
+from clip_hba.training.losses import rdm_loss
 from clip_hba.training.runs import RunDir
 
-__all__ = ["BehaviorTrainer", "FitResult", "epoch_lr", "fit_behavior"]
+__all__ = ["BehaviorTrainer", "ConceptTargets", "FitResult", "epoch_lr", "fit_behavior"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +104,7 @@ def fit_behavior(
             deadline=deadline,
             verbose=verbose,
         )
-        trainer.finish(stopped_early=outcome == "stopped_early")
+        trainer.finish(outcome)
     trainer.close()
     progress = trainer.progress
     return FitResult(
@@ -117,7 +127,14 @@ class BehaviorTrainer:
         backbone = load_backbone(config.model, allow_random_init=config.allow_random_init)
         self.base_fingerprint = backbone_fingerprint(backbone)  # before adapters are added
         self.model = behavior_model(backbone, config)
-        self.inputs, self.rows, self.target = _training_data(self.model, config)
+        if config.augment != "none" and backbone.kind not in ("clip", "vision"):
+            raise InputError(
+                f"augment {config.augment!r} transforms images: the {backbone.kind} backbone of "
+                f"{config.model} reads texts (use --augment none)."
+            )
+        self.inputs, self.rows, self.target, self.concept_target = _training_data(
+            self.model, config
+        )
         self.cache = None
         if config.cache != "off":
             self.cache = PrefixCache.build(
@@ -147,15 +164,17 @@ class BehaviorTrainer:
                 "base_model_fingerprint": self.base_fingerprint,
                 "backbone_kind": self.model.backbone.kind,
                 "labels": list(self.model.labels),
-                "n_concepts_with_inputs": len(self.inputs),
+                "n_concepts_with_inputs": len(self.inputs.concepts),
+                "n_inputs": len(self.inputs),
                 "inputs_fingerprint": self.inputs.fingerprint,
+                "concept_images": self._concept_images(),
                 "trainable_parameters": sum(p.numel() for p in self.model.trainable_parameters()),
             },
             self.config,
         )
         self.run.save_weights(self.weights())
         self.run.write_metrics({"before": self.metrics("before")})
-        self.log.append(self.evaluate(0, train_loss=None))
+        self.log.append(self.evaluate(0, train_parts=None))
         self.progress.best_val_loss = self.log[0]["val_loss"]
         save_checkpoint(self)
 
@@ -169,8 +188,12 @@ class BehaviorTrainer:
         restore_checkpoint(self, checkpoint)
         self.log = self.log[: self.progress.epoch + 1]
 
-    def finish(self, stopped_early: bool) -> None:
-        """Load the best epoch and write the metrics after training."""
+    def finish(self, outcome: str) -> None:
+        """Load the best epoch and write the metrics after training.
+
+        ``stopped_by_time_budget`` records whether the safety time limit (``time_budget_s``)
+        ended training: only then do the metrics depend on the machine's speed.
+        """
         load_behavior_weights(self.model, self.run.weights())
         metrics = self.run.read_metrics()
         metrics.update(
@@ -178,7 +201,8 @@ class BehaviorTrainer:
             best_epoch=self.progress.best_epoch,
             best_val_loss=self.progress.best_val_loss,
             epochs_run=self.progress.epoch,
-            stopped_early=stopped_early,
+            stopped_early=outcome == "stopped_early",
+            stopped_by_time_budget=outcome == "out_of_time",
         )
         self.run.write_metrics(metrics)
 
@@ -200,9 +224,9 @@ class BehaviorTrainer:
         self._set_dropout(self.config.train_dropout)
         for group in self.optimizer.param_groups:
             group["lr"] = epoch_lr(self.config, epoch)
-        train_loss = self._train_epoch()
+        train_parts = self._train_epoch(epoch)
         self._set_dropout(False)
-        return self.evaluate(epoch, train_loss)
+        return self.evaluate(epoch, train_parts)
 
     def improves(self, record: dict[str, Any]) -> bool:
         """A lower validation MSE than the best so far."""
@@ -217,6 +241,7 @@ class BehaviorTrainer:
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {
             "train": f"{record['train_loss']:.3g}",
+            "val_rho": f"{record['val_rdm_spearman']:.3f}",
             "val": f"{record['val_loss']:.3g}",
             "rho48": f"{record['rdm48_spearman'] or float('nan'):.3f}",
             "best": str(self.progress.best_epoch),
@@ -224,9 +249,19 @@ class BehaviorTrainer:
 
     # ------------------------------------------------------------------ forward passes
 
-    def predict(self, rows: torch.Tensor) -> torch.Tensor:
-        """Predictions for input rows (on the CPU), shape (len(rows), n_labels), on the device."""
+    def predict(self, rows: torch.Tensor, augment_epoch: int | None = None) -> torch.Tensor:
+        """Predictions for input rows (on the CPU), shape (len(rows), n_labels), on the device.
+
+        ``augment_epoch``: the images of this epoch's augmentation, through the whole tower.
+        """
         device = self.model.device
+        if augment_epoch is not None:
+            pixels: ImagePixels = self.inputs.tensors["pixel_values"]
+            tensors = {
+                **self.inputs.tensors,
+                "pixel_values": pixels.augmented(self.config.seed, augment_epoch),
+            }
+            return self.model(to_device(select_inputs(tensors, rows), device))
         if self.cache is None:
             return self.model(to_device(select_inputs(self.inputs.tensors, rows), device))
         aux = select_inputs(self.inputs.aux, rows)
@@ -244,18 +279,31 @@ class BehaviorTrainer:
             [self.predict(rows[i : i + size]).cpu() for i in range(0, len(rows), size)]
         )
 
-    def _train_epoch(self) -> float:
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training inputs; the sample-weighted mean loss and its terms."""
         train = self.rows["train"]
         order = train[torch.randperm(len(train), generator=self.generator)]
-        total = 0.0
+        augment_epoch = epoch if self.config.augment != "none" else None
+        weight = self.config.rdm_loss_weight
+        totals = {"loss": 0.0, "mse": 0.0, "rdm": 0.0}
         for i in range(0, len(order), self.config.batch_size):
             batch = order[i : i + self.config.batch_size]
-            loss = F.mse_loss(self.predict(batch), self.target[batch].to(self.model.device))
+            predicted = self.predict(batch, augment_epoch)
+            target = self.target[batch].to(self.model.device)
+            mse = F.mse_loss(predicted, target)
+            if weight > 0:
+                geometry = rdm_loss(predicted, target)
+                loss = mse + weight * geometry
+            else:  # the MSE alone, exactly as without the option; the term is only logged
+                loss = mse
+                with torch.no_grad():
+                    geometry = rdm_loss(predicted.detach(), target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.item() * len(batch)
-        return total / len(order)
+            for name, value in (("loss", loss), ("mse", mse), ("rdm", geometry)):
+                totals[name] += value.item() * len(batch)
+        return {name: total / len(order) for name, total in totals.items()}
 
     def _set_dropout(self, active: bool) -> None:
         """Train mode (dropout on) for the blocks from the first trainable one on, or eval mode."""
@@ -269,51 +317,90 @@ class BehaviorTrainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, epoch: int, train_loss: float | None) -> dict[str, Any]:
-        """Validation MSE and the held-out 48-object rho of the current weights."""
-        rows = self.rows
-        val = self.predict_all(rows["val"])
+    def evaluate(self, epoch: int, train_parts: dict[str, float] | None) -> dict[str, Any]:
+        """Validation loss and geometry, and the held-out 48-object rho, of the current weights.
+
+        ``val_loss`` = ``val_mse`` + ``rdm_loss_weight`` x ``val_rdm`` over every validation
+        concept at once (each concept's mean prediction over its images);
+        ``val_rdm_spearman`` = Spearman rho of the validation concepts' model RDM with their
+        target RDM (what the held-out rho measures, on concepts that may guide choices).
+        """
+        val_ids, val = self.concept_predictions("val")
+        val_target = self.concept_target(val_ids)
+        val_mse = F.mse_loss(val, val_target).item()
+        val_rdm = rdm_loss(val, val_target).item()
         record = {
             "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": F.mse_loss(val, self.target[rows["val"]]).item(),
+            "train_loss": None if train_parts is None else train_parts["loss"],
+            "train_mse": None if train_parts is None else train_parts["mse"],
+            "train_rdm": None if train_parts is None else train_parts["rdm"],
+            "val_loss": val_mse + self.config.rdm_loss_weight * val_rdm,
+            "val_mse": val_mse,
+            "val_rdm": val_rdm,
+            "val_rdm_spearman": _rdm_spearman(val, val_target, val_ids),
             "rdm48_spearman": None,
         }
-        if len(rows["test"]) >= 3:
-            test = self.predict_all(rows["test"]).double().numpy()
-            ids = [self.inputs.concept_ids[k] for k in rows["test"].tolist()]
-            model_rdm = RDM.from_embedding(ConceptEmbedding(test, ids))
+        if len(self.rows["test"]) >= 3:
+            test_ids, test = self.concept_predictions("test")
+            model_rdm = RDM.from_embedding(ConceptEmbedding(test.double().numpy(), test_ids))
             record["rdm48_spearman"] = compare(
                 model_rdm, load_rdm48(self.config.data_dir), "spearman"
             )
         return record
 
+    def concept_predictions(self, split: str | None) -> tuple[tuple[str, ...], torch.Tensor]:
+        """Each concept's mean prediction over its inputs, for one split (None: every input)."""
+        rows = torch.arange(len(self.inputs)) if split is None else self.rows[split]
+        return self.inputs.concept_means(self.predict_all(rows), rows)
+
     def metrics(self, stage: str) -> dict:
         """`evaluate_behavior` of the predictions for every concept with inputs.
 
-        The predictions are saved as ``predictions_<stage>.npz`` in the run directory.
+        The predictions (per concept: the mean over its images) are saved as
+        ``predictions_<stage>.npz`` in the run directory.
         """
-        predictions = self.predict_all(torch.arange(len(self.inputs)))
-        embedding = ConceptEmbedding(
-            predictions.double().numpy(), self.inputs.concept_ids, self.model.labels
-        )
-        save_embedding(self.run.predictions_path(stage), embedding, self.inputs.item_ids)
+        concept_ids, predictions = self.concept_predictions(None)
+        embedding = ConceptEmbedding(predictions.double().numpy(), concept_ids, self.model.labels)
+        item_ids = self.inputs.item_ids_of(concept_ids)
+        save_embedding(self.run.predictions_path(stage), embedding, item_ids)
         return evaluate_behavior(
             embedding, seed=self.config.seed, data_dir=self.config.data_dir
         ).to_dict()
 
+    def _concept_images(self) -> dict[str, list[str]] | None:
+        """Image backbones: the image files of each concept (the exemplar chosen), by concept."""
+        if "pixel_values" not in self.inputs.tensors:
+            return None
+        return {c: self.inputs.item_ids_of([c])[0].split(";") for c in self.inputs.concepts}
+
+
+def _rdm_spearman(
+    predicted: torch.Tensor, target: torch.Tensor, concept_ids: tuple[str, ...]
+) -> float | None:
+    """Spearman rho between the RDMs (1 - Pearson) of predictions and targets (None: < 3)."""
+    if len(concept_ids) < 3:
+        return None
+    rdms = [
+        RDM.from_embedding(ConceptEmbedding(v.double().numpy(), concept_ids))
+        for v in (predicted, target)
+    ]
+    return compare(rdms[0], rdms[1], "spearman")
+
 
 def _training_data(
     model: BehaviorModel, config: BehaviorFitConfig
-) -> tuple[ConceptInputs, dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[ConceptInputs, dict[str, torch.Tensor], torch.Tensor, ConceptTargets]:
     """Inputs of the train, validation and held-out concepts, their rows, and the targets.
 
     Returns
     -------
     inputs : ConceptInputs
-    rows : dict with "train", "val", "test" -> row numbers into ``inputs``
-    target : Tensor, shape (len(inputs), 66), SPoSE rescaled to [0, 100] by the minimum and
-        maximum of the 1,806 non-held-out concepts (held-out concepts never set the scale)
+    rows : dict with "train", "val", "test" -> row numbers into ``inputs`` (every input of
+        each concept of the split; no concept is in two splits)
+    target : Tensor, shape (len(inputs), 66), each input's concept's SPoSE embedding rescaled
+        to [0, 100] by the minimum and maximum of the 1,806 non-held-out concepts (held-out
+        concepts never set the scale)
+    concept_target : ConceptTargets, the same targets by concept id
     """
     split = split_concepts(config.seed, config.val_fraction, config.data_dir)
     train_ids, val_ids = _limit(split.train_ids, split.val_ids, config)
@@ -328,8 +415,19 @@ def _training_data(
         )
     spose = load_spose(config.data_dir)
     scaled = rescale_minmax(spose, reference_ids=[*split.train_ids, *split.val_ids])
-    targets = scaled.select(list(inputs.concept_ids))
-    return inputs, rows, torch.tensor(targets.values, dtype=torch.float32)
+    concept_target = ConceptTargets(scaled.select(list(inputs.concepts)))
+    return inputs, rows, concept_target(inputs.concept_ids), concept_target
+
+
+class ConceptTargets:
+    """Rescaled SPoSE targets by concept id: ``targets(ids)`` -> Tensor (len(ids), 66)."""
+
+    def __init__(self, embedding: ConceptEmbedding) -> None:
+        self._values = torch.tensor(embedding.values, dtype=torch.float32)
+        self._row = {c: k for k, c in enumerate(embedding.concept_ids)}
+
+    def __call__(self, concept_ids: tuple[str, ...] | list[str]) -> torch.Tensor:
+        return self._values[[self._row[c] for c in concept_ids]]
 
 
 def _limit(

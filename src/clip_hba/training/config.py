@@ -27,6 +27,7 @@ from clip_hba.models.config import (
 )
 
 __all__ = [
+    "AUGMENTATIONS",
     "INDIVIDUAL_RANK",
     "LEGACY_MEG_FIT",
     "LOSS_TERMS",
@@ -38,6 +39,7 @@ __all__ = [
     "MegFitConfig",
 ]
 
+AUGMENTATIONS = ("none", "standard")  # of training images (see clip_hba.data.transforms)
 LOSS_TERMS = ("rdm", "mse", "tg")
 RDM_CORRELATIONS = ("flat", "per-time")
 TG_TERMS = ("row-mean", "matrix")
@@ -109,6 +111,11 @@ class BehaviorFitConfig(_Config):
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr -> 0 over `epochs`
     device: str = "auto"  # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     allow_random_init: bool = False  # accept a base model whose files lack some weights
+    # "standard": seeded random resized crop, flip and colour jitter of training images
+    augment: Literal["none", "standard"] = "none"
+    # weight L of the geometry term: L x (1 - Pearson r) between the batch's model RDM and
+    # target RDM (1 - Pearson of the 66-d rows); 0 = the MSE alone (the paper's)
+    rdm_loss_weight: float = 0.0
 
     # allow_random_init: a run begun before the setting existed may take it on resume
     resumable: ClassVar[frozenset[str]] = frozenset(
@@ -127,6 +134,9 @@ class BehaviorFitConfig(_Config):
             self.head = HeadConfig(**self.head)
         check_option("cache", self.cache, ("auto", "memory", "disk", "off"))
         check_option("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        check_option("augment", self.augment, AUGMENTATIONS)
+        check_range("rdm_loss_weight", self.rdm_loss_weight, 0, math.inf, high_open=True)
+        check_range("weight_decay", self.weight_decay, 0)
         _check_at_least(self, ("epochs", "batch_size", "patience"), 1)
         check_range("lr", self.lr, 0, low_open=True)
         check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
@@ -203,6 +213,11 @@ class MegFitConfig(_Config):
             self.meg = MegModelConfig(**self.meg)
         if isinstance(self.adapter, dict):
             self.adapter = AdapterConfig(**self.adapter)
+        if self.inputs.exemplar == "all":
+            raise InputError(
+                "Invalid value for 'exemplar': 'all' is for behaviour training; MEG RDMs hold one "
+                "response per concept, so give 'first' or a file-name suffix such as '_01b'."
+            )
         if self.time_window is not None:
             self.time_window = tuple(float(v) for v in self.time_window)
         self.loss_weights = tuple(float(v) for v in self.loss_weights)

@@ -124,6 +124,7 @@ def fit_meg(
             if trainer.progress.stage == 1 and config.stage1_epochs == 0:
                 break
             if trainer.train_stage(deadline, verbose) == "out_of_time":
+                trainer.out_of_time = True
                 break
         trainer.finish()
     progress = trainer.progress
@@ -182,6 +183,7 @@ class MegTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer: torch.optim.Optimizer | None = None
         self.progress = Progress()
+        self.out_of_time = False  # the safety time limit ended training
         self.log: list[dict] = []
         self.norms: dict[str, float] | None = None  # each loss term's initial validation value
         self.val_rdms: torch.Tensor | None = None  # the last validation's model RDMs
@@ -339,6 +341,8 @@ class MegTrainer:
         return outcome
 
     def finish(self) -> None:
+        """Write the metrics of the best epoch; ``stopped_by_time_budget`` says whether the
+        safety time limit ended training (only then do they depend on the machine's speed)."""
         progress = self.progress
         best = next(
             r
@@ -364,6 +368,7 @@ class MegTrainer:
             "epochs": {
                 s: sum(1 for r in self.log if r["stage"] == s and r["epoch"] > 0) for s in (0, 1)
             },
+            "stopped_by_time_budget": self.out_of_time,
         }
         if self.config.meg.dimension_gains:  # the best model's, by SPoSE label
             gains = relative_gains(self.run.weights()["meg.log_gains"])

@@ -13,6 +13,7 @@ from clip_hba.data.things import load_rdm48
 from clip_hba.meg.store import RDMStore, TimeRDMs
 from clip_hba.rsa.rdms import pair_index
 from clip_hba.training.config import LOSS_TERMS, RDM_CORRELATIONS, TG_TERMS, MegFitConfig
+from clip_hba.training.losses import masked_pearson
 
 __all__ = [
     "MegSplit",
@@ -90,17 +91,6 @@ def meg_targets(config: MegFitConfig, concept_ids: list[str]) -> tuple[TimeRDMs,
 # ---------------------------------------------------------------------------- loss
 
 
-def _masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Pearson r along the last axis over ``mask`` (rows of a, b: (..., n)) -> (...)."""
-    weight = mask.to(a.dtype)
-    count = weight.sum(-1, keepdim=True).clamp_min(1.0)
-    a = torch.where(mask, a, 0.0)
-    b = torch.where(mask, b, 0.0)
-    ac = (a - (a * weight).sum(-1, keepdim=True) / count) * weight
-    bc = (b - (b * weight).sum(-1, keepdim=True) / count) * weight
-    return (ac * bc).sum(-1) / (ac.norm(dim=-1) * bc.norm(dim=-1)).clamp_min(1e-12)
-
-
 def _generalisation(rdms: torch.Tensor) -> torch.Tensor:
     """Temporal generalisation: Pearson r between the RDMs of every two timepoints, (T, T)."""
     centred = rdms - rdms.mean(-1, keepdim=True)
@@ -125,7 +115,7 @@ def _tg_term(
         tg_model = tg_model[upper[0], upper[1]]
         tg_target = tg_target[upper[0], upper[1]]
     everything = torch.ones_like(tg_model, dtype=torch.bool)
-    return 1.0 - _masked_pearson(tg_model, tg_target, everything)
+    return 1.0 - masked_pearson(tg_model, tg_target, everything)
 
 
 def rdm_correlations(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -134,7 +124,7 @@ def rdm_correlations(predicted: torch.Tensor, target: torch.Tensor) -> torch.Ten
     A timepoint where either RDM is constant (e.g. a gated model before 0 ms) gives 0.
     """
     mask = ~torch.isnan(target)
-    return _masked_pearson(predicted, torch.nan_to_num(target), mask)
+    return masked_pearson(predicted, torch.nan_to_num(target), mask)
 
 
 def meg_loss(
@@ -165,10 +155,10 @@ def meg_loss(
     mask = ~torch.isnan(target)
     target = torch.nan_to_num(target)
     if rdm_correlation == "flat":  # every timepoint and pair as one long vector
-        flat = _masked_pearson(predicted.reshape(1, -1), target.reshape(1, -1), mask.reshape(1, -1))
+        flat = masked_pearson(predicted.reshape(1, -1), target.reshape(1, -1), mask.reshape(1, -1))
         rdm_term = 1.0 - flat[0]
     else:
-        rdm_term = (1.0 - _masked_pearson(predicted, target, mask)).mean()
+        rdm_term = (1.0 - masked_pearson(predicted, target, mask)).mean()
     weight = mask.to(predicted.dtype)
     mse_term = (((predicted - target) ** 2) * weight).sum() / weight.sum().clamp_min(1.0)
     terms = {"rdm": rdm_term, "mse": mse_term, "tg": _tg_term(predicted, target, mask, tg_term)}

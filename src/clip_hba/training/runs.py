@@ -155,6 +155,10 @@ class RunDir:
         # through the dataclass, so that settings added since the run began take their defaults
         saved = json.loads(json.dumps(self.fit_config().to_dict()))
         current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
+        # how the exemplar was named may change ("_01b" of older runs, "first" now): the
+        # trainers compare the inputs' fingerprints, which decide whether the images are the same
+        for values in (saved, current):
+            values.get("inputs", {}).pop("exemplar", None)
         free = config.free_to_change()
         changed = sorted(k for k in current if k not in free and saved.get(k) != current[k])
         if changed:
