@@ -176,7 +176,10 @@ def evaluate_behavior_command(
     images and for each corruption and severity.
     """
     if (embedding is None) == (model is None):
-        raise InputError("Give either --embedding (a file) or --model (a run and --images).")
+        raise InputError(
+            "Give either --embedding (a file) or --model (a run or base model, with --images "
+            "for a base model); see clip-hba evaluate behavior --help."
+        )
     if model is not None:
         from clip_hba.data.transforms import parse_corruptions, parse_severities
         from clip_hba.pipelines.robustness import evaluate_corruptions
