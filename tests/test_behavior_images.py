@@ -41,7 +41,10 @@ def tiny_clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def things(tmp_path_factory):
-    return make_things_images(tmp_path_factory.mktemp("things"), CONCEPTS, exemplars=EXEMPLARS)
+    root = make_things_images(tmp_path_factory.mktemp("things"), CONCEPTS, exemplars=EXEMPLARS)
+    # macOS metadata files sort first and are not images: never an exemplar
+    (root / "object_images" / TRAIN[2] / f"._{TRAIN[2]}_01b.jpg").write_bytes(b"\0\5\26")
+    return root
 
 
 def fit_config(model, out, images, **overrides):
@@ -199,11 +202,16 @@ def test_corruption_and_severity_values_are_checked():
     image = Image.new("RGB", (8, 8))
     with pytest.raises(InputError, match="'corruption'"):
         corrupt_image(image, "fog", 1)
+    from clip_hba.data import parse_corruptions
+
+    assert parse_corruptions("blur, jpeg") == ("blur", "jpeg")
+    with pytest.raises(InputError, match="'corruptions'"):
+        parse_corruptions("blur,blur")
     with pytest.raises(InputError, match="'severity'"):
         corrupt_image(image, "blur", 6)
     assert parse_severities("1-5") == (1, 2, 3, 4, 5)
     assert parse_severities("2,4") == (2, 4)
-    for bad in ("0-3", "x", "6"):
+    for bad in ("0-3", "x", "6", "2,2"):
         with pytest.raises(InputError, match="'severity'"):
             parse_severities(bad)
 
@@ -289,3 +297,25 @@ def test_resume_is_exact_with_all_images_augmentation_and_geometry(tiny_clip, th
     assert resumed.log == full.log
     for key, value in load_file(tmp_path / "full" / "last.safetensors").items():
         torch.testing.assert_close(load_file(tmp_path / "split" / "last.safetensors")[key], value)
+
+
+def test_review_edges_small_runs_cache_rows_and_noise(tiny_clip, things, tmp_path):
+    # one validation concept: no RDM rho to show, and no crash
+    tiny = fit_behavior(fit_config(tiny_clip, tmp_path / "tiny", things, max_concepts=4, epochs=1))
+    assert tiny.log[1]["val_rdm_spearman"] is None
+    # augmented runs cache only the rows they evaluate; small image sets are plain tensors
+    config = fit_config(tiny_clip, tmp_path / "aug", things, augment="standard")
+    trainer = BehaviorTrainer(config, verbose=False)
+    assert isinstance(trainer.inputs.tensors["pixel_values"], torch.Tensor)
+    assert len(trainer.cache) == len(trainer.rows["val"]) + len(trainer.rows["test"])
+    assert trainer.cache.covers(trainer.rows["val"])
+    assert not trainer.cache.covers(trainer.rows["train"])
+    trainer.close()
+    # noise is drawn per image: two copies of an image get different noise
+    image = Image.new("RGB", (16, 16), (128, 128, 128))
+    first, second = (np.asarray(corrupt_image(image, "noise", 2, seed=s)) for s in (0, 1))
+    assert not np.array_equal(first, second)
+    with pytest.raises(InputError, match="'exemplar'"):
+        InputConfig(exemplar="a/b")
+    with pytest.raises(InputError, match="'seed'"):
+        fit_config(tiny_clip, tmp_path / "x", things, seed=-1)

@@ -230,11 +230,19 @@ def test_cli_all_images_augmentation_geometry_and_corruptions(capsys, tmp_path):
     assert_one_line_error(
         *run(capsys, "evaluate", "behavior", "--n-bootstrap", "10"), "either --embedding"
     )
+    for extra in (("--corruptions", "blur"), ("--severity", "2"), ("--skip-missing",)):
+        assert_one_line_error(
+            *run(
+                capsys,
+                *("evaluate", "behavior", "--embedding", str(tmp_path / "each.npz"), *extra),
+            ),
+            "go with --model",
+        )
     assert_one_line_error(
         *run(
             capsys,
-            *("evaluate", "behavior", "--embedding", str(tmp_path / "each.npz")),
-            *("--corruptions", "blur"),
+            *("evaluate", "behavior", "--model", str(tmp_path / "run")),
+            *("--rdm-metric", "cosine"),
         ),
-        "go with --model",
+        "--rdm-metric go with --embedding",
     )

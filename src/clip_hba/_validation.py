@@ -33,6 +33,21 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
+EXEMPLAR_SETS = ("first", "all")  # image sets of a concept, besides a file-name suffix
+
+
+def check_exemplar(value: Any) -> str:
+    """Return ``value`` if it names a concept's images: ``"first"``, ``"all"`` or a suffix."""
+    if not isinstance(value, str):
+        raise TypeError(f"exemplar must be a string, but got {type(value).__name__} {value!r}.")
+    if value not in EXEMPLAR_SETS and (not value or "/" in value or "\\" in value):
+        raise InputError(
+            f"Invalid value for 'exemplar': expected 'first', 'all' or a file-name suffix such "
+            f"as '_01b', got {value!r}."
+        )
+    return value
+
+
 def check_option(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``, else raise `InputError`."""
     if value not in allowed:

@@ -127,9 +127,11 @@ def evaluate_behavior_command(
         ),
     ] = None,
     severity: Annotated[
-        str,
-        typer.Option(help="Severities of the corruptions: a range such as 1-5 or a list 1,3,5."),
-    ] = "1-5",
+        str | None,
+        typer.Option(
+            help="Severities of the corruptions: a range such as 1-5 or a list 1,3,5 (default 1-5)."
+        ),
+    ] = None,
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = "auto",
     allow_unfinished: AllowUnfinishedOption = False,
@@ -180,6 +182,22 @@ def evaluate_behavior_command(
             "Give either --embedding (a file) or --model (a run or base model, with --images "
             "for a base model); see clip-hba evaluate behavior --help."
         )
+    _check_mode(
+        model is not None,
+        {
+            "--ids": ids,
+            "--rdm-metric": rdm_metric != "pearson",
+            "--similarity": similarity != "dot",
+        },
+        {
+            "--images": images,
+            "--images-csv": images_csv,
+            "--exemplar": exemplar,
+            "--skip-missing": skip_missing,
+            "--corruptions": corruptions,
+            "--severity": severity,
+        },
+    )
     if model is not None:
         from clip_hba.data.transforms import parse_corruptions, parse_severities
         from clip_hba.pipelines.robustness import evaluate_corruptions
@@ -187,7 +205,7 @@ def evaluate_behavior_command(
         result = evaluate_corruptions(
             model,
             corruptions=() if corruptions is None else parse_corruptions(corruptions),
-            severities=parse_severities(severity),
+            severities=parse_severities(severity or "1-5"),
             images=images,
             images_csv=images_csv,
             exemplar=exemplar,
@@ -204,10 +222,6 @@ def evaluate_behavior_command(
         )
         emit(result, out)
         return
-    with_model = {"--images": images, "--corruptions": corruptions, "--exemplar": exemplar}
-    given = [name for name, value in with_model.items() if value is not None]
-    if given:
-        raise InputError(f"{', '.join(given)} go with --model, not with --embedding.")
     from clip_hba.evaluation.behavior import evaluate_embedding_file
 
     result = evaluate_embedding_file(
@@ -223,6 +237,15 @@ def evaluate_behavior_command(
         triplet_index_order=triplet_order,
     )
     emit(result.to_dict(), out)
+
+
+def _check_mode(with_model: bool, embedding_only: dict, model_only: dict) -> None:
+    """Refuse options of the other way of `evaluate behavior` (given = not None and not False)."""
+    wrong = embedding_only if with_model else model_only
+    given = [name for name, value in wrong.items() if value is not None and value is not False]
+    if given:
+        mode, other = ("--model", "--embedding") if with_model else ("--embedding", "--model")
+        raise InputError(f"{', '.join(given)} go with {other}, not with {mode}.")
 
 
 @rsa_app.command("compare")

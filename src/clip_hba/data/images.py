@@ -6,9 +6,9 @@ images of a concept are used is the ``exemplar``: ``"first"`` (the first file in
 order: ``_01b`` in THINGS where it exists, else ``_01s`` or ``_02s``; a CSV's first row of the
 concept), ``"all"`` (every image) or a file-name suffix such as ``"_01b"`` (THINGS layout).
 
-`ImagePixels` gives the normalised pixels of an image list by row, preloaded when small and read
-from disk batch by batch when not (all 26,107 THINGS images at 224 px would take 16 GB), with
-an optional seeded augmentation or a corruption.
+`ImagePixels` reads the normalised pixels of an image list by row from disk, batch by batch
+(all 26,107 THINGS images at 224 px would take 16 GB in memory), with an optional seeded
+augmentation or a corruption; `fits_in_memory` says when a set is small enough to load once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from clip_hba._validation import InputError, check_option, preview
+from clip_hba._validation import EXEMPLAR_SETS, InputError, check_exemplar, check_option, preview
 from clip_hba.data.transforms import augment_image, corrupt_image
 
 __all__ = [
@@ -47,8 +47,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 }
 Normalization = Literal["things", "clip"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-EXEMPLAR_SETS = ("first", "all")  # besides a file-name suffix such as "_01b"
-PRELOAD_LIMIT_BYTES = 2 * 2**30  # ImagePixels keeps up to this much in memory
+MEMORY_LIMIT_BYTES = 2 * 2**30  # image sets up to this size are loaded once, into memory
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ def find_images(
         raise InputError(f"Image folder {root} does not exist or is not a directory.")
     if csv_path is None and (root / "images.csv").is_file():
         csv_path = root / "images.csv"
-    _check_exemplar(exemplar)
+    check_exemplar(exemplar)
     if csv_path:
         found = _from_csv(root, Path(csv_path), exemplar)
     else:
@@ -144,24 +143,13 @@ def find_images(
     return ImageSet(paths, tuple(c for c in kept for _ in found[c]))
 
 
-def _check_exemplar(exemplar: object) -> None:
-    if not isinstance(exemplar, str):
-        raise InputError(f"Invalid value for 'exemplar': expected a string, got {exemplar!r}.")
-    if exemplar not in EXEMPLAR_SETS and (not exemplar or "/" in exemplar or "\\" in exemplar):
-        raise InputError(
-            f"Invalid value for 'exemplar': expected 'first', 'all' or a file-name suffix such as "
-            f"'_01b', got {exemplar!r}."
-        )
-
-
 def _from_things_layout(root: Path, exemplar: str) -> dict[str, list[Path]]:
     base = root / "object_images" if (root / "object_images").is_dir() else root
     found = {}
     for folder in sorted(p for p in base.iterdir() if p.is_dir()):
         if exemplar in EXEMPLAR_SETS:
             images = sorted(
-                (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                key=lambda p: p.name,
+                (p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name
             )
             matches = images[:1] if exemplar == "first" else images
         else:
@@ -173,6 +161,13 @@ def _from_things_layout(root: Path, exemplar: str) -> dict[str, list[Path]]:
         if matches:
             found[folder.name] = matches
     return found
+
+
+def _is_image_file(path: Path) -> bool:
+    """An image file by its suffix, not hidden (macOS ``._x.jpg`` files are metadata)."""
+    return (
+        path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
 
 
 def _from_csv(root: Path, csv_path: Path, exemplar: str) -> dict[str, list[Path]]:
@@ -263,8 +258,8 @@ def _square_image(
     left = (resized.width - size) // 2
     top = (resized.height - size) // 2
     cropped = resized.crop((left, top, left + size, top + size))
-    if corruption is not None:
-        cropped = corrupt_image(cropped, *corruption)
+    if corruption is not None:  # noise drawn per image (row), never shared between images
+        cropped = corrupt_image(cropped, *corruption, seed=row)
     array = np.asarray(cropped, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -273,9 +268,9 @@ def _square_image(
 class ImagePixels:
     """The normalised pixels of a list of images, by row: ``pixels[rows]`` -> (k, 3, size, size).
 
-    Stands in for a ``pixel_values`` tensor in model inputs. Small sets without augmentation
-    are read once into memory (up to 2 GiB); larger ones and augmented ones are read from disk
-    for each batch, as a data loader would.
+    Reads the files for each request, as a data loader would; it stands in for a
+    ``pixel_values`` tensor in model inputs when a set does not fit in memory
+    (`fits_in_memory`), and makes the augmented and corrupted versions of a set.
 
     Attributes
     ----------
@@ -297,7 +292,6 @@ class ImagePixels:
     seed: int = 0
     epoch: int = 0
     corruption: tuple[str, int] | None = None
-    _memory: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_option("normalization", self.normalization, tuple(NORMALIZATIONS))
@@ -313,31 +307,26 @@ class ImagePixels:
     def nbytes(self) -> int:
         return len(self.paths) * 3 * self.size * self.size * 4
 
+    @property
+    def fits_in_memory(self) -> bool:
+        """Whether the float32 pixels of every image take at most 2 GiB."""
+        return self.nbytes <= MEMORY_LIMIT_BYTES
+
     def __getitem__(self, rows: torch.Tensor | Sequence[int] | range) -> torch.Tensor:
         index = torch.as_tensor(list(rows) if isinstance(rows, range) else rows, dtype=torch.long)
-        if self._memory is not None:
-            return self._memory[index]
         chosen = index.tolist()
         transform = self._augment if self.augment else None
         paths = [self.paths[k] for k in chosen]
         return load_pixels(paths, self.size, self.normalization, transform, chosen, self.corruption)
 
-    def preloaded(self) -> ImagePixels:
-        """These pixels held in memory when they fit (2 GiB) and are not augmented."""
-        if self._memory is not None or self.augment:
-            return self
-        if self.nbytes > PRELOAD_LIMIT_BYTES:
-            return self
-        memory = self[torch.arange(len(self))]
-        return replace(self, _memory=memory)
-
     def augmented(self, seed: int, epoch: int) -> ImagePixels:
         """The same images with the ``standard`` augmentation of ``epoch`` (read from disk)."""
-        return replace(self, augment=True, seed=seed, epoch=epoch, _memory=None)
+        return replace(self, augment=True, seed=seed, epoch=epoch)
 
     def corrupted(self, corruption: str, severity: int) -> ImagePixels:
         """The same images with a corruption (see `clip_hba.data.transforms.corrupt_image`)."""
-        return replace(self, corruption=(corruption, severity), _memory=None)
+        return replace(self, corruption=(corruption, severity))
 
     def _augment(self, row: int, image: Image.Image) -> Image.Image:
-        return augment_image(image, np.random.default_rng((self.seed, self.epoch, row)))
+        rng = np.random.default_rng((self.seed, self.epoch, row))
+        return augment_image(image, rng, self.size)

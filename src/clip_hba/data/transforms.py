@@ -1,14 +1,15 @@
 """Image transforms: seeded training augmentation and the corruptions of robustness tests.
 
-Both work on PIL images before the resize-and-crop of `clip_hba.data.images`. They are written
-with PIL and numpy rather than torchvision because torchvision pins one exact torch version per
+The augmentation works on the PIL image as read (and gives the model's square input); the
+corruptions on the resized and cropped input, as ImageNet-C does. Both are written with PIL
+and numpy rather than torchvision because torchvision pins one exact torch version per
 release (a CPU install of torch would be replaced by a multi-GB CUDA build).
 
-- The ``standard`` augmentation (``--augment standard``): random resized crop (scale 0.5-1
-  of the area, aspect 3/4-4/3), a horizontal flip with probability 0.5, and mild colour
-  jitter (brightness, contrast and saturation each scaled by a factor in [0.8, 1.2]), drawn
-  from a generator seeded per (seed, epoch, image), so a batch's images never depend on what
-  else is in the batch.
+- The ``standard`` augmentation (``--augment standard``): random resized crop (a crop of
+  0.5-1 of the area with aspect 3/4-4/3, resized to the model's square input), a horizontal
+  flip with probability 0.5, and mild colour jitter (brightness, contrast and saturation each
+  scaled by a factor in [0.8, 1.2]), drawn from a generator seeded per (seed, epoch, image),
+  so a batch's images never depend on what else is in the batch.
 - Corruptions (severity 1-5), after Hendrycks & Dietterich (2019, ImageNet-C) where they define
   one: Gaussian blur, Gaussian noise, JPEG compression, contrast reduction, and a partial to
   full grayscale.
@@ -35,7 +36,7 @@ __all__ = [
 
 SEVERITIES = (1, 2, 3, 4, 5)
 # parameter of each corruption at severities 1-5 (ImageNet-C's, where it has the corruption)
-_BLUR_SIGMA = (1.0, 2.0, 3.0, 4.0, 6.0)  # pixels, at the image's own size
+_BLUR_SIGMA = (1.0, 2.0, 3.0, 4.0, 6.0)  # pixels, at the model's input size
 _NOISE_SD = (0.08, 0.12, 0.18, 0.26, 0.38)  # of the [0, 1] intensity range
 _JPEG_QUALITY = (25, 18, 15, 10, 7)
 _CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # remaining share of the contrast
@@ -47,9 +48,9 @@ _CROP_RATIO = (3 / 4, 4 / 3)
 _JITTER = 0.2
 
 
-def augment_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """The ``standard`` augmentation of one RGB image, drawn from ``rng``."""
-    image = _random_resized_crop(image, rng)
+def augment_image(image: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+    """The ``standard`` augmentation of one RGB image, drawn from ``rng``: ``size`` x ``size``."""
+    image = _random_resized_crop(image, rng).resize((size, size), Image.Resampling.BICUBIC)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
@@ -71,10 +72,11 @@ def _random_resized_crop(image: Image.Image, rng: np.random.Generator) -> Image.
     return image
 
 
-def corrupt_image(image: Image.Image, corruption: str, severity: int) -> Image.Image:
+def corrupt_image(image: Image.Image, corruption: str, severity: int, seed: int = 0) -> Image.Image:
     """``image`` (RGB) with one corruption at ``severity`` 1-5; the same size and mode.
 
-    Deterministic: the noise is seeded by the corruption and severity.
+    Deterministic: the noise is drawn from a generator seeded by ``(severity, seed)``; give
+    each image its own ``seed`` (its row) so that images do not share one noise pattern.
     """
     check_option("corruption", corruption, CORRUPTIONS)
     if severity not in SEVERITIES:
@@ -92,7 +94,7 @@ def corrupt_image(image: Image.Image, corruption: str, severity: int) -> Image.I
         return ImageEnhance.Contrast(image).enhance(_CONTRAST[level])
     if corruption == "grayscale":
         return ImageEnhance.Color(image).enhance(1.0 - _GRAY[level])
-    rng = np.random.default_rng(severity)
+    rng = np.random.default_rng((severity, seed))
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     noisy = np.clip(pixels + rng.normal(0.0, _NOISE_SD[level], pixels.shape), 0.0, 1.0)
     return Image.fromarray(np.round(noisy * 255.0).astype(np.uint8), mode="RGB")
@@ -105,6 +107,8 @@ def parse_corruptions(text: str) -> tuple[str, ...]:
         raise InputError(f"Invalid value for 'corruptions': expected some of {CORRUPTIONS}.")
     for name in names:
         check_option("corruptions", name, CORRUPTIONS)
+    if len(set(names)) < len(names):
+        raise InputError(f"Invalid value for 'corruptions': {text!r} names one twice.")
     return names
 
 
@@ -122,6 +126,8 @@ def parse_severities(text: str) -> tuple[int, ...]:
             f"1,3,5, got {text!r}."
         ) from None
     levels = tuple(levels)
-    if not levels or any(v not in SEVERITIES for v in levels):
-        raise InputError(f"Invalid value for 'severity': expected levels 1-5, got {text!r}.")
+    if not levels or any(v not in SEVERITIES for v in levels) or len(set(levels)) < len(levels):
+        raise InputError(
+            f"Invalid value for 'severity': expected distinct levels 1-5, got {text!r}."
+        )
     return levels

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from clip_hba._validation import InputError, check_option
+from clip_hba._validation import InputError, check_exemplar, check_option
 
 __all__ = [
     "GATINGS",
@@ -48,6 +48,7 @@ class InputConfig:
         # absolute, so that a run's inputs are found from any working directory
         self.images = absolute_path(self.images)
         self.images_csv = absolute_path(self.images_csv)
+        check_exemplar(self.exemplar)
         try:
             self.text_template.format(word="w", definition="d")
         except (KeyError, IndexError, ValueError):

@@ -47,8 +47,8 @@ class ConceptInputs:
     Attributes
     ----------
     tensors : dict of str to Tensor
-        Batch-first model inputs (``pixel_values``, an `ImagePixels` read by row, or
-        ``input_ids``/``attention_mask``).
+        Batch-first model inputs: ``pixel_values`` (a Tensor, or for image sets above 2 GiB the
+        `ImagePixels` that reads them by row from disk) or ``input_ids``/``attention_mask``.
     concept_ids : tuple of str
         The concept of each row; a concept with several images has several (consecutive) rows.
     item_ids : tuple of str
@@ -56,12 +56,15 @@ class ConceptInputs:
     fingerprint : str
         sha256 of the content the tensors were made from (image bytes, their concepts and the
         preprocessing, or token ids).
+    images : ImagePixels, optional
+        Image inputs: where the pixels come from (for augmented or corrupted versions).
     """
 
     tensors: Inputs
     concept_ids: tuple[str, ...]
     item_ids: tuple[str, ...]
     fingerprint: str
+    images: ImagePixels | None = None
     _rows: dict[str, list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,10 +83,6 @@ class ConceptInputs:
         """Every concept once, in the order of its first row."""
         return tuple(self._rows)
 
-    @property
-    def one_per_concept(self) -> bool:
-        return len(self._rows) == len(self.concept_ids)
-
     def rows(self, concept_ids: Sequence[str]) -> torch.Tensor:
         """Every row of each of ``concept_ids``, concept by concept."""
         return torch.tensor([k for c in concept_ids for k in self._rows[c]], dtype=torch.long)
@@ -95,8 +94,12 @@ class ConceptInputs:
 
         Parameters
         ----------
-        values : Tensor, the outputs of ``rows`` along ``dim``
-        rows : Tensor of int, the input rows ``values`` belong to
+        values : Tensor
+            The outputs of ``rows``, one per row along ``dim``.
+        rows : Tensor of int
+            The input rows ``values`` belong to.
+        dim : int
+            The axis of ``values`` that counts rows.
 
         Returns
         -------
@@ -117,15 +120,19 @@ class ConceptInputs:
         return tuple(order), means.movedim(0, dim)
 
     def with_pixels(self, pixels: ImagePixels) -> ConceptInputs:
-        """The same rows and ids with other pixels (e.g. corrupted), fingerprinted as such."""
+        """The same rows and ids with other pixels (e.g. corrupted, read from disk by row),
+        fingerprinted as such."""
         digest = hashlib.sha256(f"{self.fingerprint}/{pixels!r}".encode()).hexdigest()
-        return dataclasses.replace(
-            self, tensors={**self.tensors, "pixel_values": pixels}, fingerprint=digest
-        )
+        tensors = {**self.tensors, "pixel_values": pixels}
+        return dataclasses.replace(self, tensors=tensors, fingerprint=digest, images=pixels)
+
+    def items_of(self, concept_id: str) -> list[str]:
+        """The item ids (image files) of one concept."""
+        return [self.item_ids[k] for k in self._rows[concept_id]]
 
     def item_ids_of(self, concept_ids: Sequence[str]) -> tuple[str, ...]:
         """For each concept, its items' ids joined by ``;`` (the images a mean is over)."""
-        return tuple(";".join(self.item_ids[k] for k in self._rows[c]) for c in concept_ids)
+        return tuple(";".join(self.items_of(c)) for c in concept_ids)
 
     @property
     def aux(self) -> Inputs:
@@ -149,14 +156,20 @@ def concept_inputs(
         known = load_concepts(data_dir).ids if things_ids_only else None
         found = _images(config, concept_ids, config.skip_missing, known)
         size = backbone.concept_tower.image_size
-        pixels = ImagePixels(found.paths, size, config.normalization).preloaded()
+        images = ImagePixels(found.paths, size, config.normalization)
+        # loaded once when small; a larger set is read from disk batch by batch
+        pixels = images[range(len(images))] if images.fits_in_memory else images
         digest = hashlib.sha256(f"{size}/{config.normalization}".encode())
         for path in found.paths:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         if len(set(found.concept_ids)) < len(found):  # several images per concept: which ones
             digest.update("\n".join(found.concept_ids).encode())
         return ConceptInputs(
-            {"pixel_values": pixels}, found.concept_ids, found.image_ids, digest.hexdigest()
+            {"pixel_values": pixels},
+            found.concept_ids,
+            found.image_ids,
+            digest.hexdigest(),
+            images,
         )
     concepts = load_concepts(data_dir)
     concept_ids = concepts.ids if concept_ids is None else concept_ids

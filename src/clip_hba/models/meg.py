@@ -36,7 +36,7 @@ from torch import nn
 from clip_hba._validation import InputError, check_option
 from clip_hba.models.backbones import Backbone, Inputs
 from clip_hba.models.config import GATINGS, MegModelConfig
-from clip_hba.rsa.rdms import rdm_torch
+from clip_hba.rsa.rdms import RDM_EPS, rdm_torch
 
 __all__ = [
     "GATE_FLOOR",
@@ -262,4 +262,4 @@ class MegModel(nn.Module):
         others rather than NaN, so one such sample cannot poison a training step; where the
         gate is zero the RDM is zero.
         """
-        return self.gate[:, None] * rdm_torch(embeddings, "pearson", eps=1e-8)
+        return self.gate[:, None] * rdm_torch(embeddings, "pearson", eps=RDM_EPS)

@@ -129,8 +129,8 @@ def run_inputs(
     """
     config = dataclasses.replace(
         loaded.inputs.with_images(images, images_csv),
-        exemplar=exemplar or loaded.inputs.exemplar,
-        normalization=normalization or loaded.inputs.normalization,
+        exemplar=loaded.inputs.exemplar if exemplar is None else exemplar,
+        normalization=loaded.inputs.normalization if normalization is None else normalization,
         skip_missing=skip_missing,
     )
     run_data_dir = data_dir

@@ -98,7 +98,7 @@ def evaluate_corruptions(
     inputs, config, run_data_dir = run_inputs(
         loaded, images, images_csv, exemplar, normalization, skip_missing, data_dir
     )
-    if "pixel_values" not in inputs.tensors:
+    if inputs.images is None:
         raise InputError(f"{model} reads texts: corruptions need an image model.")
 
     def scores(concept_inputs: ConceptInputs) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def evaluate_corruptions(
         "clean": scores(inputs),
         "corruptions": {c: [] for c in corruptions},
     }
-    pixels = inputs.tensors["pixel_values"]
+    pixels = inputs.images
     for corruption, severity in bar:
         corrupted = inputs.with_pixels(pixels.corrupted(corruption, severity))
         result["corruptions"][corruption].append({"severity": severity, **scores(corrupted)})

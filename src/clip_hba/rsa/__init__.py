@@ -13,6 +13,7 @@ from clip_hba.rsa.methods import ASYMMETRY_POLICIES, METHODS, METRICS, Asymmetry
 
 _MODULES = {
     "RDM": "rdms",
+    "RDM_EPS": "rdms",
     "Embedding": "rdms",
     "align": "rdms",
     "mean_rdm": "rdms",
@@ -51,6 +52,7 @@ __all__ = [
     "METHODS",
     "METRICS",
     "RDM",
+    "RDM_EPS",
     "Asymmetry",
     "BootstrapResult",
     "Cluster",

@@ -33,6 +33,7 @@ class Embedding(Protocol):
 
 __all__ = [
     "RDM",
+    "RDM_EPS",
     "Embedding",
     "align",
     "mean_rdm",
@@ -49,6 +50,8 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- features -> RDMs
+
+RDM_EPS = 1e-8  # floor of the row norms of RDMs in training: a constant row stays finite
 
 
 def rdm_torch(

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from clip_hba._validation import InputError
 from clip_hba.data.embeddings import ConceptEmbedding, save_embedding
-from clip_hba.data.images import ImagePixels
 from clip_hba.data.things import load_rdm48, load_spose, rescale_minmax, split_concepts
 from clip_hba.evaluation.behavior import evaluate_behavior
 from clip_hba.models.backbones import backbone_fingerprint, first_trainable_block, load_backbone
@@ -137,6 +136,10 @@ class BehaviorTrainer:
         )
         self.cache = None
         if config.cache != "off":
+            # augmented training batches never read the cache: cache the evaluation rows only
+            evaluated = None
+            if config.augment != "none":
+                evaluated = sorted(torch.cat([self.rows["val"], self.rows["test"]]).tolist())
             self.cache = PrefixCache.build(
                 self.model.concept_tower,
                 first_trainable_block(self.model.concept_tower),
@@ -145,6 +148,7 @@ class BehaviorTrainer:
                 directory=self.run.file("cache"),
                 batch_size=config.batch_size,
                 verbose=verbose,
+                rows=evaluated,
             )
         self.optimizer = torch.optim.AdamW(
             self.model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
@@ -229,7 +233,7 @@ class BehaviorTrainer:
         return self.evaluate(epoch, train_parts)
 
     def improves(self, record: dict[str, Any]) -> bool:
-        """A lower validation MSE than the best so far."""
+        """A lower validation loss (the MSE, plus the weighted geometry term) than the best."""
         return record["val_loss"] < self.progress.best_val_loss
 
     def on_best(self, record: dict[str, Any]) -> None:
@@ -241,9 +245,9 @@ class BehaviorTrainer:
     def postfix(self, record: dict[str, Any]) -> dict[str, str]:
         return {
             "train": f"{record['train_loss']:.3g}",
-            "val_rho": f"{record['val_rdm_spearman']:.3f}",
+            "val_rho": _number(record["val_rdm_spearman"]),
             "val": f"{record['val_loss']:.3g}",
-            "rho48": f"{record['rdm48_spearman'] or float('nan'):.3f}",
+            "rho48": _number(record["rdm48_spearman"]),
             "best": str(self.progress.best_epoch),
         }
 
@@ -256,13 +260,10 @@ class BehaviorTrainer:
         """
         device = self.model.device
         if augment_epoch is not None:
-            pixels: ImagePixels = self.inputs.tensors["pixel_values"]
-            tensors = {
-                **self.inputs.tensors,
-                "pixel_values": pixels.augmented(self.config.seed, augment_epoch),
-            }
+            pixels = self.inputs.images.augmented(self.config.seed, augment_epoch)
+            tensors = {**self.inputs.tensors, "pixel_values": pixels}
             return self.model(to_device(select_inputs(tensors, rows), device))
-        if self.cache is None:
+        if self.cache is None or not self.cache.covers(rows):
             return self.model(to_device(select_inputs(self.inputs.tensors, rows), device))
         aux = select_inputs(self.inputs.aux, rows)
         hidden = self.cache.hidden(rows)
@@ -340,13 +341,16 @@ class BehaviorTrainer:
             "val_rdm_spearman": _rdm_spearman(val, val_target, val_ids),
             "rdm48_spearman": None,
         }
-        if len(self.rows["test"]) >= 3:
+        if self._n_concepts("test") >= 3:
             test_ids, test = self.concept_predictions("test")
             model_rdm = RDM.from_embedding(ConceptEmbedding(test.double().numpy(), test_ids))
             record["rdm48_spearman"] = compare(
                 model_rdm, load_rdm48(self.config.data_dir), "spearman"
             )
         return record
+
+    def _n_concepts(self, split: str) -> int:
+        return len({self.inputs.concept_ids[k] for k in self.rows[split].tolist()})
 
     def concept_predictions(self, split: str | None) -> tuple[tuple[str, ...], torch.Tensor]:
         """Each concept's mean prediction over its inputs, for one split (None: every input)."""
@@ -369,9 +373,13 @@ class BehaviorTrainer:
 
     def _concept_images(self) -> dict[str, list[str]] | None:
         """Image backbones: the image files of each concept (the exemplar chosen), by concept."""
-        if "pixel_values" not in self.inputs.tensors:
+        if self.inputs.images is None:
             return None
-        return {c: self.inputs.item_ids_of([c])[0].split(";") for c in self.inputs.concepts}
+        return {c: self.inputs.items_of(c) for c in self.inputs.concepts}
+
+
+def _number(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.3f}"
 
 
 def _rdm_spearman(
@@ -407,12 +415,13 @@ def _training_data(
     concept_ids = [*train_ids, *val_ids, *split.test_ids]
     inputs = concept_inputs(model.backbone, concept_ids, config.inputs, config.data_dir)
     groups = {"train": train_ids, "val": val_ids, "test": split.test_ids}
-    rows = {name: inputs.rows([c for c in ids if c in inputs]) for name, ids in groups.items()}
-    if len(rows["train"]) < 2 or len(rows["val"]) < 1:
+    present = {name: [c for c in ids if c in inputs] for name, ids in groups.items()}
+    if len(present["train"]) < 2 or len(present["val"]) < 1:
         raise InputError(
-            f"Too few training or validation concepts have inputs ({len(rows['train'])} and "
-            f"{len(rows['val'])}; at least 2 and 1 are needed)."
+            f"Too few training or validation concepts have inputs ({len(present['train'])} and "
+            f"{len(present['val'])}; at least 2 and 1 are needed)."
         )
+    rows = {name: inputs.rows(ids) for name, ids in present.items()}
     spose = load_spose(config.data_dir)
     scaled = rescale_minmax(spose, reference_ids=[*split.train_ids, *split.val_ids])
     concept_target = ConceptTargets(scaled.select(list(inputs.concepts)))
@@ -420,13 +429,20 @@ def _training_data(
 
 
 class ConceptTargets:
-    """Rescaled SPoSE targets by concept id: ``targets(ids)`` -> Tensor (len(ids), 66)."""
+    """Rescaled SPoSE targets by concept id: ``targets(ids)`` -> Tensor (len(ids), 66).
+
+    Parameters
+    ----------
+    embedding : ConceptEmbedding
+        The targets of every concept that may be asked for.
+    """
 
     def __init__(self, embedding: ConceptEmbedding) -> None:
         self._values = torch.tensor(embedding.values, dtype=torch.float32)
         self._row = {c: k for k, c in enumerate(embedding.concept_ids)}
 
     def __call__(self, concept_ids: tuple[str, ...] | list[str]) -> torch.Tensor:
+        """The targets of ``concept_ids``, in that order, shape (len(concept_ids), n_dims)."""
         return self._values[[self._row[c] for c in concept_ids]]
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -34,9 +34,13 @@ CacheMode = Literal["auto", "memory", "disk"]
 MEMORY_LIMIT_BYTES = 4 * 2**30  # "auto" keeps caches up to this size in memory
 
 
-def prefix_key(tower: Tower, block: int, inputs: ConceptInputs) -> str:
-    """sha256 of what the cached hidden states depend on."""
+def prefix_key(
+    tower: Tower, block: int, inputs: ConceptInputs, rows: Sequence[int] | None = None
+) -> str:
+    """sha256 of what the cached hidden states depend on (and of the rows cached, if not all)."""
     digest = hashlib.sha256(f"block={block};inputs={inputs.fingerprint};".encode())
+    if rows is not None:
+        digest.update(np.asarray(rows, dtype=np.int64).tobytes())
     digest.update(json.dumps(_tower_config(tower), sort_keys=True, default=str).encode())
     for name, param in _prefix_parameters(tower, block):
         digest.update(name.encode() + param.detach().cpu().contiguous().numpy().tobytes())
@@ -54,19 +58,31 @@ def _prefix_parameters(tower: Tower, block: int) -> list[tuple[str, torch.nn.Par
 
 
 class PrefixCache:
-    """Hidden states entering block ``block`` for every input row, in memory or on disk (HDF5).
+    """Hidden states entering block ``block`` for input rows, in memory or on disk (HDF5).
 
     Parameters
     ----------
-    hidden : Tensor or h5py.Dataset, shape (N, S, D)
+    hidden : Tensor or h5py.Dataset, shape (n_cached, S, D)
     block : int
     key : str
+    rows : sequence of int, optional
+        The input rows cached, in order (default: every row, ``range(n_cached)``).
     """
 
-    def __init__(self, hidden: torch.Tensor | h5py.Dataset, block: int, key: str) -> None:
+    def __init__(
+        self,
+        hidden: torch.Tensor | h5py.Dataset,
+        block: int,
+        key: str,
+        rows: Sequence[int] | None = None,
+    ) -> None:
         self._hidden = hidden
         self.block = block
         self.key = key
+        self._position = None  # input row -> position in the cache, when only some are cached
+        if rows is not None:
+            self._position = torch.full((max(rows, default=-1) + 1,), -1, dtype=torch.long)
+            self._position[torch.as_tensor(list(rows), dtype=torch.long)] = torch.arange(len(rows))
 
     def close(self) -> None:
         """Close the HDF5 file of a disk cache (a memory cache has nothing to close)."""
@@ -80,8 +96,19 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._hidden)
 
+    def covers(self, rows: torch.Tensor) -> bool:
+        """Whether every one of the input ``rows`` is cached."""
+        if self._position is None:
+            return bool(len(rows) == 0 or int(rows.max()) < len(self))
+        inside = rows < len(self._position)
+        return bool(inside.all()) and bool((self._position[rows] >= 0).all())
+
     def hidden(self, rows: torch.Tensor) -> torch.Tensor:
-        """Cached hidden states of ``rows``, shape (len(rows), S, D)."""
+        """Cached hidden states of the input ``rows``, shape (len(rows), S, D)."""
+        if self._position is not None:
+            rows = self._position[rows]
+            if bool((rows < 0).any()):
+                raise KeyError("PrefixCache.hidden: some of these rows were not cached.")
         if not self.on_disk:
             return self._hidden[rows]
         order = np.argsort(rows.numpy())
@@ -101,25 +128,29 @@ class PrefixCache:
         directory: str | os.PathLike | None = None,
         batch_size: int = 32,
         verbose: bool = True,
+        rows: Sequence[int] | None = None,
     ) -> PrefixCache:
         """Compute (or reopen from ``directory``) the hidden states entering ``block``.
 
         ``mode="auto"`` keeps the cache in memory up to 4 GiB, else on disk in ``directory``.
         A disk cache whose key matches is reused; a partial file is never mistaken for one.
+        ``rows``: cache only these input rows (e.g. the evaluation rows of an augmented run).
         """
         check_option("cache", mode, ("auto", "memory", "disk"))
-        key = prefix_key(tower, block, inputs)
-        n = len(inputs)
+        rows = None if rows is None else [int(r) for r in rows]
+        key = prefix_key(tower, block, inputs, rows)
+        cached = list(range(len(inputs))) if rows is None else rows
+        n = len(cached)
         with torch.no_grad():
-            shape = _hidden_batch(tower, block, inputs, [0]).shape[1:]
+            shape = _hidden_batch(tower, block, inputs, cached[:1]).shape[1:]
         if mode == "auto":
             small = n * shape.numel() * 4 <= MEMORY_LIMIT_BYTES
             mode = "memory" if small or directory is None else "disk"
         if mode == "memory":
             hidden = torch.empty((n, *shape), dtype=torch.float32)
-            for rows, values in _prefix_batches(tower, block, inputs, batch_size, verbose):
-                hidden[rows] = values
-            return cls(hidden, block, key)
+            for part, values in _prefix_batches(tower, block, inputs, cached, batch_size, verbose):
+                hidden[part] = values
+            return cls(hidden, block, key, rows)
         if directory is None:
             raise InputError("A disk cache needs a directory (PrefixCache.build(directory=...)).")
         path = Path(directory) / f"prefix-{key[:20]}.h5"
@@ -127,19 +158,20 @@ class PrefixCache:
             handle = h5py.File(path, "r")
             if handle.attrs.get("key") == key and len(handle["hidden"]) == n:
                 logger.info("Reusing the frozen-prefix cache %s", path)
-                return cls(handle["hidden"], block, key)
+                return cls(handle["hidden"], block, key, rows)
             handle.close()
             logger.warning("Rebuilding %s: it was made for another model or inputs.", path)
 
         def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as handle:
                 data = handle.create_dataset("hidden", (n, *shape), "float32", chunks=(1, *shape))
-                for rows, values in _prefix_batches(tower, block, inputs, batch_size, verbose):
-                    data[rows.start : rows.stop] = values.numpy()
+                batches = _prefix_batches(tower, block, inputs, cached, batch_size, verbose)
+                for part, values in batches:
+                    data[part.start : part.stop] = values.numpy()
                 handle.attrs["key"] = key  # last: a file without it is never reused
 
         write_atomic(path, write)
-        return cls(h5py.File(path, "r")["hidden"], block, key)
+        return cls(h5py.File(path, "r")["hidden"], block, key, rows)
 
 
 def _hidden_batch(tower: Tower, block: int, inputs: ConceptInputs, rows: list[int]) -> torch.Tensor:
@@ -149,15 +181,24 @@ def _hidden_batch(tower: Tower, block: int, inputs: ConceptInputs, rows: list[in
 
 
 def _prefix_batches(
-    tower: Tower, block: int, inputs: ConceptInputs, batch_size: int, verbose: bool
+    tower: Tower,
+    block: int,
+    inputs: ConceptInputs,
+    rows: list[int],
+    batch_size: int,
+    verbose: bool,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """(rows, hidden states entering ``block``) for consecutive batches of inputs, on the CPU."""
+    """(positions in ``rows``, hidden states entering ``block``) for consecutive batches of
+    ``rows``, on the CPU."""
     batches = tqdm(
-        list(batch_rows(len(inputs), batch_size)),
+        list(batch_rows(len(rows), batch_size)),
         desc=f"Caching blocks 0-{block - 1}",
         disable=not verbose,
         leave=False,
     )
     with torch.no_grad():
-        for rows in batches:
-            yield slice(rows.start, rows.stop), _hidden_batch(tower, block, inputs, list(rows))
+        for part in batches:
+            yield (
+                slice(part.start, part.stop),
+                _hidden_batch(tower, block, inputs, rows[part.start : part.stop]),
+            )

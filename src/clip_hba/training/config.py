@@ -135,6 +135,7 @@ class BehaviorFitConfig(_Config):
         check_option("cache", self.cache, ("auto", "memory", "disk", "off"))
         check_option("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_option("augment", self.augment, AUGMENTATIONS)
+        _check_at_least(self, ("seed",), 0)
         check_range("rdm_loss_weight", self.rdm_loss_weight, 0, math.inf, high_open=True)
         check_range("weight_decay", self.weight_decay, 0)
         _check_at_least(self, ("epochs", "batch_size", "patience"), 1)

@@ -1,20 +1,20 @@
 """Differentiable losses on representational geometry, shared by the behaviour and MEG trainers.
 
-`masked_pearson` is the one Pearson r of training losses (NaN target pairs masked out);
-`rdm_loss` compares the geometry of two sets of embeddings: 1 - Pearson r between their RDMs
-(1 - Pearson between rows, `clip_hba.rsa.rdms.rdm_torch`), the RDM term of the MEG loss and
-the geometry term of CLIP-HBA-Behavior (``--rdm-loss-weight``).
+`masked_pearson` is the one Pearson r of training losses (NaN target pairs masked out), which
+the MEG loss's RDM and temporal-generalisation terms use; `rdm_loss` compares the geometry of
+two sets of embeddings, the geometry term of CLIP-HBA-Behavior (``--rdm-loss-weight``): the
+same 1 - Pearson r between RDMs as the MEG RDM term, with both RDMs made by
+`clip_hba.rsa.rdms.rdm_torch` (1 - Pearson between rows, as `MegModel.rdms` makes the MEG
+model's).
 """
 
 from __future__ import annotations
 
 import torch
 
-from clip_hba.rsa.rdms import rdm_torch
+from clip_hba.rsa.rdms import RDM_EPS, rdm_torch
 
-__all__ = ["RDM_EPS", "masked_pearson", "rdm_loss"]
-
-RDM_EPS = 1e-8  # floor of row norms in training RDMs: a constant row stays finite
+__all__ = ["masked_pearson", "rdm_loss"]
 
 
 def masked_pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
