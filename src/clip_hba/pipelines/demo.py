@@ -70,10 +70,12 @@ def minilm_path() -> Path:
 def demo_config(out: str | os.PathLike, quick: bool = False) -> BehaviorFitConfig:
     """The demo's training settings (``quick``: 40 concepts, 2 epochs, for tests).
 
-    Chosen by the held-out rho they reach in about 10 minutes on 2 CPU cores: DoRA rank 16 on
-    every linear map of MiniLM's blocks 2-5, lr 2e-3, the encoder's own dropout while training.
-    Epochs and early stopping decide how long it trains, never the clock: the same settings
-    give the same metrics on any machine.
+    DoRA rank 16 on every linear map of MiniLM's blocks 2-5, lr 2e-3, the encoder's own dropout
+    while training, the MSE alone (``rdm_loss_weight`` 0: the geometry term at 100 and 1000 gave
+    a lower validation RDM rho, 0.717 and 0.715 against 0.727; see
+    ``benchmarks/behavior_demo_ablation.py``). Epochs and early stopping decide how long it
+    trains, never the clock (no time budget): the same settings give the same metrics on any
+    machine.
     """
     return BehaviorFitConfig(
         model=str(minilm_path()),
