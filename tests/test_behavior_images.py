@@ -21,10 +21,11 @@ from clip_hba.data import (
     read_embedding,
     split_concepts,
 )
-from clip_hba.models import AdapterConfig, InputConfig
+from clip_hba.models import InputConfig
 from clip_hba.testing import make_things_images, make_tiny_clip
 from clip_hba.training import BehaviorFitConfig, BehaviorTrainer, fit_behavior
 from clip_hba.training.losses import rdm_loss
+from test_behavior import fit_config as behavior_fit_config
 
 SPLIT = split_concepts(seed=0)
 TRAIN, VAL = list(SPLIT.train_ids[:16]), list(SPLIT.val_ids[:4])
@@ -48,18 +49,8 @@ def things(tmp_path_factory):
 
 
 def fit_config(model, out, images, **overrides):
-    settings = dict(
-        model=str(model),
-        out=str(out),
-        inputs=InputConfig(images=str(images)),
-        adapter=AdapterConfig(rank=4, alpha=2.0),
-        epochs=2,
-        batch_size=8,
-        lr=1e-2,
-        max_concepts=20,
-    )
-    settings.update(overrides)
-    return BehaviorFitConfig(**settings)
+    """The tiny runs of test_behavior.py, for 2 epochs."""
+    return behavior_fit_config(model, out, images, **{"epochs": 2, **overrides})
 
 
 # ---------------------------------------------------------------------------- exemplars

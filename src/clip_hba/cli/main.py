@@ -26,6 +26,7 @@ from clip_hba.cli.options import (
     DeviceOption,
     ImagesCsvOption,
     ImagesOption,
+    RunExemplarOption,
     SkipMissingOption,
     emit,
 )
@@ -110,13 +111,7 @@ def evaluate_behavior_command(
     ] = None,
     images: ImagesOption = None,
     images_csv: ImagesCsvOption = None,
-    exemplar: Annotated[
-        str | None,
-        typer.Option(
-            help="With --model: images per concept, 'first', 'all' (the mean per concept) or a "
-            "file-name suffix (default: the run's)."
-        ),
-    ] = None,
+    exemplar: RunExemplarOption = None,
     skip_missing: SkipMissingOption = False,
     corruptions: Annotated[
         str | None,
@@ -316,14 +311,7 @@ def embed_command(
     ],
     images: ImagesOption = None,
     images_csv: ImagesCsvOption = None,
-    exemplar: Annotated[
-        str | None,
-        typer.Option(
-            help="Images per concept: 'first' (first file by name), 'all' (one row per concept: "
-            "the mean over its images) or a file-name suffix such as _01b (default: the run's, "
-            f"else {INPUTS.exemplar})."
-        ),
-    ] = None,
+    exemplar: RunExemplarOption = None,
     normalization: Annotated[
         Literal["things", "clip"] | None,
         typer.Option(

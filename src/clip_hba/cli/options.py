@@ -31,6 +31,7 @@ __all__ = [
     "ImagesOption",
     "NormalizationOption",
     "QuietOption",
+    "RunExemplarOption",
     "SkipMissingOption",
     "defaults",
     "emit",
@@ -111,6 +112,14 @@ ExemplarOption = Annotated[
 NormalizationOption = Annotated[
     Literal["things", "clip"],
     typer.Option(help="Image normalisation: THINGS mean/std or CLIP's own."),
+]
+RunExemplarOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Images per concept: 'first' (the first file by name), 'all' (one row per "
+        "concept: the mean over its images) or a file-name suffix such as _01b (default: the "
+        "run's; a base model: first)."
+    ),
 ]
 SkipMissingOption = Annotated[
     bool, typer.Option(help="Leave out concepts without an image (reported) instead of failing.")

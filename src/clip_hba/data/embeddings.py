@@ -311,23 +311,7 @@ def save_embedding(
     ``with_rdm``, ``rdm`` (condensed 1 - Pearson, N*(N-1)/2). ``.csv``/``.tsv``: one row per
     item, columns ``concept_id``, ``image_id`` and one per label (no RDM).
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise InputError(f"Cannot write embeddings to {path}: use a .npz, .csv or .tsv file.")
-    if suffix == ".npz":
-        arrays = {
-            "embedding": embedding.values,
-            "concept_ids": np.array(embedding.concept_ids),
-            "image_ids": np.array(item_ids),
-            "labels": np.array(embedding.dim_labels or ()),
-        }
-        if with_rdm:
-            arrays["rdm"] = rdm(embedding.values, "pearson")
-        return write_npz_atomic(path, arrays)
-    if with_rdm:
-        raise InputError("An RDM can only be written into a .npz file (--rdm).")
-    return write_text_atomic(path, _table(embedding, item_ids, suffix))
+    return _save_rows(path, embedding, item_ids, with_rdm)
 
 
 def _table(
@@ -379,6 +363,16 @@ def save_image_embedding(path: str | os.PathLike, embedding: ImageEmbedding) -> 
     """Write an `ImageEmbedding`, atomically: ``.npz`` (arrays ``embedding``, ``concept_ids``,
     ``image_ids``, ``labels``) or ``.csv``/``.tsv`` (columns ``concept_id``, ``image_id`` and
     one per label)."""
+    return _save_rows(path, embedding, embedding.image_ids, with_rdm=False)
+
+
+def _save_rows(
+    path: str | os.PathLike,
+    embedding: ConceptEmbedding | ImageEmbedding,
+    item_ids: Sequence[str],
+    with_rdm: bool,
+) -> Path:
+    """One row per concept or image, as ``.npz`` (with the RDM, if asked) or ``.csv``/``.tsv``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -387,11 +381,15 @@ def save_image_embedding(path: str | os.PathLike, embedding: ImageEmbedding) -> 
         arrays = {
             "embedding": embedding.values,
             "concept_ids": np.array(embedding.concept_ids),
-            "image_ids": np.array(embedding.image_ids),
+            "image_ids": np.array(item_ids),
             "labels": np.array(embedding.dim_labels or ()),
         }
+        if with_rdm:
+            arrays["rdm"] = rdm(embedding.values, "pearson")
         return write_npz_atomic(path, arrays)
-    return write_text_atomic(path, _table(embedding, embedding.image_ids, suffix))
+    if with_rdm:
+        raise InputError("An RDM can only be written into a .npz file (--rdm).")
+    return write_text_atomic(path, _table(embedding, item_ids, suffix))
 
 
 def save_stacked_embedding(
