@@ -136,8 +136,10 @@ def test_model_equals_base_model_at_step_zero(tiny_clip):
 
 def test_adapter_placement_errors(tiny_clip):
     backbone = load_backbone(tiny_clip)
-    with pytest.raises(InputError, match="'layers'.*blocks 0..2.*\\[5\\]"):
+    with pytest.raises(InputError, match="'layers'.*blocks 1..3.*\\[5\\]"):
         add_adapters(backbone, AdapterConfig(layers=(5,)))
+    with pytest.raises(InputError, match="'layers'.*blocks 1..3.*\\[0\\]"):
+        add_adapters(backbone, AdapterConfig(layers=(0,)))
     with pytest.raises(InputError, match="No module named.*self_attn.proj"):
         add_adapters(backbone, AdapterConfig(modules=("self_attn.proj",)))
     with pytest.raises(InputError, match="'rank'"):
@@ -262,13 +264,22 @@ def test_resume_and_overwrite_errors(tiny_clip, images, tmp_path):
     fit_behavior(fit_config(tiny_clip, tmp_path / "run", images, epochs=1), verbose=False)
     with pytest.raises(InputError, match="already holds a run"):
         fit_behavior(fit_config(tiny_clip, tmp_path / "run", images), verbose=False)
-    with pytest.raises(InputError, match="other settings: lr"):
+    with pytest.raises(InputError, match=r"other settings \(--lr 0.01 -> 0.5"):
         fit_behavior(
             fit_config(tiny_clip, tmp_path / "run", images, lr=0.5), resume=True, verbose=False
         )
+    # options left at their defaults take the run's own settings; new limits are recorded
+    resumed = fit_behavior(
+        BehaviorFitConfig(model=str(tiny_clip), out=str(tmp_path / "run"), epochs=2),
+        resume=True,
+        verbose=False,
+    )
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["fit"]
+    assert len(resumed.log) == 3 and saved["epochs"] == 2
+    assert (saved["lr"], saved["adapter"]["rank"], saved["max_concepts"]) == (1e-2, 4, 20)
     cosine = dict(epochs=1, lr_schedule="cosine")
     fit_behavior(fit_config(tiny_clip, tmp_path / "cos", images, **cosine), verbose=False)
-    with pytest.raises(InputError, match="other settings: epochs"):  # the schedule depends on it
+    with pytest.raises(InputError, match="--epochs"):  # the schedule depends on it
         fit_behavior(
             fit_config(tiny_clip, tmp_path / "cos", images, epochs=3, lr_schedule="cosine"),
             resume=True,
@@ -280,7 +291,7 @@ def test_text_backbone_trains_with_shared_towers(tiny_bert, tmp_path):
     runs = [
         fit_behavior(
             fit_config(
-                tiny_bert, tmp_path / mode, cache=mode, adapter=AdapterConfig(rank=4, layers=(1, 2))
+                tiny_bert, tmp_path / mode, cache=mode, adapter=AdapterConfig(rank=4, layers=(2, 3))
             ),
             verbose=False,
         )
@@ -361,14 +372,22 @@ def test_image_list_csv(tiny_clip, tmp_path):
         backbone, TRAIN[:3], InputConfig(images=str(root), images_csv=str(root / "list.csv"))
     )
     assert inputs.concept_ids == tuple(TRAIN[:3])
+    extra = root / "object_images" / TRAIN[0] / f"{TRAIN[0]}_02s.jpg"
+    extra.write_bytes((root / "object_images" / TRAIN[0] / f"{TRAIN[0]}_01b.jpg").read_bytes())
     (root / "bad.csv").write_text(
-        "\n".join([*rows, f"object_images/{TRAIN[0]}/{TRAIN[0]}_01b.jpg,camera"])
+        "\n".join([*rows, f"object_images/{TRAIN[0]}/{TRAIN[0]}_02s.jpg,camera"])
     )
     with pytest.raises(InputError, match="unknown concept id.*'camera'"):
         concept_inputs(
             backbone, TRAIN[:3], InputConfig(images=str(root), images_csv=str(root / "bad.csv"))
         )
-    (root / "dup.csv").write_text("\n".join([*rows, rows[1]]))
+    (root / "twice.csv").write_text("\n".join([*rows, rows[1]]))
+    twice = {"images": str(root), "images_csv": str(root / "twice.csv")}
+    with pytest.raises(InputError, match="lists .*_01b.jpg twice \\(rows 2 and 5\\)"):
+        concept_inputs(backbone, TRAIN[:3], InputConfig(**twice, exemplar="all"))
+    (root / "dup.csv").write_text(
+        "\n".join([*rows, f"object_images/{TRAIN[0]}/{TRAIN[0]}_02s.jpg,{TRAIN[0]}"])
+    )
     dup = {"images": str(root), "images_csv": str(root / "dup.csv")}
     with pytest.raises(InputError, match="more than one image.*--exemplar first"):
         concept_inputs(backbone, TRAIN[:3], InputConfig(**dup, exemplar="_01b"))
@@ -394,13 +413,13 @@ def test_wrong_label_count_is_rejected(tiny_clip, images, tmp_path):
 
 
 def test_unloadable_model_is_a_clear_error(tmp_path):
-    with pytest.raises(InputError, match="Cannot load a model config"):
+    with pytest.raises(InputError, match="not a model folder: it has no config.json"):
         load_backbone(tmp_path)
 
 
 def test_train_dropout_is_seeded_resumable_and_cache_exact(tiny_bert, tmp_path):
     def config(out, **overrides):
-        settings = dict(adapter=AdapterConfig(rank=4, layers=(1, 2)), train_dropout=True)
+        settings = dict(adapter=AdapterConfig(rank=4, layers=(2, 3)), train_dropout=True)
         return fit_config(tiny_bert, tmp_path / out, **{**settings, **overrides})
 
     full = fit_behavior(config("full", epochs=4), verbose=False)

@@ -209,10 +209,10 @@ def test_error_directory_as_embedding(capsys, tmp_path):
 def test_error_bad_output_paths(capsys, spose_txt, tmp_path):
     common = ("evaluate", "behavior", "--embedding", str(spose_txt), "--n-bootstrap", "5")
     result = run(capsys, *common, "--out", str(tmp_path))
-    assert_one_line_error(*result, f"Cannot write {tmp_path}: it is a directory")
+    assert_one_line_error(*result, f"--out {tmp_path} is a folder")
     (tmp_path / "file").write_text("x")
     result = run(capsys, *common, "--out", str(tmp_path / "file" / "scores.json"))
-    assert_one_line_error(*result, "Cannot write", "scores.json")
+    assert_one_line_error(*result, "Cannot write", "scores.json", "is a file, not a folder")
     result = run(capsys, *common, "--plot", str(tmp_path / "figure.xyz"))
     assert_one_line_error(*result, "figure.xyz", "png")
 
@@ -403,3 +403,13 @@ def test_rsa_compare_errors(capsys, rdm_files, tmp_path):
 def test_bare_command_group_shows_its_help_once(capsys):
     code, out, err = run(capsys, "evaluate")
     assert code == 0 and out.count("Usage:") == 1 and "behavior" in out and err == ""
+
+
+def test_spose_names_the_bundled_embedding(capsys, spose_txt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file called "spose" here
+    by_name = run(capsys, "evaluate", "behavior", "--embedding", "spose", "--n-bootstrap", "20")
+    by_file = run(
+        capsys, "evaluate", "behavior", "--embedding", str(spose_txt), "--n-bootstrap", "20"
+    )
+    assert by_name[0] == by_file[0] == 0
+    assert json.loads(by_name[1])["rdm48_spearman"] == json.loads(by_file[1])["rdm48_spearman"]

@@ -126,7 +126,7 @@ def test_fit_bad_inputs_are_one_line_errors(capsys, setup, tmp_path):
     )
     assert_one_line_error(
         *run(capsys, *common[:2], "--model", str(tmp_path), "--out", "x"),
-        "Cannot load a model config",
+        "not a model folder: it has no config.json",
     )
 
 
@@ -236,7 +236,7 @@ def test_cli_all_images_augmentation_geometry_and_corruptions(capsys, tmp_path):
                 capsys,
                 *("evaluate", "behavior", "--embedding", str(tmp_path / "each.npz"), *extra),
             ),
-            "go with --model",
+            "goes with --model",
         )
     assert_one_line_error(
         *run(
@@ -244,5 +244,5 @@ def test_cli_all_images_augmentation_geometry_and_corruptions(capsys, tmp_path):
             *("evaluate", "behavior", "--model", str(tmp_path / "run")),
             *("--rdm-metric", "cosine"),
         ),
-        "--rdm-metric go with --embedding",
+        "--rdm-metric goes with --embedding",
     )

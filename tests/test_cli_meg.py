@@ -55,7 +55,7 @@ def test_simulate_export_import_info(capsys, tmp_path):
         "--quiet",
     )
     assert code == 0
-    assert json.loads(out)["participants"] == ["P1", "P2"]
+    assert json.loads(out)["participants"] == ["sim01", "sim02"]
     with RDMStore(tmp_path / "back.h5") as store:
         np.testing.assert_array_equal(store.read().values, original)
     code, out, _ = run(capsys, "meg", "info", str(tmp_path / "back.h5"))
@@ -63,7 +63,7 @@ def test_simulate_export_import_info(capsys, tmp_path):
     assert code == 0 and info["nan_share"] == 0.0
     quality = info["quality"]  # two participants: each agrees with the other alike
     assert quality["window_ms"] == [0.0, 100.0] and quality["flagged"] == []
-    first, second = (quality["participants"][p]["r_with_others"] for p in ("P1", "P2"))
+    first, second = (quality["participants"][p]["r_with_others"] for p in ("sim01", "sim02"))
     assert first == pytest.approx(second)
     code, out, _ = run(capsys, "meg", "info", str(tmp_path / "back.h5"), "--no-quality")
     assert "quality" not in json.loads(out)

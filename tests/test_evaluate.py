@@ -94,7 +94,7 @@ def test_bad_embeddings_are_rejected(spose):
         )
     values = spose.values.copy()
     values[spose.rows(["pizza"])[0]] = 0.5  # an RDM48 concept: 1 - Pearson undefined
-    with pytest.raises(InputError, match="constant.*'pizza'.*--rdm-metric euclidean"):
+    with pytest.raises(InputError, match="constant.*'pizza'.*euclidean RDM metric"):
         evaluate_behavior(ConceptEmbedding(values, spose.concept_ids))
     assert evaluate_behavior(ConceptEmbedding(values, spose.concept_ids), rdm_metric="euclidean")
     values = spose.values.copy()

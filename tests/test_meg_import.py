@@ -18,6 +18,7 @@ from clip_hba.meg import (
     import_bids,
     import_epochs,
     import_npy,
+    import_rdms,
     import_things_mat,
     write_things_mat,
 )
@@ -34,15 +35,19 @@ def test_square_to_condensed_takes_the_defined_half():
     square = np.array(
         [[np.nan, 1.0, np.nan], [np.nan, np.nan, np.nan], [2.0, 3.0, np.nan]]
     )  # (0,1) upper; (0,2) and (1,2) only lower; nothing else
-    for policy in ("mean", "raise"):
+    for policy in ("average", "upper", "lower", "raise"):
         np.testing.assert_array_equal(to_condensed(square, asymmetry=policy), [1.0, 2.0, 3.0])
     both = np.array([[0, 1.0, 4.0], [3.0, 0, np.nan], [np.nan, np.nan, 0]])
-    out = to_condensed(both, asymmetry="mean")
+    out = to_condensed(both, asymmetry="average")
     assert out[0] == 2.0 and out[1] == 4.0 and np.isnan(out[2])  # mean; upper; missing
+    assert to_condensed(both, asymmetry="upper")[0] == 1.0
+    assert to_condensed(both, asymmetry="lower")[0] == 3.0
     with pytest.raises(InputError, match=r"not symmetric: \[0, 1\] = 1 but \[1, 0\] = 3"):
         to_condensed(both)  # the default policy refuses two values for one pair
-    float32 = to_condensed(both.astype(np.float32), asymmetry="mean")
+    float32 = to_condensed(both.astype(np.float32), asymmetry="average")
     assert float32.dtype == np.float32  # importers stream float32 RDMs without a copy
+    with pytest.raises(InputError, match="Allowed values are 'raise', 'average'"):
+        to_condensed(both, asymmetry="mean")
 
 
 @pytest.mark.parametrize("lower_nan", [True, False])
@@ -155,7 +160,7 @@ def test_npy_bad_inputs(tmp_path, rng):
     with pytest.raises(InputError, match="expected START:STEP"):
         import_npy(tmp_path / "rdms.npy", tmp_path / "s.h5", concept_ids=IDS[:4], times_ms="x")
     np.save(tmp_path / "odd.npy", np.ones((3, 7)))
-    with pytest.raises(InputError, match="n\\*\\(n-1\\)/2"):
+    with pytest.raises(InputError, match=r"shape \(3, 7\); accepted are .*N\*\(N-1\)/2"):
         import_npy(tmp_path / "odd.npy", tmp_path / "s.h5", times_ms="0:5")
     np.save(tmp_path / "nan.npy", np.full((2, 6), np.nan))
     with pytest.raises(InputError, match="no data at 0 ms"):
@@ -303,3 +308,203 @@ def test_import_bids_dataset(tmp_path, rng):
         mean = opened.mean(window_ms=(20, 150)).values.mean(0)
     standardized = (patterns - patterns.mean(0)) / patterns.std(0)
     assert np.corrcoef(mean, rdm(standardized, "pearson"))[0, 1] > 0.8
+
+
+# ---------------------------------------------------------------------------- bad files, policies
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty or truncated (0 bytes)"),
+        (bytes(range(256)) * 2, "is not a valid .npy file"),
+        (b"\x93NUMPY\x01\x00v\x00{'descr': '<f8'", "is empty or truncated"),
+    ],
+    ids=["empty", "random-bytes", "truncated-header"],
+)
+def test_npy_unreadable_files_are_named(tmp_path, content, message):
+    (tmp_path / "bad.npy").write_bytes(content)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        import_npy(tmp_path / "bad.npy", tmp_path / "s.h5", concept_ids=IDS[:4], times_ms="0:5")
+    assert "allow_pickle" not in str(err.value)
+
+
+def test_npy_truncated_data_objects_and_strings_are_refused(tmp_path):
+    np.save(tmp_path / "full.npy", np.ones((2, 6)))
+    (tmp_path / "short.npy").write_bytes((tmp_path / "full.npy").read_bytes()[:150])
+    with pytest.raises(InputError, match="short.npy is empty or truncated"):
+        import_npy(tmp_path / "short.npy", tmp_path / "s.h5")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="holds Python objects, not numbers"):
+        import_npy(tmp_path / "objects.npy", tmp_path / "s.h5")
+    np.save(tmp_path / "words.npy", np.array([["a", "b", "c"]]))
+    with pytest.raises(InputError, match="holds <U1 values; RDMs must be real numbers"):
+        import_npy(tmp_path / "words.npy", tmp_path / "s.h5")
+    with pytest.raises(InputError, match="No such file"):
+        import_npy(tmp_path / "missing.npy", tmp_path / "s.h5")
+
+
+def test_npy_one_square_rdm_is_told_the_accepted_shapes(tmp_path, rng):
+    np.save(tmp_path / "one.npy", to_square(rng.random(40 * 39 // 2)))  # (40, 40): 40 values
+    with pytest.raises(InputError, match=r"shape \(40, 40\); accepted are \(P, T, N, N\)") as err:
+        import_npy(tmp_path / "one.npy", tmp_path / "s.h5", concept_ids=IDS[:4], times_ms="0:5")
+    assert "save it as (1, N, N)" in str(err.value)
+    # (6, 6) also reads as 6 timepoints of 4 concepts (6 pairs): say so when the ids disagree
+    np.save(tmp_path / "six.npy", to_square(rng.random(15)))
+    with pytest.raises(InputError, match=r"holds 4 concepts but 6 .* \(read as \(T, n_pairs\)"):
+        import_npy(tmp_path / "six.npy", tmp_path / "s.h5", concept_ids=IDS, times_ms="0:5")
+    np.save(tmp_path / "one3d.npy", to_square(rng.random(15))[None])
+    store = import_npy(
+        tmp_path / "one3d.npy", tmp_path / "s.h5", concept_ids=IDS, times_ms="0:5", verbose=False
+    )
+    with RDMStore(store) as opened:
+        assert opened.read().values.shape == (1, 1, 15)
+
+
+def test_npy_asymmetric_squares_need_a_policy(tmp_path, rng):
+    values = random_rdms(rng, 1, 2, 4)
+    squares = np.stack([to_square(v) for v in values[0]])
+    squares[1, 2, 0] += 10.0  # [2, 0] differs from [0, 2] at the second timepoint
+    squares[0, 1, 3] *= 1 + 1e-7  # float round-off: still symmetric
+    np.save(tmp_path / "asym.npy", squares)
+    kwargs = dict(concept_ids=IDS[:4], times_ms="0:5", verbose=False)
+    with pytest.raises(InputError) as err:
+        import_npy(tmp_path / "asym.npy", tmp_path / "s.h5", **kwargs)
+    message = str(err.value)
+    assert "participant 'P1' at 5 ms" in message and "not symmetric: [0, 2]" in message
+    assert "a difference of 10" in message and "% of the largest |value|" in message
+    assert "--asymmetric average|upper|lower" in message
+    assert not (tmp_path / "s.h5").exists()
+    upper, lower = squares[1, 0, 2], squares[1, 2, 0]
+    for policy, expected in (("average", (upper + lower) / 2), ("upper", upper), ("lower", lower)):
+        out = tmp_path / f"{policy}.h5"
+        import_npy(tmp_path / "asym.npy", out, asymmetry=policy, **kwargs)
+        with RDMStore(out) as opened:
+            assert opened.read().values[0, 1, 1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_release_asymmetric_squares_need_a_policy(tmp_path):
+    mat = tmp_path / "r.mat"
+    square = to_square(np.array([1.0, 2.0, 3.0]))
+    square[1, 0] = 5.0
+    with h5py.File(mat, "w") as handle:
+        handle.create_dataset("mat", data=square[None, None].astype("f4"))
+    with pytest.raises(InputError, match=r"participant 'P1' at 0 ms .* not symmetric: \[0, 1\]"):
+        import_things_mat(mat, tmp_path / "s.h5", concept_ids=IDS[:3], times_ms="0:5")
+    import_things_mat(
+        mat, tmp_path / "s.h5", concept_ids=IDS[:3], times_ms="0:5", asymmetry="average"
+    )
+    with RDMStore(tmp_path / "s.h5") as opened:
+        np.testing.assert_array_equal(opened.read().values[0, 0], [3.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("kind", ["npy", "mat"])
+def test_infinite_values_are_refused_or_stored_as_nan(tmp_path, rng, kind):
+    values = random_rdms(rng, 2, 3, 4)
+    values[1, 2, [0, 4]] = np.inf
+    values[0, 1, 3] = -np.inf
+    squares = np.stack([[to_square(v) for v in participant] for participant in values])
+    source = tmp_path / f"rdms.{kind}"
+    if kind == "npy":
+        np.save(source, squares)
+        importer = import_npy
+    else:
+        with h5py.File(source, "w") as handle:
+            handle.create_dataset("mat", data=squares.astype("f4"))
+        importer = import_things_mat
+    kwargs = dict(concept_ids=IDS[:4], times_ms="0:5", verbose=False)
+    with pytest.raises(InputError) as err:
+        importer(source, tmp_path / "s.h5", **kwargs)
+    message = str(err.value)
+    assert "3 pair(s) with an infinite dissimilarity in 2 RDM(s)" in message
+    assert "participant 'P1' at 5 ms, pair ('abacus', 'accordion')" in message
+    assert "--inf-as-nan" in message
+    assert not (tmp_path / "s.h5").exists()
+    importer(source, tmp_path / "s.h5", inf_as_nan=True, **kwargs)
+    with RDMStore(tmp_path / "s.h5") as opened:
+        stored = opened.read().values
+        info = opened.info()
+    assert np.isnan(stored[1, 2, [0, 4]]).all() and np.isnan(stored[0, 1, 3])
+    assert info["n_inf_as_nan"] == 3 and info["n_inf"] == 0
+    assert info["nan_share"] == pytest.approx(3 / values.size)
+
+
+def test_epochs_with_infinite_samples_are_refused(rng):
+    data, labels, _, times, _ = planted_epochs(rng)
+    data[3, 2, 5] = np.inf
+    conditions = [IDS[k] for k in labels]
+    with pytest.raises(InputError, match=r"1 NaN or infinite sample\(s\), the first in epoch 3"):
+        condition_rdms(data, conditions, times * 1000)
+    with pytest.raises(InputError, match="channel 2, sample 5"):
+        condition_rdms(data, conditions, times * 1000, EpochsConfig(method="decoding"))
+
+
+def test_mixed_things_and_unknown_ids_warn(tmp_path, rng, caplog):
+    np.save(tmp_path / "rdms.npy", random_rdms(rng, 1, 2, 6))
+    mixed = [*IDS[:4], "aardvak", "my_object"]
+    with caplog.at_level("WARNING", logger="clip_hba.meg.writer"):
+        store = import_npy(
+            tmp_path / "rdms.npy", tmp_path / "s.h5", concept_ids=mixed, times_ms="0:5"
+        )
+    warning = caplog.text
+    assert "2 of its 6 concept ids are not THINGS concepts" in warning
+    assert "'aardvak', 'my_object'" in warning
+    with RDMStore(store) as opened:
+        assert opened.info(nan_share=False)["unknown_concepts"] == {
+            "n": 2,
+            "first": ["aardvak", "my_object"],
+        }
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clip_hba.meg.writer"):
+        for k, ids in enumerate([IDS, [f"stim{k}" for k in range(6)]]):
+            store = import_npy(
+                tmp_path / "rdms.npy", tmp_path / f"{k}.h5", concept_ids=ids, times_ms="0:5"
+            )
+            with RDMStore(store) as opened:
+                assert "unknown_concepts" not in opened.info(nan_share=False)
+    assert caplog.text == ""  # all THINGS, or none: silent
+
+
+def test_export_writes_a_sidecar_that_imports_back(tmp_path, rng):
+    values = random_rdms(rng, 2, 4, 5)
+    ids = ["s1", "s2", "s3", "s4", "s5"]
+    source = tmp_path / "source.h5"
+    times = [-12.5, -2.5, 7.5, 17.5]
+    with StoreWriter(source, ids, ["ann", "bob"], times, attrs={"kind": "rdm"}) as writer:
+        for p in range(2):
+            writer.write_block(p, 0, values[p])
+    mat = export_things_mat(source, tmp_path / "x.mat", variable="rdm", verbose=False)
+    sidecar = json.loads((tmp_path / "x.json").read_text())
+    assert sidecar == {
+        "concept_ids": ids,
+        "participant_ids": ["ann", "bob"],
+        "times_ms": times,
+        "variable": "rdm",
+        "kind": "rdm",
+    }
+    store = import_things_mat(mat, tmp_path / "back.h5", verbose=False)
+    with RDMStore(store) as opened:
+        assert opened.concept_ids == tuple(ids)
+        assert opened.participant_ids == ("ann", "bob")
+        assert opened.attrs["kind"] == "rdm"
+        np.testing.assert_array_equal(opened.times_ms, times)
+        np.testing.assert_array_equal(opened.read().values, values)
+    with pytest.raises(InputError, match="x.json exists; use --force"):
+        (tmp_path / "x.mat").unlink()
+        export_things_mat(source, tmp_path / "x.mat", force=False, verbose=False)
+    with pytest.raises(InputError, match="its sidecar x.json would overwrite it"):
+        export_things_mat(source, tmp_path / "x.json", verbose=False)
+
+
+def test_out_directory_is_refused_up_front(tmp_path, rng):
+    np.save(tmp_path / "rdms.npy", random_rdms(rng, 1, 2, 4))
+    (tmp_path / "dir").mkdir()
+    for force in (False, True):
+        with pytest.raises(InputError, match="is a directory; --out must be the path of the file"):
+            import_rdms(
+                [tmp_path / "rdms.npy"],
+                tmp_path / "dir",
+                concept_ids=IDS[:4],
+                times_ms="0:5",
+                force=force,
+            )

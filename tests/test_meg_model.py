@@ -278,7 +278,7 @@ def test_fit_is_deterministic_and_resumes_exactly(setup, tmp_path):
     assert {r["stage"] for r in part.log} == {0, 1}
     with pytest.raises(InputError, match="already holds a run"):
         fit_meg(fit_config(setup, tmp_path / "full"), verbose=False)
-    with pytest.raises(InputError, match="batch_size differ"):
+    with pytest.raises(InputError, match="--batch-size 10 -> 12"):
         fit_meg(fit_config(setup, tmp_path / "full", batch_size=12), resume=True, verbose=False)
 
 

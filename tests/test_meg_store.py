@@ -196,3 +196,50 @@ def test_participant_quality_flags_a_planted_outlier(tmp_path):
     assert np.mean(shares) == pytest.approx(1.0)  # shares of the lower noise ceiling
     with RDMStore(planted_store(tmp_path / "fine.h5", noisy=None)) as store:
         assert participant_quality(store, (0.0, 90.0))["flagged"] == []
+
+
+def test_infinite_values_are_refused_at_commit_naming_count_and_place(tmp_path):
+    writer = StoreWriter(tmp_path / "s.h5", IDS[:3], ["A", "B"], [0.0, 5.0])
+    writer.write_block(0, 0, [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    writer.write_block(1, 0, [[1.0, np.inf, 3.0], [-np.inf, np.inf, 3.0]])
+    with pytest.raises(InputError) as err:
+        writer.commit()
+    message = str(err.value)
+    assert "3 pair(s) with an infinite dissimilarity in 2 RDM(s)" in message
+    assert "participant 'B' at 0 ms, pair ('c00', 'c02')" in message
+    assert "--inf-as-nan" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_infinite_values_become_nan_when_asked_and_are_counted(tmp_path):
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, IDS[:3], ["A"], [0.0, 5.0], inf_as_nan=True) as writer:
+        writer.write_block(0, 0, [[1.0, np.inf, 3.0], [1.0, 2.0, -np.inf]])
+    with RDMStore(path) as store:
+        info = store.info()
+        values = store.read().values
+    assert info["n_inf_as_nan"] == 2 and info["n_inf"] == 0
+    assert info["nan_share"] == pytest.approx(2 / 6)
+    assert np.isnan(values[0, 0, 1]) and np.isnan(values[0, 1, 2])
+    with pytest.raises(InputError, match="no data at 0 ms"):  # all infinite: nothing left
+        StoreWriter(tmp_path / "t.h5", IDS[:3], ["A"], [0.0], inf_as_nan=True).write(
+            0, 0, [np.inf] * 3
+        )
+
+
+def test_info_counts_infinite_values_of_older_stores(store_path, tmp_path):
+    old = tmp_path / "old.h5"
+    old.write_bytes(store_path.read_bytes())
+    with h5py.File(old, "r+") as handle:  # written before infinite values were refused
+        handle["rdm"][0, 0, 0] = np.inf
+        del handle.attrs["n_inf_as_nan"]
+    with RDMStore(old) as store:
+        info = store.info()
+    assert info["n_inf"] == 1 and info["n_inf_as_nan"] == 0
+
+
+def test_float16_overflow_is_refused(tmp_path):
+    writer = StoreWriter(tmp_path / "half.h5", IDS[:3], ["A"], [0.0], dtype="float16")
+    with pytest.raises(InputError, match=r"exceed the range of float16 .*\(--dtype float32\)"):
+        writer.write(0, 0, [1.0, 1e6, 2.0])
+    writer.abort()

@@ -257,3 +257,44 @@ def test_read_rdm_formats(tmp_path, rng):
     np.testing.assert_allclose(read_rdm(tmp_path / "column.txt"), condensed)
     with_ids = read_rdm(tmp_path / "column.txt", ids=tmp_path / "ids.txt")
     assert isinstance(with_ids, RDM) and with_ids.concept_ids == ("a", "b", "c", "d", "e")
+
+
+def test_asymmetric_square_rdms_need_an_explicit_policy(rng):
+    condensed = rng.uniform(1, 2, 45)
+    square = to_square(condensed)
+    square[7, 3] += 0.5  # the largest asymmetry
+    square[2, 0] += 0.1
+    with pytest.raises(InputError) as err:
+        to_condensed(square, name="RDM x")
+    message = str(err.value)
+    assert "RDM x is not symmetric: [3, 7] =" in message and "the largest of 2" in message
+    assert "a difference of 0.5" in message and "% of the largest |value|" in message
+    assert "--asymmetric average|upper|lower" in message
+    k = pair_index(np.array([3]), np.array([7]), 10)[0]
+    upper, lower = square[3, 7], square[7, 3]
+    assert to_condensed(square, asymmetry="average")[k] == pytest.approx((upper + lower) / 2)
+    assert to_condensed(square, asymmetry="upper")[k] == upper
+    assert to_condensed(square, asymmetry="lower")[k] == lower
+    np.testing.assert_array_equal(to_condensed(square.T, asymmetry="lower"), condensed + 0)
+    # float round-off is no asymmetry
+    off = to_square(condensed)
+    off[np.tril_indices(10, -1)] *= 1 + 1e-7
+    np.testing.assert_array_equal(to_condensed(off), condensed)
+
+
+def test_to_condensed_diagonal_check_can_be_skipped(rng):
+    similarity = 1 - to_square(rng.random(45))
+    with pytest.raises(InputError, match="non-zero diagonal"):
+        to_condensed(similarity, asymmetry="average")
+    assert to_condensed(similarity, check_diagonal=False).shape == (45,)
+
+
+def test_read_rdm_takes_the_asymmetry_policy(tmp_path, rng):
+    from clip_hba.rsa import read_rdm
+
+    square = to_square(rng.random(10))
+    square[1, 0] += 1.0
+    np.save(tmp_path / "asym.npy", square)
+    with pytest.raises(InputError, match="not symmetric"):
+        read_rdm(tmp_path / "asym.npy")
+    assert read_rdm(tmp_path / "asym.npy", asymmetry="lower")[0] == square[1, 0]

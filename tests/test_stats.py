@@ -2,17 +2,20 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 from scipy.spatial.distance import pdist, squareform
 
 from clip_hba._validation import InputError
 from clip_hba.data import ConceptEmbedding
 from clip_hba.rsa import (
+    METHODS,
     RDM,
     bootstrap_rdm_correlation,
     compare,
     permutation_test_rdm,
     proportion_ci,
 )
+from clip_hba.rsa.stats import _resampled_statistic
 
 
 def _related_rdms(rng, n=30, noise=1.0):
@@ -27,14 +30,34 @@ def test_bootstrap_ci_covers_value_and_is_seeded(rng):
     result = bootstrap_rdm_correlation(a, b, n_bootstrap=300, seed=5)
     assert result.value == pytest.approx(compare(a, b))
     low, high = result.ci
-    assert low < result.value < high
+    assert result.samples.min() <= low < result.value < high <= result.samples.max()
     assert result.samples.size == 300
-    np.testing.assert_allclose(result.ci, np.percentile(result.samples, [2.5, 97.5]))
     narrow = bootstrap_rdm_correlation(a, b, n_bootstrap=300, ci_level=0.5, seed=5)
-    np.testing.assert_allclose(narrow.ci, np.percentile(result.samples, [25, 75]))
+    np.testing.assert_array_equal(narrow.samples, result.samples)
+    assert low < narrow.ci[0] < narrow.ci[1] < high
     again = bootstrap_rdm_correlation(a, b, n_bootstrap=300, seed=5)
     np.testing.assert_array_equal(again.samples, result.samples)
+    assert again.ci == result.ci
     assert bootstrap_rdm_correlation(a, b, n_bootstrap=300, seed=6).ci != result.ci
+
+
+def test_bootstrap_ci_is_bca(rng):
+    """The interval is scipy's BCa interval over conditions (jackknife acceleration)."""
+    a, b = _related_rdms(rng, n=15)
+    result = bootstrap_rdm_correlation(a, b, method="pearson", n_bootstrap=200, seed=3)
+
+    def statistic(drawn):
+        u, v = np.triu_indices(drawn.size, 1)
+        keep = drawn[u] != drawn[v]
+        sq_a, sq_b = squareform(a), squareform(b)
+        pairs = (drawn[u][keep], drawn[v][keep])
+        return np.corrcoef(sq_a[pairs], sq_b[pairs])[0, 1]
+
+    expected = stats.bootstrap(
+        (np.arange(15),), statistic, n_resamples=200, vectorized=False, method="BCa", rng=3
+    )
+    np.testing.assert_allclose(result.samples, expected.bootstrap_distribution)
+    np.testing.assert_allclose(result.ci, tuple(expected.confidence_interval))
 
 
 def test_bootstrap_resamples_conditions_not_pairs(rng):
@@ -56,6 +79,79 @@ def test_bootstrap_ci_narrows_with_more_conditions(rng):
     small = bootstrap_rdm_correlation(*_related_rdms(rng, n=15), n_bootstrap=200)
     large = bootstrap_rdm_correlation(*_related_rdms(rng, n=80), n_bootstrap=200)
     assert np.diff(large.ci)[0] < np.diff(small.ci)[0]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bootstrap_ci_of_identical_rdms_is_one(rng, method):
+    """Copies of a drawn condition tie their pairs; tau-a and rho-a must not count that."""
+    a = pdist(rng.normal(size=(25, 4)))
+    result = bootstrap_rdm_correlation(a, a, method=method, n_bootstrap=100, seed=2)
+    assert result.value == pytest.approx(1.0)
+    assert result.ci[0] <= result.value <= result.ci[1]
+    assert result.ci[0] <= 1.0 <= result.ci[1]
+    np.testing.assert_allclose(result.samples, 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bootstrap_ci_of_near_identical_rdms_holds_the_estimate(method):
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        a = pdist(rng.normal(size=(30, 5)))
+        b = a + 1e-3 * rng.normal(size=a.size)
+        result = bootstrap_rdm_correlation(a, b, method=method, n_bootstrap=200, seed=seed)
+        assert result.ci[0] <= result.value <= result.ci[1] <= 1.0 + 1e-12
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bootstrap_ci_of_related_rdms_is_sensible(rng, method):
+    a, b = _related_rdms(rng, n=30)
+    result = bootstrap_rdm_correlation(a, b, method=method, n_bootstrap=300, seed=4)
+    low, high = result.ci
+    assert low < result.value < high
+    spread = 2 * 1.96 * result.samples.std()
+    assert 0.7 * spread < high - low < 1.3 * spread
+    assert 0.01 < high - low < 0.5
+
+
+def test_bootstrap_keeps_the_ties_of_the_data(rng):
+    """Tau-a and rho-a of a categorical RDM with itself stay below 1 in resamples too."""
+    categories = np.repeat(np.arange(4), 6)
+    model = pdist(categories[:, None], "hamming")  # 0 within, 1 between categories
+    for method in ("kendall_tau_a", "rho_a"):
+        result = bootstrap_rdm_correlation(model, model, method=method, n_bootstrap=200)
+        assert result.value < 0.9
+        assert result.ci[0] <= result.value <= result.ci[1] < 1.0
+        assert 0.2 < np.mean(result.samples < result.value) < 0.8
+
+
+def test_resampled_tau_a_leaves_out_comparisons_of_a_pair_with_its_copies(rng):
+    a, b = _related_rdms(rng, n=8)
+    drawn = np.array([0, 0, 1, 2, 2, 2, 5, 7])
+    u, v = np.triu_indices(8, 1)
+    keep = drawn[u] != drawn[v]
+    p, q = np.minimum(drawn[u], drawn[v])[keep], np.maximum(drawn[u], drawn[v])[keep]
+    sq_a, sq_b = squareform(a), squareform(b)
+    concordance, count = 0.0, 0
+    for i in range(p.size):
+        for j in range(i + 1, p.size):
+            if (p[i], q[i]) == (p[j], q[j]):
+                continue  # one pair and its copy
+            dx = sq_a[p[i], q[i]] - sq_a[p[j], q[j]]
+            dy = sq_b[p[i], q[i]] - sq_b[p[j], q[j]]
+            concordance += np.sign(dx) * np.sign(dy)
+            count += 1
+    statistic = _resampled_statistic(a, b, "kendall_tau_a")
+    assert statistic(drawn) == pytest.approx(concordance / count)
+    assert statistic(np.arange(8)) == pytest.approx(compare(a, b, "kendall_tau_a"))
+
+
+def test_resampled_rho_a_is_one_for_identical_rdms_and_rho_a_without_copies(rng):
+    a, b = _related_rdms(rng, n=8)
+    statistic = _resampled_statistic(a, a, "rho_a")
+    assert statistic(np.array([0, 0, 1, 2, 2, 2, 5, 7])) == pytest.approx(1.0)
+    assert _resampled_statistic(a, b, "rho_a")(np.arange(8)) == pytest.approx(
+        compare(a, b, "rho_a")
+    )
 
 
 def test_bootstrap_aligns_rdm_objects_by_id(rng):

@@ -7,6 +7,7 @@ atomically, so an interrupted run never leaves a half-written file that looks wh
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -18,28 +19,143 @@ import numpy as np
 
 from clip_hba._validation import InputError
 
+logger = logging.getLogger(__name__)
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The rename is atomic on POSIX file systems, so readers see either the old file or the new one.
+    The file gets the permissions of any new file (``0666`` less the umask), not ``mkstemp``'s
+    ``0600``; the temporary file is removed if ``write`` fails.
+    """
+    path = Path(path)
+    tmp_path = temp_path_beside(path)
+    try:
+        write(tmp_path)
+        publish(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` if it is a folder or one can be made there; else `InputError` naming ``option``.
+
+    Called before any work starts, so that a run never fails at its first write.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} is a file; give a folder (made if it does not exist).")
+    _check_creatable(path, path, option)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` if a file can be written there; else `InputError` naming ``option``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name.")
+    _check_creatable(path.parent, path, option)
+    return path
+
+
+def _check_creatable(folder: Path, path: Path, option: str) -> None:
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"Cannot write {option} {path}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(
+            f"Cannot write {option} {path}: the folder {existing} is not writable (permission "
+            "denied)."
+        )
+
+
+def temp_path_beside(path: str | os.PathLike) -> Path:
+    """A new empty hidden temporary file next to ``path``, for `publish` to move into place.
+
+    Its name carries this process's id, so that temporary files of killed processes (which no
+    ``finally`` could remove) are recognised and removed here, before a new one is made.
     """
     path = Path(path)
     if path.is_dir():
         raise InputError(f"Cannot write {path}: it is a directory.")
+    _check_creatable(path.parent, path, "output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temp_files(path)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f"{_TEMP_PREFIX.format(name=path.name)}{os.getpid()}.",
+            suffix=_TEMP_SUFFIX,
+            dir=path.parent,
+        )
     except OSError as err:
         raise InputError(f"Cannot write {path}: {err.strerror or err}.") from None
     os.close(fd)
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+def publish(tmp_path: Path, path: str | os.PathLike) -> Path:
+    """Give ``tmp_path`` a new file's permissions and rename it over ``path`` (atomic)."""
+    os.chmod(tmp_path, 0o666 & ~_umask())
+    os.replace(tmp_path, path)
+    return Path(path)
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files beside ``path`` left by processes that no longer run.
+
+    Returns the removed files (each also logged as a warning, with its size).
+    """
+    path = Path(path)
+    removed = []
+    for candidate in path.parent.glob(f"{_TEMP_PREFIX.format(name=path.name)}*{_TEMP_SUFFIX}"):
+        pid = candidate.name[len(_TEMP_PREFIX.format(name=path.name)) :].split(".", 1)[0]
+        if not pid.isdigit() or _process_runs(int(pid)):
+            continue
+        size = candidate.stat().st_size if candidate.exists() else 0
+        candidate.unlink(missing_ok=True)
+        logger.warning(
+            "Removed %s (%s), left by an interrupted write of %s.",
+            candidate,
+            _size_text(size),
+            path.name,
+        )
+        removed.append(candidate)
+    return removed
+
+
+_TEMP_PREFIX = ".{name}."
+_TEMP_SUFFIX = ".tmp"
+
+
+def _process_runs(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    return path
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _size_text(n_bytes: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return f"{n_bytes} bytes"
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -109,6 +225,30 @@ def read_ids(path: str | os.PathLike) -> tuple[str, ...]:
     return tuple(ids)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` of a ``.npy`` file (never pickles), with one clear error for a file that is
+    empty, truncated, not a ``.npy`` file at all, or holds Python objects."""
+    path = Path(path)
+    with path.open("rb") as handle:  # OSError (missing, a folder) is for the caller to word
+        magic = handle.read(len(NPY_MAGIC))
+    if len(magic) < len(NPY_MAGIC):
+        raise InputError(f"{path} is empty or truncated ({len(magic)} bytes): save it again.")
+    if magic != NPY_MAGIC:
+        raise InputError(
+            f"{path} is not a valid .npy file (it does not start with the NumPy header); "
+            "write it with numpy.save."
+        )
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (EOFError, ValueError) as err:
+        if "object" in str(err) or "pickled" in str(err):
+            raise InputError(f"{path} holds Python objects, not numbers.") from None
+        raise InputError(f"{path} is empty or truncated ({err}): save it again.") from None
+
+
 def read_matrix(path: Path, what: str) -> np.ndarray:
     """Numeric array from ``.npy`` or a ``.txt``/``.csv``/``.tsv`` table (text: always 2-D)."""
     suffix = path.suffix.lower()
@@ -118,9 +258,13 @@ def read_matrix(path: Path, what: str) -> np.ndarray:
         )
     try:
         if suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
+            values = load_npy(path)
         else:
             values = _read_text_matrix(path, {".txt": None, ".csv": ",", ".tsv": "\t"}[suffix])
+    except InputError as err:  # load_npy's, which starts with the path
+        raise InputError(
+            f"Cannot read {what} file {path}: {'it ' + str(err).removeprefix(f'{path} ')}"
+        ) from None
     except (OSError, ValueError, UnicodeDecodeError, EOFError) as err:
         raise InputError(f"Cannot read {what} file {path}: {_reason(err)}") from None
     if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):

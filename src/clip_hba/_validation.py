@@ -40,7 +40,8 @@ def check_exemplar(value: Any) -> str:
     """Return ``value`` if it names a concept's images: ``"first"``, ``"all"`` or a suffix."""
     if not isinstance(value, str):
         raise TypeError(f"exemplar must be a string, but got {type(value).__name__} {value!r}.")
-    if value not in EXEMPLAR_SETS and (not value or "/" in value or "\\" in value):
+    near_set = value.strip().lower() in EXEMPLAR_SETS and value not in EXEMPLAR_SETS
+    if near_set or (value not in EXEMPLAR_SETS and (not value or "/" in value or "\\" in value)):
         raise InputError(
             f"Invalid value for 'exemplar': expected 'first', 'all' or a file-name suffix such "
             f"as '_01b', got {value!r}."

@@ -10,13 +10,13 @@ import typer
 
 from clip_hba.cli.options import (
     AllowRandomInitOption,
-    BatchSizeOption,
     DataDirOption,
     DeviceOption,
     ExemplarOption,
     ImagesCsvOption,
     ImagesOption,
     NormalizationOption,
+    QuietOption,
     SkipMissingOption,
     defaults,
     emit,
@@ -51,7 +51,14 @@ def fit_behavior_command(
     normalization: NormalizationOption = INPUTS.normalization,
     skip_missing: SkipMissingOption = INPUTS.skip_missing,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum number of epochs.")] = BEHAVIOR.epochs,
-    batch_size: BatchSizeOption = BEHAVIOR.batch_size,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Training samples per batch: concepts, or images with --exemplar all "
+            "(evaluation batches do not change results).",
+        ),
+    ] = BEHAVIOR.batch_size,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = BEHAVIOR.lr,
     weight_decay: Annotated[
         float, typer.Option(help="AdamW weight decay.")
@@ -71,12 +78,17 @@ def fit_behavior_command(
     layers: Annotated[
         str,
         typer.Option(
-            help="Blocks of the concept (vision) tower with adapters; negative = from the end."
+            help="Blocks of the concept (vision) tower with adapters, comma-separated, numbered "
+            "from 1 as in every output (block_1 = the first block); negative = from the end "
+            "(-1 = the last)."
         ),
     ] = LAYERS,
     text_layers: Annotated[
         str,
-        typer.Option(help="Blocks of CLIP's text tower with adapters ('' = frozen text tower)."),
+        typer.Option(
+            help="Blocks of CLIP's text tower with adapters, numbered as --layers ('' = frozen "
+            "text tower)."
+        ),
     ] = TEXT_LAYERS,
     modules: Annotated[
         str | None,
@@ -139,8 +151,7 @@ def fit_behavior_command(
     ] = BEHAVIOR.augment,
     rdm_loss_weight: Annotated[
         float,
-        typer.Option(
-            min=0.0,
+        typer.Option(  # range checked by the config: one message for -1, nan and inf
             help="Weight L of the geometry term: loss = MSE + L x (1 - Pearson r) between the "
             "batch's model RDM and target RDM (1 - Pearson of the 66-d rows). 0 = the MSE alone.",
         ),
@@ -151,6 +162,7 @@ def fit_behavior_command(
     device: DeviceOption = BEHAVIOR.device,
     data_dir: DataDirOption = None,
     allow_random_init: AllowRandomInitOption = BEHAVIOR.allow_random_init,
+    quiet: QuietOption = False,
 ) -> None:
     """Fine-tune a CLIP (or text) backbone to predict the SPoSE 66-d behavioural embedding.
 
@@ -201,5 +213,5 @@ def fit_behavior_command(
     )
     from clip_hba.training.runs import RunDir
 
-    result = fit_behavior(config, resume=resume)
+    result = fit_behavior(config, resume=resume, verbose=not quiet)
     emit(RunDir(result.run_dir).read_metrics())

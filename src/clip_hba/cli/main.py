@@ -7,6 +7,7 @@ Bad input ends with one line on stderr (``clip-hba: error: ...``) and exit statu
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,8 +27,10 @@ from clip_hba.cli.options import (
     DeviceOption,
     ImagesCsvOption,
     ImagesOption,
+    QuietOption,
     RunExemplarOption,
     SkipMissingOption,
+    check_outputs,
     emit,
 )
 from clip_hba.models.config import InputConfig
@@ -59,6 +62,7 @@ app.add_typer(simulate_app, name="simulate")
 INPUTS = InputConfig()
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 SeedOption = Annotated[
     int, typer.Option(min=0, help="Random seed for bootstrap resampling and permutations.")
@@ -87,6 +91,8 @@ def _root(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    # huggingface_hub prints through its own handler: passing its records on would print twice
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 @evaluate_app.command("behavior")
@@ -95,7 +101,8 @@ def evaluate_behavior_command(
         Path | None,
         typer.Option(
             help="Embedding file (.npy, .txt, .csv or .tsv), one row per concept: all 1,854 THINGS "
-            "concepts in official order, or any subset with --ids. Or give --model instead."
+            "concepts in official order, or any subset with --ids; 'spose' for the bundled SPoSE "
+            "embedding. Or give --model instead."
         ),
     ] = None,
     ids: Annotated[
@@ -172,6 +179,7 @@ def evaluate_behavior_command(
     n_triplets used, n_concepts, and the settings; with --model, these scores for the clean
     images and for each corruption and severity.
     """
+    check_outputs(out=out, plot=plot)
     if (embedding is None) == (model is None):
         raise InputError(
             "Give either --embedding (a file) or --model (a run or base model, with --images "
@@ -193,6 +201,11 @@ def evaluate_behavior_command(
             "--severity": severity,
         },
     )
+    if severity is not None and corruptions is None:
+        raise InputError(
+            f"--severity {severity} sets the levels of --corruptions: give --corruptions too "
+            "(e.g. --corruptions blur,noise)."
+        )
     if model is not None:
         from clip_hba.data.transforms import parse_corruptions, parse_severities
         from clip_hba.pipelines.robustness import evaluate_corruptions
@@ -240,7 +253,8 @@ def _check_mode(with_model: bool, embedding_only: dict, model_only: dict) -> Non
     given = [name for name, value in wrong.items() if value is not None and value is not False]
     if given:
         mode, other = ("--model", "--embedding") if with_model else ("--embedding", "--model")
-        raise InputError(f"{', '.join(given)} go with {other}, not with {mode}.")
+        verb = "goes" if len(given) == 1 else "go"
+        raise InputError(f"{', '.join(given)} {verb} with {other}, not with {mode}.")
 
 
 @rsa_app.command("compare")
@@ -276,15 +290,24 @@ def rsa_compare_command(
     out: Annotated[
         Path | None, typer.Option(help="Also write the JSON result to this file.")
     ] = None,
+    asymmetric: Annotated[
+        Literal["average", "upper", "lower"] | None,
+        typer.Option(
+            help="A square RDM whose two triangles differ is refused unless this says how to "
+            "condense it: the mean of both, or the upper or the lower triangle."
+        ),
+    ] = None,
 ) -> None:
     """Compare two RDMs: value, bootstrap CI over conditions, permutation p-value (as JSON)."""
     from clip_hba.rsa.stats import compare_rdm_files
 
+    check_outputs(out=out)
     result = compare_rdm_files(
         rdm_a,
         rdm_b,
         ids_a,
         ids_b,
+        asymmetry=asymmetric or "raise",
         method=method,
         n_bootstrap=n_bootstrap,
         n_permutations=n_permutations,
@@ -329,7 +352,8 @@ def embed_command(
             help="Instead of the 66-d head, write every block's pooled feature (CLIP: class "
             "token through the final norm and projection, for a MEG run as its "
             "--layer-features; text: mean over tokens) as an .npz of shape (blocks, items, "
-            "dim), for `meg rsa`'s layer x time matrix."
+            "dim), labelled block_1 (the first block) ..., for `meg rsa`'s layer x time "
+            "matrix."
         ),
     ] = False,
     per_image: Annotated[
@@ -343,6 +367,7 @@ def embed_command(
     data_dir: DataDirOption = None,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_random_init: AllowRandomInitOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write the model's 66-d behavioural embedding of every concept (or concept image).
 
@@ -368,6 +393,7 @@ def embed_command(
         data_dir=data_dir,
         allow_unfinished=allow_unfinished,
         allow_random_init=allow_random_init,
+        verbose=not quiet,
     )
     emit(summary)
 
@@ -400,6 +426,8 @@ def demo_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``clip-hba`` console script."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         code = app(args=argv, prog_name="clip-hba", standalone_mode=False)
     except InputError as err:
@@ -409,10 +437,22 @@ def main(argv: list[str] | None = None) -> None:
         if type(err).__name__ == "NoArgsIsHelpError":
             sys.exit(0)  # a bare group ("clip-hba evaluate"): typer has printed its help
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        _fail(err.format_message() + where, getattr(err, "exit_code", EXIT_BAD_INPUT))
-    except typer.Abort:
-        _fail("aborted.", 130)
+        # typer validates some values through pydantic, whose messages start "Value error, "
+        message = err.format_message().replace("Value error, ", "")
+        _fail(message + where, getattr(err, "exit_code", EXIT_BAD_INPUT))
+    except typer.Abort as err:  # what click makes of an EOFError nobody caught
+        _fail(f"unexpected end of input ({err.__context__ or 'a file or stdin ended early'}).")
+    if code == EXIT_INTERRUPTED:  # typer's exit status for Ctrl-C (and SIGTERM, see below)
+        _fail(
+            "interrupted; what was finished is kept (a training run continues with --resume).",
+            EXIT_INTERRUPTED,
+        )
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (kill, a cluster's scheduler) unwinds like Ctrl-C, so temporary files are removed
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:

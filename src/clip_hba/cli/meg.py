@@ -36,6 +36,9 @@ DtypeOption = Annotated[
     Literal["float32", "float16"], typer.Option(help="Storage type of the dissimilarities.")
 ]
 ForceOption = Annotated[bool, typer.Option(help="Overwrite an existing output file.")]
+ExportForceOption = Annotated[
+    bool, typer.Option(help="Overwrite an existing exported file and its .json sidecar.")
+]
 
 
 @meg_app.command("import")
@@ -57,12 +60,16 @@ def import_command(
             "files; bids: an MEG BIDS dataset. auto: from the file name.",
         ),
     ] = "auto",
-    variable: Annotated[str, typer.Option(help="things-mat: the variable name.")] = "mat",
+    variable: Annotated[
+        str | None,
+        typer.Option(help="things-mat: the variable name (default: the sidecar's, else mat)."),
+    ] = None,
     concept_ids: Annotated[
         Path | None,
         typer.Option(
             help="things-mat/npy: file with the concept id of each row, one per line (default: "
-            "the 1,854 THINGS concepts in official order; npy: also a sidecar X.json)."
+            "a sidecar X.json beside X.npy/X.mat, else for things-mat the 1,854 THINGS "
+            "concepts in official order)."
         ),
     ] = None,
     participant_ids: Annotated[
@@ -76,6 +83,21 @@ def import_command(
             "required unless in the sidecar)."
         ),
     ] = None,
+    asymmetric: Annotated[
+        Literal["average", "upper", "lower"] | None,
+        typer.Option(
+            help="things-mat/npy: a square RDM whose two triangles differ is refused unless "
+            "this says how to condense it: the mean of both, or the upper or the lower "
+            "triangle (a pair filled in one triangle only always takes that value)."
+        ),
+    ] = None,
+    inf_as_nan: Annotated[
+        bool,
+        typer.Option(
+            help="things-mat/npy: store infinite values as missing pairs (NaN; `meg info` "
+            "counts them as n_inf_as_nan) instead of refusing the data."
+        ),
+    ] = False,
     method: Annotated[
         Literal["correlation", "decoding"],
         typer.Option(
@@ -145,6 +167,8 @@ def import_command(
         concept_ids=concept_ids,
         participant_ids=split_list(participant_ids),
         times_ms=times,
+        asymmetry=asymmetric or "raise",
+        inf_as_nan=inf_as_nan,
         epochs=EpochsConfig(method, bin_ms, n_splits, seed, n_jobs),
         concept_column=concept_column,
         fold_column=fold_column,
@@ -184,12 +208,18 @@ def info_command(
         str, typer.Option(help="Times START,STOP in ms (inclusive) of the quality check.")
     ] = QUALITY_WINDOW,
 ) -> None:
-    """Print a JSON summary of a store: participants, concepts, times, NaN share, quality."""
+    """Print a JSON summary of a store: participants, concepts, times, NaN share, quality.
+
+    Warns (and lists them under unknown_concepts) when the concept ids mix THINGS ids with
+    others.
+    """
     from clip_hba.meg.quality import participant_quality
     from clip_hba.meg.store import RDMStore
+    from clip_hba.meg.writer import warn_unknown_concepts
 
     window = parse_window(quality_window)
     with RDMStore(store) as opened:
+        warn_unknown_concepts(opened.concept_ids, str(store))
         summary = opened.info(nan_share=nan_share)
         times = opened.times_ms
         if quality and not ((times >= window[0]) & (times <= window[1])).any():
@@ -202,18 +232,25 @@ def info_command(
 @meg_app.command("export")
 def export_command(
     store: Annotated[Path, typer.Argument(help="An RDM store (.h5).")],
-    out: Annotated[Path, typer.Option(help="The MATLAB v7.3 file to write (.mat).")],
+    out: Annotated[
+        Path,
+        typer.Option(help="The MATLAB v7.3 file to write (.mat); its sidecar X.json goes beside."),
+    ],
     variable: Annotated[str, typer.Option(help="Variable name.")] = "mat",
     lower_nan: Annotated[
         bool, typer.Option(help="NaN in the lower triangle, as in the THINGS-MEG release.")
     ] = True,
-    force: ForceOption = False,
+    force: ExportForceOption = False,
 ) -> None:
-    """Write a store in the THINGS-MEG release format (variable (N, N, T, P) in MATLAB)."""
-    from clip_hba.meg.io import export_things_mat
+    """Write a store in the THINGS-MEG release format (variable (N, N, T, P) in MATLAB).
+
+    The sidecar X.json beside X.mat holds the concept ids, participants and time axis, so
+    `meg import X.mat` reads the export back without options.
+    """
+    from clip_hba.meg.writer import export_things_mat, sidecar_path
 
     export_things_mat(store, out, variable=variable, lower_nan=lower_nan, force=force)
-    emit({"out": str(out), "bytes": out.stat().st_size})
+    emit({"out": str(out), "bytes": out.stat().st_size, "sidecar": str(sidecar_path(out))})
 
 
 @meg_app.command("rsa")
@@ -224,7 +261,8 @@ def rsa_command(
         typer.Option(
             help="Model embedding file or folder of files (repeatable). Static: any format of "
             "`evaluate behavior`; .npz with a 3-D 'embedding' and 'times_ms' (time-resolved) "
-            "or 'layers' (layer-wise, from `embed --layers`)."
+            "or 'layers' (layer-wise, from `embed --layers`); 'spose' for the bundled SPoSE "
+            "embedding."
         ),
     ],
     out: Annotated[
@@ -349,6 +387,11 @@ def simulate_meg_command(
     """
     from clip_hba.meg.simulate import simulate_meg
     from clip_hba.meg.store import RDMStore
+    from clip_hba.meg.writer import check_out_file
+
+    check_out_file(out, force)
+    if export_mat is not None:
+        check_out_file(export_mat, force, "sim.mat")
 
     config = SimulationConfig(
         n_concepts=concepts,

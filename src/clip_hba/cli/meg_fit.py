@@ -101,7 +101,11 @@ TestFractionOption = Annotated[
     typer.Option(help="Share of the store's concepts held out (the 48 RDM concepts first)."),
 ]
 LayersOption = Annotated[
-    str, typer.Option(help="Blocks with DoRA adapters, comma-separated ('' = every block).")
+    str,
+    typer.Option(
+        help="Blocks with DoRA adapters, comma-separated, numbered from 1 as in every output "
+        "(block_1 = the first block; -1 = the last); '' = every block."
+    ),
 ]
 AlphaOption = Annotated[float, typer.Option(help="Adapter alpha (update scaled by alpha/rank).")]
 MaxConceptsOption = Annotated[

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from clip_hba._io import write_json_atomic
+from clip_hba._io import check_output_file, write_json_atomic
 from clip_hba._validation import InputError
 
 __all__ = [
@@ -124,7 +124,14 @@ RunExemplarOption = Annotated[
 SkipMissingOption = Annotated[
     bool, typer.Option(help="Leave out concepts without an image (reported) instead of failing.")
 ]
-BatchSizeOption = Annotated[int, typer.Option(min=1, help="Concepts per batch.")]
+BatchSizeOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Inputs per batch: concepts, or images with --exemplar all (results do not "
+        "depend on it).",
+    ),
+]
 AllowUnfinishedOption = Annotated[
     bool,
     typer.Option(
@@ -175,6 +182,17 @@ def time_window(text: str | None, option: str = "--time-window") -> tuple[float,
 
 def path_or_none(value: Path | None) -> str | None:
     return None if value is None else str(value)
+
+
+def check_outputs(out: Path | None = None, plot: Path | None = None) -> None:
+    """Refuse an --out or --plot that cannot be written, before any work starts."""
+    if out is not None:
+        check_output_file(out, "--out")
+    if plot is not None:
+        check_output_file(plot, "--plot")
+        from clip_hba.evaluation.plots import check_figure_path
+
+        check_figure_path(plot)
 
 
 def emit(payload: Any, out: Path | None = None) -> None:

@@ -117,6 +117,9 @@ def find_images(
         found = _from_csv(root, Path(csv_path), exemplar)
     else:
         found = _from_things_layout(root, exemplar)
+        if concept_ids is None and exemplar not in EXEMPLAR_SETS:
+            # every concept folder wants the file: one without it is missing, not left out
+            concept_ids = _concept_folders(root)
     if csv_path and known_ids is not None:
         known = set(known_ids)
         unknown = [c for c in found if c not in known]
@@ -127,10 +130,21 @@ def find_images(
             )
     wanted = list(found) if concept_ids is None else list(concept_ids)
     missing = [c for c in wanted if c not in found]
+    named = "" if exemplar == "first" else f" with --exemplar {exemplar!r}"
+    if missing and len(missing) == len(wanted):
+        hint = (
+            " (a THINGS file-name suffix looks like '_01b')"
+            if exemplar not in EXEMPLAR_SETS
+            else ""
+        )
+        raise InputError(
+            f"No image for any of the {len(wanted)} concepts in {root}{named}: "
+            f"{preview(missing)}{hint}."
+        )
     if missing and not skip_missing:
         raise InputError(
-            f"No image for {len(missing)} of {len(wanted)} concepts in {root}: {preview(missing)}"
-            " (use --skip-missing to leave them out)."
+            f"No image for {len(missing)} of {len(wanted)} concepts in {root}{named}: "
+            f"{preview(missing)} (use --skip-missing to leave them out)."
         )
     if missing:
         logger.warning(
@@ -143,10 +157,19 @@ def find_images(
     return ImageSet(paths, tuple(c for c in kept for _ in found[c]))
 
 
+def _things_base(root: Path) -> Path:
+    return root / "object_images" if (root / "object_images").is_dir() else root
+
+
+def _concept_folders(root: Path) -> list[str]:
+    """The concept folders of a THINGS-layout folder (those holding any image), sorted."""
+    folders = sorted(p for p in _things_base(root).iterdir() if p.is_dir())
+    return [f.name for f in folders if any(_is_image_file(p) for p in f.iterdir())]
+
+
 def _from_things_layout(root: Path, exemplar: str) -> dict[str, list[Path]]:
-    base = root / "object_images" if (root / "object_images").is_dir() else root
     found = {}
-    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in _things_base(root).iterdir() if p.is_dir()):
         if exemplar in EXEMPLAR_SETS:
             images = sorted(
                 (p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name
@@ -179,10 +202,20 @@ def _from_csv(root: Path, csv_path: Path, exemplar: str) -> dict[str, list[Path]
     if not rows or not {"image", "concept_id"} <= set(rows[0]):
         raise InputError(f"Image list {csv_path} needs a header with columns image,concept_id.")
     found: dict[str, list[Path]] = {}
-    for row in rows:
+    listed: dict[Path, tuple[int, str]] = {}  # each file's first row and concept
+    for number, row in enumerate(rows, start=2):  # row 1 is the header
         concept, image = row["concept_id"].strip(), (root / row["image"].strip())
         if not image.is_file():
             raise InputError(f"Image list {csv_path} names a missing file: {image}.")
+        key = image.resolve()
+        if key in listed:
+            first, other = listed[key]
+            under = "twice" if other == concept else f"under {other!r} and {concept!r}"
+            raise InputError(
+                f"Image list {csv_path} lists {row['image'].strip()} {under} (rows {first} and "
+                f"{number}); each image may appear once, under one concept."
+            )
+        listed[key] = (number, concept)
         found.setdefault(concept, []).append(image)
     if exemplar == "all":
         return found

@@ -43,6 +43,7 @@ from clip_hba.rsa.rdms import RDM
 __all__ = [
     "DATA_DIR_ENV",
     "N_CONCEPTS",
+    "SPOSE_NAME",
     "ConceptSplit",
     "Concepts",
     "Triplets",
@@ -53,6 +54,7 @@ __all__ = [
     "load_spose",
     "load_spose_labels",
     "load_test_triplets",
+    "named_embedding",
     "rescale_minmax",
     "resolve_data_dir",
     "split_concepts",
@@ -231,6 +233,19 @@ def load_spose(
     directory = resolve_data_dir(data_dir)
     embedding = _load_spose(directory)
     return rescale_minmax(embedding) if rescale == "minmax100" else embedding
+
+
+SPOSE_NAME = "spose"  # what --embedding takes for the bundled SPoSE embedding
+
+
+def named_embedding(
+    path: str | os.PathLike, data_dir: str | os.PathLike | None = None
+) -> ConceptEmbedding | None:
+    """The bundled SPoSE embedding if ``path`` is ``"spose"`` (and no file of that name
+    exists), else None: `--embedding spose` needs no copy of the file."""
+    if str(path) == SPOSE_NAME and not Path(path).exists():
+        return load_spose(data_dir)
+    return None
 
 
 @functools.lru_cache(maxsize=4)

@@ -125,9 +125,14 @@ def parse_severities(text: str) -> tuple[int, ...]:
             f"Invalid value for 'severity': expected a range such as 1-5 or a list such as "
             f"1,3,5, got {text!r}."
         ) from None
+    if isinstance(levels, range) and levels.stop <= levels.start:
+        raise InputError(
+            f"Invalid value for 'severity': the range {text!r} runs backwards; give "
+            f"{levels.stop - 1}-{levels.start}."
+        )
     levels = tuple(levels)
     if not levels or any(v not in SEVERITIES for v in levels) or len(set(levels)) < len(levels):
         raise InputError(
-            f"Invalid value for 'severity': expected distinct levels 1-5, got {text!r}."
+            f"Invalid value for 'severity': expected levels from 1 to 5, each once, got {text!r}."
         )
     return levels

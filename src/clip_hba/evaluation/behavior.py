@@ -19,6 +19,7 @@ from clip_hba.data.things import (
     load_concepts,
     load_rdm48,
     load_test_triplets,
+    named_embedding,
 )
 from clip_hba.evaluation.plots import check_figure_path, plot_rdm_comparison
 from clip_hba.rsa.methods import METRICS, Metric
@@ -219,7 +220,11 @@ def _check_rows(embedding: ConceptEmbedding, metric: str, used_for: str) -> None
     """Rows for which ``metric`` is undefined are an input error, never a NaN in the output."""
     values = embedding.values
     if metric == "pearson":
-        bad, what, fix = np.ptp(values, axis=1) == 0, "constant", " Use --rdm-metric euclidean."
+        bad, what, fix = (
+            np.ptp(values, axis=1) == 0,
+            "constant",
+            " Choose the euclidean RDM metric (evaluate behavior --rdm-metric euclidean).",
+        )
     elif metric == "cosine":
         bad, what, fix = ~values.any(axis=1), "all zero", ""
     else:
@@ -257,7 +262,9 @@ def evaluate_embedding_file(
     if plot is not None:
         check_figure_path(plot)
     default_ids = None if ids is not None else load_concepts(data_dir).ids
-    embedding = read_embedding(path, ids=ids, default_ids=default_ids)
+    embedding = named_embedding(path, data_dir) or read_embedding(
+        path, ids=ids, default_ids=default_ids
+    )
     result = evaluate_behavior(embedding, data_dir=data_dir, **settings)  # type: ignore[arg-type]
     if plot is not None:
         rdms = rdm48_rdms(embedding, result.rdm_metric, data_dir)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from clip_hba.data.embeddings import (
     read_embedding,
     read_stacked_embedding,
 )
+from clip_hba.data.things import named_embedding
 from clip_hba.rsa.methods import METRICS, Metric
 from clip_hba.rsa.rdms import rdm, subset_pairs
 
@@ -133,14 +134,19 @@ def load_model_rdms(
     metric: Metric = "pearson",
     ids: str | os.PathLike | None = None,
     default_ids: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
 ) -> list[ModelRDMs]:
     """Model RDMs from an embedding file, or from every embedding file in a folder.
 
     A file holds one static embedding (any format `read_embedding` reads), or is an ``.npz``
     whose ``embedding`` array is (M, N, D) with ``times_ms`` (M,) (time-resolved, e.g. written by
     a MEG model) or ``layers`` (M,) (layer-wise, e.g. ``clip-hba embed --layers``), with
-    ``concept_ids`` (N,). The model is named after the file.
+    ``concept_ids`` (N,). The model is named after the file; ``"spose"`` names the bundled
+    SPoSE embedding (`clip_hba.data.named_embedding`).
     """
+    bundled = named_embedding(path, data_dir)
+    if bundled is not None:
+        return [ModelRDMs(str(path), rdm(bundled.values, metric), bundled.concept_ids)]
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in EMBEDDING_SUFFIXES)

@@ -12,7 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from scipy import stats
 
 from clip_hba._io import write_atomic
@@ -112,6 +116,10 @@ def plot_learning_curves(log: list[dict], path: str | os.PathLike, title: str = 
     the loss, which was the MSE), so runs with and without the geometry term compare.
     """
     check_figure_path(path)
+    return _save(_learning_curves_figure(log, title), path)
+
+
+def _learning_curves_figure(log: list[dict], title: str = "") -> Figure:
     epochs = [r["epoch"] for r in log]
     fig, (loss_ax, rho_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     trained = [r for r in log if r.get("train_loss") is not None]
@@ -131,7 +139,7 @@ def plot_learning_curves(log: list[dict], path: str | os.PathLike, title: str = 
     for ax in (loss_ax, rho_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
 def plot_corruptions(result: dict, path: str | os.PathLike) -> Path:
@@ -224,32 +232,47 @@ def plot_layer_time(
     """Heatmap of a layer x time correlation matrix (L, T), with each time's best layer.
 
     ``significant`` (T,) bool limits the best-layer trace to those times (e.g. where some
-    layer's curve is in a significant cluster).
+    layer's curve is in a significant cluster); with no such time there is no trace.
     """
     check_figure_path(path)
+    return _save(_layer_time_figure(matrix, times_ms, layer_labels, title, significant), path)
+
+
+def _layer_time_figure(
+    matrix: np.ndarray,
+    times_ms: np.ndarray,
+    layer_labels: Sequence[str],
+    title: str = "Layer x time RSA",
+    significant: np.ndarray | None = None,
+) -> Figure:
     fig, ax = plt.subplots(figsize=(9, 0.25 * len(layer_labels) + 2.5), constrained_layout=True)
-    step = np.median(np.diff(times_ms)) if len(times_ms) > 1 else 1.0
-    extent = (times_ms[0] - step / 2, times_ms[-1] + step / 2, len(layer_labels) - 0.5, -0.5)
-    image = ax.imshow(matrix, aspect="auto", cmap="magma", extent=extent, interpolation="nearest")
+    image = ax.imshow(
+        matrix,
+        aspect="auto",
+        cmap="magma",
+        extent=_extent(times_ms, len(layer_labels)),
+        interpolation="nearest",
+    )
     filled = np.nan_to_num(matrix, nan=-np.inf)
-    best = np.argmax(filled, axis=0)
     shown = np.isfinite(filled).any(0)
     if significant is not None:
         shown &= significant
-    trace = np.where(shown, best, np.nan)
-    ax.plot(
-        times_ms,
-        trace,
-        color="cyan",
-        linewidth=1.0,
-        label="best layer (significant times)" if significant is not None else "best layer",
-    )
+    if shown.any():
+        ax.plot(
+            times_ms,
+            np.where(shown, np.argmax(filled, axis=0), np.nan),
+            color="cyan",
+            linewidth=1.0,
+            marker="o",
+            markersize=2,  # a lone significant time has no line segment
+            label="best layer (significant times)" if significant is not None else "best layer",
+        )
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_yticks(range(len(layer_labels)), layer_labels, fontsize=7)
     ax.axvline(0, color="w", linewidth=0.6, linestyle=":")
     ax.set(xlabel="time (ms)", ylabel="layer", title=title)
-    ax.legend(fontsize=8, loc="upper right")
     fig.colorbar(image, ax=ax, label="correlation")
-    return _save(fig, path)
+    return fig
 
 
 def plot_layer_weights(
@@ -258,11 +281,32 @@ def plot_layer_weights(
     layer_time: np.ndarray | None,
     rsa_times_ms: np.ndarray | None,
     path: str | os.PathLike,
+    *,
+    block_labels: Sequence[str] | None = None,
 ) -> Path:
-    """The learned layer weights W (T, L) beside the base backbone's layer x time RSA (L, T)."""
+    """The learned layer weights W (T, L) beside the base backbone's layer x time RSA (L, T).
+
+    ``block_labels`` (L,) name the blocks on the y axes (e.g. the RSA's layer labels); by
+    default they are numbered from 1, as in the run's ``evaluation.json``.
+    """
     check_figure_path(path)
-    panels = 2 if layer_time is not None else 1
+    figure = _layer_weights_figure(weights, times_ms, layer_time, rsa_times_ms, block_labels)
+    return _save(figure, path)
+
+
+def _layer_weights_figure(
+    weights: np.ndarray,
+    times_ms: np.ndarray,
+    layer_time: np.ndarray | None,
+    rsa_times_ms: np.ndarray | None,
+    block_labels: Sequence[str] | None = None,
+) -> Figure:
     n_layers = weights.shape[1]
+    if block_labels is None:
+        block_labels = [str(k) for k in range(1, n_layers + 1)]
+    if len(block_labels) != n_layers:
+        raise InputError(f"Got {len(block_labels)} block labels for {n_layers} blocks.")
+    panels = 2 if layer_time is not None and rsa_times_ms is not None else 1
     fig, axes = plt.subplots(
         1,
         panels,
@@ -270,32 +314,29 @@ def plot_layer_weights(
         constrained_layout=True,
         squeeze=False,
     )
-    step = np.median(np.diff(times_ms)) if len(times_ms) > 1 else 1.0
-    extent = (times_ms[0] - step / 2, times_ms[-1] + step / 2, n_layers + 0.5, 0.5)
-    image = axes[0, 0].imshow(
+    weights_ax = axes[0, 0]
+    image = weights_ax.imshow(
         weights.T,
         aspect="auto",
         cmap="viridis",
-        extent=extent,
+        extent=_extent(times_ms, n_layers),
         interpolation="nearest",
         vmin=0,
         vmax=1,
     )
-    axes[0, 0].plot(
-        times_ms,
-        weights @ np.arange(1, n_layers + 1),
-        color="w",
-        linewidth=1,
-        label="weighted mean layer",
+    weights_ax.plot(
+        times_ms, weights @ np.arange(n_layers), color="w", linewidth=1, label="weighted mean layer"
     )
-    axes[0, 0].set(xlabel="time (ms)", ylabel="block", title="learned layer weights W")
-    axes[0, 0].legend(fontsize=8, loc="upper right")
-    fig.colorbar(image, ax=axes[0, 0], label="weight")
-    if layer_time is not None and rsa_times_ms is not None:
-        step = np.median(np.diff(rsa_times_ms)) if len(rsa_times_ms) > 1 else 1.0
-        extent = (rsa_times_ms[0] - step / 2, rsa_times_ms[-1] + step / 2, n_layers + 0.5, 0.5)
+    weights_ax.set(xlabel="time (ms)", ylabel="block", title="learned layer weights W")
+    weights_ax.legend(fontsize=8, loc="upper right")
+    fig.colorbar(image, ax=weights_ax, label="weight")
+    if panels == 2:
         image = axes[0, 1].imshow(
-            layer_time, aspect="auto", cmap="magma", extent=extent, interpolation="nearest"
+            layer_time,
+            aspect="auto",
+            cmap="magma",
+            extent=_extent(rsa_times_ms, n_layers),
+            interpolation="nearest",
         )
         axes[0, 1].set(
             xlabel="time (ms)",
@@ -303,23 +344,48 @@ def plot_layer_weights(
             title="base model: layer x time RSA (held-out concepts)",
         )
         fig.colorbar(image, ax=axes[0, 1], label="correlation")
-    return _save(fig, path)
+    for ax in axes[0]:
+        _label_rows(ax, block_labels)
+    return fig
+
+
+def _extent(times_ms: np.ndarray, n_rows: int) -> tuple[float, float, float, float]:
+    """imshow extent: one column per time (centred), row k at y = k, top to bottom."""
+    step = np.median(np.diff(times_ms)) if len(times_ms) > 1 else 1.0
+    return (times_ms[0] - step / 2, times_ms[-1] + step / 2, n_rows - 0.5, -0.5)
+
+
+def _label_rows(ax: Axes, labels: Sequence[str]) -> None:
+    """Ticks on whole rows only (thinned when there are many), each named by its label."""
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(
+        FuncFormatter(lambda y, _: labels[round(y)] if 0 <= round(y) < len(labels) else "")
+    )
+
+
+_COLUMN_MAX_LABEL = "column maximum: the model that fits that participant's MEG best"
 
 
 def plot_specificity(result: Any, path: str | os.PathLike) -> Path:
     """The specificity matrix S[i, j] (model of i vs MEG of j), each column's maximum framed."""
     check_figure_path(path)
-    matrix = result.matrix
+    return _save(_specificity_figure(result), path)
+
+
+def _specificity_figure(result: Any) -> Figure:
+    matrix = np.asarray(result.matrix, dtype=np.float64)
     labels = list(result.participants)
     fig, ax = plt.subplots(
         figsize=(1.1 * len(labels) + 3, 1.0 * len(labels) + 2.5), constrained_layout=True
     )
     image = ax.imshow(matrix, cmap="viridis")
     for j in range(len(labels)):
-        i = int(np.argmax(matrix[:, j]))
-        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, color="r", linewidth=2))
+        if np.isfinite(matrix[:, j]).any():
+            i = int(np.nanargmax(matrix[:, j]))
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, color="r", linewidth=2))
         for k in range(len(labels)):
-            ax.text(j, k, f"{matrix[k, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+            colour = _text_colour(image, matrix[k, j])
+            ax.text(j, k, f"{matrix[k, j]:.3f}", ha="center", va="center", color=colour, fontsize=8)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set(
@@ -328,10 +394,25 @@ def plot_specificity(result: Any, path: str | os.PathLike) -> Path:
         title=f"specificity: diag - off-diag = {result.difference:.3f}, p = {result.p_value:.3g}",
     )
     fig.colorbar(image, ax=ax, label="mean RSA")
-    return _save(fig, path)
+    frame = Patch(fill=False, edgecolor="r", linewidth=2, label=_COLUMN_MAX_LABEL)
+    fig.legend(handles=[frame], loc="outside lower center", fontsize=8, frameon=False)
+    return fig
 
 
-def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+def _text_colour(image: AxesImage, value: float) -> str:
+    """Black on light cells, white on dark ones, by the relative luminance of the cell colour.
+
+    matplotlib has no luminance helper; this is WCAG 2's relative luminance, and 0.179 is where
+    black and white text contrast equally with the cell.
+    """
+    if not np.isfinite(value):
+        return "k"  # a NaN cell shows the white background
+    rgb = np.asarray(image.cmap(image.norm(value))[:3])
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return "k" if linear @ np.array([0.2126, 0.7152, 0.0722]) > 0.179 else "w"
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
     suffix = Path(path).suffix.lstrip(".").lower()
     written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=150, format=suffix))
     plt.close(fig)

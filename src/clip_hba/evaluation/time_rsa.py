@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from clip_hba._io import read_ids
+from clip_hba._io import check_output_dir, read_ids
 from clip_hba._validation import InputError
 from clip_hba.data.things import load_concepts, load_rdm48
 from clip_hba.evaluation.config import TimeRSAConfig
@@ -368,8 +368,13 @@ def time_rsa_files(
     Plain embedding files without ids take ``ids`` or, with one row per THINGS concept, the
     official order. Writes ``rsa.json``, curves and plots to ``out``; returns the summary.
     """
+    check_output_dir(out)
     official = load_concepts(data_dir).ids
-    models = [m for path in embeddings for m in load_model_rdms(path, model_metric, ids, official)]
+    models = [
+        m
+        for path in embeddings
+        for m in load_model_rdms(path, model_metric, ids, official, data_dir)
+    ]
     with RDMStore(store) as opened:
         result = time_resolved_rsa(opened, models, config, verbose=verbose)
     return save_time_rsa(result, out, plots=plots)

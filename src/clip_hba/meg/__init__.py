@@ -2,8 +2,8 @@
 
 - `clip_hba.meg.config`: `EpochsConfig`, `BidsEpoching`, `SimulationConfig`.
 - `clip_hba.meg.store`: `RDMStore` (streaming reads), `TimeRDMs`.
-- `clip_hba.meg.writer`: `StoreWriter` (atomic, content-hashed).
-- `clip_hba.meg.io`: the THINGS-MEG release ``.mat``, ``.npy``, format dispatch, export.
+- `clip_hba.meg.writer`: `StoreWriter` (atomic, content-hashed), export to the release format.
+- `clip_hba.meg.io`: importers of the THINGS-MEG release ``.mat`` and ``.npy``, format dispatch.
 - `clip_hba.meg.epochs`: MNE epochs -> time-resolved RDMs.
 - `clip_hba.meg.bids`: BIDS datasets (mne-bids) -> RDMs.
 - `clip_hba.meg.simulate`: simulated participants with a known truth.
@@ -23,18 +23,23 @@ _MODULES = {
     "StoreWriter": "writer",
     "TimeRDMs": "store",
     "open_store": "store",
+    "unknown_concepts": "store",
+    "check_out_file": "writer",
+    "export_things_mat": "writer",
+    "sidecar_path": "writer",
+    "warn_unknown_concepts": "writer",
+    "write_things_mat": "writer",
     "FORMATS": "io",
     "THINGS_MEG_TIMES_MS": "io",
-    "export_things_mat": "io",
     "guess_format": "io",
     "import_npy": "io",
     "import_rdms": "io",
     "import_things_mat": "io",
     "resolve_times": "io",
-    "write_things_mat": "io",
     "ConditionMeans": "epochs",
     "bin_times": "epochs",
     "bin_means": "epochs",
+    "check_finite_epochs": "epochs",
     "time_bins": "epochs",
     "concept_order": "epochs",
     "condition_rdms": "epochs",
@@ -67,6 +72,8 @@ __all__ = [
     "TimeRDMs",
     "bin_means",
     "bin_times",
+    "check_finite_epochs",
+    "check_out_file",
     "component_rdms",
     "concept_order",
     "condition_rdms",
@@ -84,8 +91,11 @@ __all__ = [
     "open_store",
     "participant_quality",
     "resolve_times",
+    "sidecar_path",
     "simulate_meg",
     "time_bins",
     "time_course",
+    "unknown_concepts",
+    "warn_unknown_concepts",
     "write_things_mat",
 ]

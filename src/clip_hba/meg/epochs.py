@@ -39,6 +39,7 @@ __all__ = [
     "EpochsConfig",
     "bin_means",
     "bin_times",
+    "check_finite_epochs",
     "concept_order",
     "condition_rdms",
     "correlation_rdms",
@@ -64,6 +65,7 @@ class ConditionMeans:
     def add(self, data: np.ndarray, conditions: Sequence[str]) -> None:
         """Add epochs (n_epochs, n_channels, n_times) with their condition labels."""
         conditions = np.asarray(conditions, dtype=str)
+        check_finite_epochs(data, conditions)
         for label in dict.fromkeys(conditions.tolist()):
             rows = conditions == label
             total = data[rows].sum(0, dtype=np.float64)
@@ -76,6 +78,21 @@ class ConditionMeans:
     def means(self, order: Sequence[str]) -> np.ndarray:
         """Condition means in ``order``, shape (n_conditions, n_channels, n_times)."""
         return np.stack([self.sums[c] / self.counts[c] for c in order])
+
+
+def check_finite_epochs(data: np.ndarray, conditions: np.ndarray) -> None:
+    """Refuse epochs (n_epochs, n_channels, n_times) holding NaN or infinite samples.
+
+    One such sample would turn every pair of its timepoint into NaN without saying why.
+    """
+    bad = ~np.isfinite(data)
+    if bad.any():
+        epoch, channel, sample = (int(v) for v in np.argwhere(bad)[0])
+        raise InputError(
+            f"The epochs hold {int(bad.sum())} NaN or infinite sample(s), the first in epoch "
+            f"{epoch} (condition {str(conditions[epoch])!r}), channel {channel}, sample "
+            f"{sample}; drop those epochs or mark the channel bad."
+        )
 
 
 def correlation_rdms(means: np.ndarray) -> np.ndarray:
@@ -244,6 +261,7 @@ def condition_rdms(
         means.add(data, conditions)
         values = correlation_rdms(means.means(present))
     else:
+        check_finite_epochs(data, conditions)
         group_array = None if groups is None else np.asarray(groups)
         values = decoding_rdms(data, conditions, present, group_array, config, verbose)
     return _expand(values, present, order, times_ms)

@@ -3,7 +3,10 @@
 Every importer streams: one (participant, timepoint) RDM (or one participant's epochs) is in
 memory at a time, and the store is written to a temporary file that is renamed only when
 complete. Square RDMs become condensed upper triangles by taking each pair from whichever
-triangle holds a number (decoding RDMs fill only one); a pair missing in both stays NaN.
+triangle holds a number (decoding RDMs fill only one); a pair missing in both stays NaN, and a
+pair whose two triangles differ is refused unless ``asymmetry`` says how to condense it
+(`clip_hba.rsa.rdms.to_condensed`). Ids and times of ``.npy`` and ``.mat`` files may come from
+a sidecar JSON beside them (``X.json``), which `export_things_mat` writes.
 """
 
 from __future__ import annotations
@@ -19,30 +22,34 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from clip_hba._io import read_ids, refuse_existing, write_atomic
+from clip_hba._io import load_npy, read_ids
 from clip_hba._validation import InputError, check_option
 from clip_hba.data.things import load_concepts
 from clip_hba.meg.bids import import_bids
 from clip_hba.meg.config import BidsEpoching, EpochsConfig
 from clip_hba.meg.epochs import bin_means, import_epochs, time_bins
-from clip_hba.meg.store import RDMStore
-from clip_hba.meg.writer import StoreWriter
+from clip_hba.meg.writer import StoreWriter, check_out_file
+from clip_hba.meg.writer import export_things_mat as export_things_mat  # moved; kept importable
+from clip_hba.meg.writer import write_things_mat as write_things_mat
+from clip_hba.rsa.methods import ASYMMETRY_POLICIES, Asymmetry
 from clip_hba.rsa.rdms import n_conditions, to_condensed
 
 __all__ = [
     "FORMATS",
     "THINGS_MEG_TIMES_MS",
-    "export_things_mat",
     "guess_format",
     "import_npy",
     "import_rdms",
     "import_things_mat",
     "resolve_times",
-    "write_things_mat",
 ]
 
 THINGS_MEG_TIMES_MS = np.arange(-100.0, 1300.0 + 1e-9, 5.0)  # 281 timepoints
 FORMATS: tuple[str, ...] = ("auto", "things-mat", "npy", "mne", "bids")
+NPY_SHAPES = (
+    "(P, T, N, N) or (T, N, N) square RDMs, or (P, T, n_pairs) or (T, n_pairs) condensed upper "
+    "triangles with n_pairs = N*(N-1)/2 (P participants, T timepoints, N concepts)"
+)
 
 
 def guess_format(sources: Sequence[str | os.PathLike]) -> str:
@@ -66,10 +73,12 @@ def import_rdms(
     out: str | os.PathLike,
     *,
     format: str = "auto",
-    variable: str = "mat",
+    variable: str | None = None,
     concept_ids: Sequence[str] | str | os.PathLike | None = None,
     participant_ids: Sequence[str] | None = None,
     times_ms: Any = None,
+    asymmetry: Asymmetry = "raise",
+    inf_as_nan: bool = False,
     epochs: EpochsConfig | None = None,
     concept_column: str | None = None,
     fold_column: str | None = None,
@@ -89,7 +98,7 @@ def import_rdms(
         a BIDS root folder.
     format : {"auto", "things-mat", "npy", "mne", "bids"}
         ``auto`` guesses from the names (`guess_format`).
-    variable, concept_ids, participant_ids, times_ms
+    variable, concept_ids, participant_ids, times_ms, asymmetry, inf_as_nan
         things-mat / npy: see `import_things_mat` and `import_npy` (``participant_ids`` also
         names MNE participants).
     epochs : EpochsConfig, optional
@@ -106,28 +115,29 @@ def import_rdms(
     Path of the store.
     """
     check_option("format", format, FORMATS)
-    refuse_existing(out, force)
+    check_option("asymmetry", asymmetry, ASYMMETRY_POLICIES)
+    check_out_file(out, force)
     sources = [Path(s) for s in sources]
     if not sources:
         raise InputError("Give at least one source to import.")
     kind = guess_format(sources) if format == "auto" else format
     if kind in ("things-mat", "npy", "bids") and len(sources) != 1:
         raise InputError(f"--format {kind} takes one source, got {len(sources)}.")
-    arrays = dict(concept_ids=concept_ids, participant_ids=participant_ids, times_ms=times_ms)
-    bin_ms = None if epochs is None else epochs.bin_ms
+    arrays = dict(
+        concept_ids=concept_ids,
+        participant_ids=participant_ids,
+        times_ms=times_ms,
+        asymmetry=asymmetry,
+        inf_as_nan=inf_as_nan,
+        dtype=dtype,
+        data_dir=data_dir,
+        bin_ms=None if epochs is None else epochs.bin_ms,
+        verbose=verbose,
+    )
     if kind == "things-mat":
-        return import_things_mat(
-            sources[0],
-            out,
-            variable=variable,
-            dtype=dtype,
-            data_dir=data_dir,
-            bin_ms=bin_ms,
-            verbose=verbose,
-            **arrays,
-        )
+        return import_things_mat(sources[0], out, variable=variable, **arrays)
     if kind == "npy":
-        return import_npy(sources[0], out, dtype=dtype, bin_ms=bin_ms, verbose=verbose, **arrays)
+        return import_npy(sources[0], out, **arrays)
     if kind == "mne":
         return import_epochs(
             sources,
@@ -156,16 +166,22 @@ def import_things_mat(
     source: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    variable: str = "mat",
+    variable: str | None = None,
     concept_ids: Sequence[str] | str | os.PathLike | None = None,
     participant_ids: Sequence[str] | None = None,
     times_ms: Any = None,
+    asymmetry: Asymmetry = "raise",
+    inf_as_nan: bool = False,
     dtype: str = "float32",
     data_dir: str | os.PathLike | None = None,
     bin_ms: float | None = None,
     verbose: bool = True,
 ) -> Path:
     """Import the THINGS-MEG release RDMs (MATLAB v7.3 / HDF5) into a store.
+
+    Arguments not given come from a sidecar JSON beside the file (``X.json`` for ``X.mat``,
+    as `export_things_mat` writes it; keys ``variable``, ``concept_ids``, ``times_ms``,
+    ``participant_ids``), else from the defaults below.
 
     Parameters
     ----------
@@ -174,14 +190,19 @@ def import_things_mat(
         reads with h5py as (P, T, N, N) (MATLAB shape (N, N, T, P)).
     out : path
         The store to write (``.h5``).
-    variable : str
-        Name of the variable in the file.
+    variable : str, optional
+        Name of the variable in the file (default ``mat``).
     concept_ids : sequence of str or ids file, optional
         Concept of each row; default the 1,854 THINGS concepts in official order.
     participant_ids : sequence of str, optional
         Default ``P1``, ``P2``, ...
     times_ms : array-like or dict, optional
         Time axis (see `resolve_times`); default -100..1300 ms in 5 ms steps.
+    asymmetry : {"raise", "average", "upper", "lower"}
+        A pair filled in both triangles with two values: refuse (default), or take their mean,
+        the upper or the lower triangle's value.
+    inf_as_nan : bool
+        Store infinite values as missing pairs (NaN) instead of refusing the file.
     dtype : {"float32", "float16"}
     data_dir : path, optional
         THINGS data directory whose concepts are the default ids (default: bundled).
@@ -195,6 +216,12 @@ def import_things_mat(
     Path of the store.
     """
     source = Path(source)
+    _check_source(source)
+    sidecar = _read_sidecar(source.with_suffix(".json"))
+    variable = variable or str(sidecar.get("variable") or "mat")
+    concept_ids = concept_ids if concept_ids is not None else sidecar.get("concept_ids")
+    participant_ids = participant_ids or sidecar.get("participant_ids")
+    times_ms = times_ms if times_ms is not None else sidecar.get("times_ms")
     try:
         handle = h5py.File(source, "r")
     except OSError:
@@ -221,13 +248,18 @@ def import_things_mat(
         ids = _concept_ids(concept_ids, n, source, data_dir)
         times = resolve_times(times_ms, n_times, default=THINGS_MEG_TIMES_MS)
         participants = _participant_ids(participant_ids, n_participants)
-        attrs = {"kind": "decoding_accuracy", "source": f"things-mat:{source.name}"}
+        kind = str(sidecar.get("kind") or "decoding_accuracy")
+        attrs = {"kind": kind, "source": f"things-mat:{source.name}"}
         bins = time_bins(times, bin_ms)
-        _write_rows(
-            StoreWriter(out, ids, participants, bin_means(times, bins), dtype, attrs),
-            _binned(lambda p, t: _condense(data[p, t] if data.ndim == 4 else data[t]), bins),
-            verbose,
+        where = _rdm_name(source, participants, times)
+
+        def row(p: int, t: int) -> np.ndarray:
+            return _condense(data[p, t] if data.ndim == 4 else data[t], where(p, t), asymmetry)
+
+        writer = StoreWriter(
+            out, ids, participants, bin_means(times, bins), dtype, attrs, inf_as_nan, data_dir
         )
+        _write_rows(writer, _binned(row, bins), verbose)
     return Path(out)
 
 
@@ -238,36 +270,38 @@ def import_npy(
     concept_ids: Sequence[str] | str | os.PathLike | None = None,
     participant_ids: Sequence[str] | None = None,
     times_ms: Any = None,
+    asymmetry: Asymmetry = "raise",
+    inf_as_nan: bool = False,
     dtype: str = "float32",
+    data_dir: str | os.PathLike | None = None,
     bin_ms: float | None = None,
     verbose: bool = True,
 ) -> Path:
     """Import a ``.npy`` array of RDMs into a store, through a memory map.
 
     The array has shape (P, T, N, N) or (T, N, N) (square RDMs), or (P, T, n_pairs) or
-    (T, n_pairs) (condensed upper triangles). Concept ids, times and participant ids come from
-    the arguments or from a sidecar JSON beside the file (``X.json`` for ``X.npy``) with keys
-    ``concept_ids``, ``times_ms`` and ``participant_ids``; arguments win. With ``bin_ms``
-    consecutive timepoints are averaged into bins (`time_bins`).
+    (T, n_pairs) (condensed upper triangles); one square RDM needs a time axis, (1, N, N).
+    Concept ids, times and participant ids come from the arguments or from a sidecar JSON
+    beside the file (``X.json`` for ``X.npy``) with keys ``concept_ids``, ``times_ms`` and
+    ``participant_ids``; arguments win. With ``bin_ms`` consecutive timepoints are averaged
+    into bins (`time_bins`). ``asymmetry`` and ``inf_as_nan``: see `import_things_mat`;
+    ``data_dir``: the THINGS concepts the ids are checked against (`warn_unknown_concepts`).
     """
     source = Path(source)
-    try:
-        data = np.load(source, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InputError(f"Cannot read {source} as a .npy array: {err}") from None
+    data = _load_npy(source)
     sidecar = _read_sidecar(source.with_suffix(".json"))
     concept_ids = concept_ids if concept_ids is not None else sidecar.get("concept_ids")
     participant_ids = participant_ids or sidecar.get("participant_ids")
     times_ms = times_ms if times_ms is not None else sidecar.get("times_ms")
     shape = data.shape
     square = data.ndim in (3, 4) and shape[-1] == shape[-2]  # (T, N, N) wins over (P, T, pairs)
+    one = ""
+    if data.ndim == 2 and shape[0] == shape[1]:
+        one = " One square RDM needs a time axis: save it as (1, N, N)."
+    if not _npy_layout_ok(shape, square):
+        raise InputError(f"{source} has shape {shape}; accepted are {NPY_SHAPES}.{one}")
     if data.ndim == 2 or (data.ndim == 3 and square):
         data = data[None]
-    elif data.ndim not in (3, 4) or (data.ndim == 4 and not square):
-        raise InputError(
-            f"{source} must hold (P, T, N, N), (T, N, N), (P, T, n_pairs) or (T, n_pairs) "
-            f"RDMs, got shape {shape}."
-        )
     n_participants, n_times = data.shape[:2]
     n = data.shape[-1] if square else n_conditions(data.shape[-1])
     if concept_ids is None:
@@ -275,19 +309,59 @@ def import_npy(
             f"No concept ids for {source}: give --concept-ids or a sidecar "
             f"{source.with_suffix('.json').name} with 'concept_ids'."
         )
-    ids = _concept_ids(concept_ids, n, source)
+    ids = _concept_ids(
+        concept_ids, n, source, hint=one and f" (read as (T, n_pairs) = {shape}).{one}"
+    )
     times = resolve_times(times_ms, n_times, default=None, source=source)
     participants = _participant_ids(participant_ids, n_participants)
-    attrs = {"kind": "rdm", "source": f"npy:{source.name}"}
+    attrs = {"kind": str(sidecar.get("kind") or "rdm"), "source": f"npy:{source.name}"}
+    where = _rdm_name(source, participants, times)
 
     def row(p: int, t: int) -> np.ndarray:
         values = np.asarray(data[p, t], dtype=np.float64)
-        return _condense(values) if square else values
+        return _condense(values, where(p, t), asymmetry) if square else values
 
     bins = time_bins(times, bin_ms)
-    writer = StoreWriter(out, ids, participants, bin_means(times, bins), dtype, attrs)
+    writer = StoreWriter(
+        out, ids, participants, bin_means(times, bins), dtype, attrs, inf_as_nan, data_dir
+    )
     _write_rows(writer, _binned(row, bins), verbose)
     return Path(out)
+
+
+def _check_source(source: Path) -> None:
+    if not source.exists():
+        raise InputError(f"No such file: {source}.")
+    if source.is_dir():
+        raise InputError(f"{source} is a directory, not a file (a BIDS root: --format bids).")
+
+
+def _load_npy(source: Path) -> np.ndarray:
+    """A memory map of a ``.npy`` file of real numbers, or one clear error why not."""
+    _check_source(source)
+    data = load_npy(source, mmap_mode="r")
+    if data.dtype.kind not in "fiu":
+        raise InputError(f"{source} holds {data.dtype} values; RDMs must be real numbers.")
+    return data
+
+
+def _npy_layout_ok(shape: tuple[int, ...], square: bool) -> bool:
+    if len(shape) == 4 or square:
+        return square
+    if len(shape) not in (2, 3):
+        return False
+    try:
+        n_conditions(shape[-1])
+    except InputError:
+        return False
+    return True
+
+
+def _rdm_name(
+    source: Path, participants: Sequence[str], times: np.ndarray
+) -> Callable[[int, int], str]:
+    """The name of one RDM of ``source`` in error messages."""
+    return lambda p, t: f"The RDM of participant {participants[p]!r} at {times[t]:g} ms in {source}"
 
 
 def _binned(
@@ -318,9 +392,12 @@ def _write_rows(writer: StoreWriter, row: Callable[[int, int], np.ndarray], verb
                 bar.update()
 
 
-def _condense(square: np.ndarray) -> np.ndarray:
-    """A square RDM of a release or array file, condensed (pairs from either triangle)."""
-    return to_condensed(square, asymmetry="mean")
+def _condense(square: np.ndarray, name: str, asymmetry: Asymmetry) -> np.ndarray:
+    """A square RDM of a release or array file, condensed (pairs from either triangle).
+
+    Decoding RDMs may hold anything on the diagonal, so it is not checked.
+    """
+    return to_condensed(square, name, asymmetry, check_diagonal=False)
 
 
 def resolve_times(
@@ -360,6 +437,7 @@ def _concept_ids(
     n: int,
     source: Path,
     data_dir: str | os.PathLike | None = None,
+    hint: str = "",
 ) -> tuple[str, ...]:
     if concept_ids is None:
         official = load_concepts(data_dir).ids
@@ -372,7 +450,9 @@ def _concept_ids(
     ids = read_ids(concept_ids) if isinstance(concept_ids, str | os.PathLike) else concept_ids
     ids = tuple(str(c) for c in ids)
     if len(ids) != n:
-        raise InputError(f"{source} holds {n} concepts but {len(ids)} concept ids were given.")
+        raise InputError(
+            f"{source} holds {n} concepts but {len(ids)} concept ids were given{hint or '.'}"
+        )
     return ids
 
 
@@ -395,72 +475,3 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     if not isinstance(sidecar, dict):
         raise InputError(f"The sidecar {path} must hold a JSON object.")
     return sidecar
-
-
-# ---------------------------------------------------------------------------- release format out
-
-
-def export_things_mat(
-    store: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    variable: str = "mat",
-    lower_nan: bool = True,
-    force: bool = True,
-    verbose: bool = True,
-) -> Path:
-    """Write a store in the THINGS-MEG release layout: a MATLAB v7.3 file of (N, N, T, P).
-
-    Read with h5py the variable has shape (P, T, N, N); the diagonal is NaN and, with
-    ``lower_nan``, so is the lower triangle, as in the released decoding RDMs. Streams one
-    (participant, timepoint) matrix at a time; the file is written atomically. Without
-    ``force`` an existing ``out`` is refused.
-    """
-    refuse_existing(out, force)
-    with RDMStore(store) as source:
-        n = len(source.concept_ids)
-        shape = (len(source.participant_ids), len(source.times_ms), n, n)
-        i, j = np.triu_indices(n, k=1)
-
-        def rows():
-            for p in range(shape[0]):
-                for time_rows, block in source.iter_times(participants=[source.participant_ids[p]]):
-                    for t, values in zip(time_rows, block[0], strict=True):
-                        square = np.full((n, n), np.nan, dtype=np.float32)
-                        square[i, j] = values
-                        if not lower_nan:
-                            square[j, i] = values
-                        yield p, int(t), square
-
-        return write_things_mat(out, shape, rows(), variable=variable, verbose=verbose)
-
-
-def write_things_mat(
-    out: str | os.PathLike,
-    shape: tuple[int, int, int, int],
-    squares: Any,
-    *,
-    variable: str = "mat",
-    verbose: bool = True,
-) -> Path:
-    """Write (participant, time, square) items into a MATLAB v7.3 file, variable (P, T, N, N).
-
-    The file carries MATLAB's 512-byte header, so MATLAB loads it as an (N, N, T, P) single array.
-    """
-
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w", userblock_size=512) as handle:
-            data = handle.create_dataset(
-                variable, shape=shape, dtype="float32", chunks=(1, 1, *shape[2:])
-            )
-            data.attrs["MATLAB_class"] = np.bytes_("single")
-            bar = tqdm(total=shape[0] * shape[1], desc="Writing", unit="RDM", disable=not verbose)
-            with bar:
-                for p, t, square in squares:
-                    data[p, t] = square
-                    bar.update()
-        header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: clip-hba HDF5 schema 1.00 ."
-        with open(tmp, "r+b") as handle:
-            handle.write(header.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
-
-    return write_atomic(out, write)

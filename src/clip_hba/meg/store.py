@@ -9,7 +9,8 @@ Layout (h5py), written by `clip_hba.meg.writer.StoreWriter` and read by `RDMStor
     /times_ms         (T,) float64
     /ground_truth/... optional (simulated stores): the planted component time courses
     attrs: format, format_version, complete (True once every row is written), kind, source,
-           content_sha256 (of every row as stored, in participant-then-time order)
+           content_sha256 (of every row as stored, in participant-then-time order),
+           n_inf_as_nan (infinite source values stored as NaN, ``--inf-as-nan``)
 
 A store is written to a temporary file and renamed when complete, so an interrupted import never
 leaves a file that looks whole; `RDMStore` refuses a file without ``complete``. Reads stream row
@@ -31,9 +32,10 @@ import h5py
 import numpy as np
 
 from clip_hba._validation import InputError, check_unique_ids, preview
+from clip_hba.data.things import load_concepts
 from clip_hba.rsa.rdms import RDM, mean_rdm, subset_pairs
 
-__all__ = ["RDMStore", "TimeRDMs", "open_store"]
+__all__ = ["RDMStore", "TimeRDMs", "open_store", "unknown_concepts"]
 
 FORMAT = "clip-hba-rdm-store"
 FORMAT_VERSION = 1
@@ -151,7 +153,13 @@ class RDMStore:
         )
 
     def info(self, nan_share: bool = True) -> dict[str, Any]:
-        """A JSON-able summary: participants, concepts, time axis, dtype and NaN share."""
+        """A JSON-able summary: participants, concepts, time axis, dtype and NaN share.
+
+        ``n_inf_as_nan`` counts the infinite source values imported as NaN (part of the NaN
+        share); ``unknown_concepts`` (only for a store mixing THINGS concept ids with others)
+        names the ids that are not THINGS concepts; ``n_inf`` (with ``nan_share``) counts the
+        infinite values a store written before they were refused may hold.
+        """
         times = self.times_ms
         summary: dict[str, Any] = {
             "path": str(self.path),
@@ -169,9 +177,15 @@ class RDMStore:
             "kind": self.attrs.get("kind"),
             "source": self.attrs.get("source"),
             "has_ground_truth": "ground_truth" in self._file,
+            "n_inf_as_nan": int(self.attrs.get("n_inf_as_nan", 0)),
         }
+        unknown = unknown_concepts(self.concept_ids)
+        if unknown:
+            summary["unknown_concepts"] = {"n": len(unknown), "first": unknown[:5]}
         if nan_share:
-            summary["nan_share"] = self.nan_share()
+            n_nan, n_inf = self._count_missing()
+            summary["nan_share"] = n_nan / self._n_values()
+            summary["n_inf"] = n_inf
         return summary
 
     def fingerprint(self) -> dict[str, Any]:
@@ -190,11 +204,20 @@ class RDMStore:
 
     def nan_share(self) -> float:
         """Share of NaN entries over the whole store (streamed)."""
-        n_nan = 0
+        return self._count_missing()[0] / self._n_values()
+
+    def _count_missing(self) -> tuple[int, int]:
+        """The NaN and the infinite entries of the whole store (streamed)."""
+        n_nan = n_inf = 0
         for p in range(len(self.participant_ids)):
             for start, stop in self._time_batches(range(len(self.times_ms)), self.n_pairs):
-                n_nan += int(np.isnan(self._rdm[p, start:stop]).sum())
-        return n_nan / (len(self.participant_ids) * len(self.times_ms) * self.n_pairs)
+                block = self._rdm[p, start:stop]
+                n_nan += int(np.isnan(block).sum())
+                n_inf += int(np.isinf(block).sum())
+        return n_nan, n_inf
+
+    def _n_values(self) -> int:
+        return len(self.participant_ids) * len(self.times_ms) * self.n_pairs
 
     # ------------------------------------------------------------------ selections
 
@@ -360,6 +383,22 @@ class RDMStore:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def unknown_concepts(
+    concept_ids: Sequence[str], data_dir: str | os.PathLike | None = None
+) -> list[str]:
+    """The ids that are not THINGS concepts, when others are (else an empty list).
+
+    A set of ids that are all THINGS concepts, or none (another stimulus set), is consistent;
+    a mix usually means typos or a wrong ids file.
+    """
+    try:
+        known = set(load_concepts(data_dir).ids)
+    except InputError:  # no usable THINGS files: a warning is not worth failing an import for
+        return []
+    unknown = [c for c in concept_ids if c not in known]
+    return unknown if 0 < len(unknown) < len(concept_ids) else []
 
 
 def _participant_rows(participant_ids: Sequence[str], wanted: Sequence[str]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Models: backbones as block stacks, adapters, inputs, the behaviour and MEG models.
 
 - `clip_hba.models.config`: `InputConfig`, `AdapterConfig`, `HeadConfig`, `MegModelConfig`.
+- `clip_hba.models.hub`: where a base model comes from (local folder, cache, hub) and its errors.
 - `clip_hba.models.backbones`: Hugging Face CLIP / ViT / text towers, loading, fingerprints.
 - `clip_hba.models.adapters`: DoRA/LoRA through peft, placed by block and module name.
 - `clip_hba.models.inputs`: concept inputs (images or texts) and the batched no-grad loop.
@@ -22,6 +23,10 @@ from clip_hba.models.config import (
 )
 
 _MODULES = {
+    "ModelSource": "hub",
+    "hub_unreachable": "hub",
+    "load_failure": "hub",
+    "resolve_model_source": "hub",
     "Backbone": "backbones",
     "BertTextTower": "backbones",
     "ClipTextTower": "backbones",
@@ -81,6 +86,7 @@ __all__ = [
     "LayerWeights",
     "MegModel",
     "MegModelConfig",
+    "ModelSource",
     "NoiseCurves",
     "Tower",
     "VitTower",
@@ -99,14 +105,17 @@ __all__ = [
     "eval_mode",
     "first_trainable_block",
     "freeze_magnitudes",
+    "hub_unreachable",
     "load_adapter_state",
     "load_backbone",
+    "load_failure",
     "map_batches",
     "merge_adapters",
     "noise_curves",
     "relative_gains",
     "remove_adapters",
     "resolve_blocks",
+    "resolve_model_source",
     "richness_curve",
     "select_inputs",
     "to_device",

@@ -30,15 +30,17 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_blocks(tower: Tower, layers: tuple[int, ...], name: str = "layers") -> list[int]:
-    """Block numbers of ``layers`` counted from 0, sorted; `InputError` if out of range."""
+    """Python indices (from 0, sorted) of the blocks ``layers`` names, counted from 1 (-1 =
+    the last), as everywhere in clip-hba's options and outputs; `InputError` if out of range.
+    """
     n = tower.n_blocks
-    bad = [i for i in layers if not -n <= i < n]
+    bad = [i for i in layers if not (-n <= i <= n and i != 0)]
     if bad:
         raise InputError(
-            f"Invalid value for {name!r}: the tower has blocks 0..{n - 1} (or -{n}..-1), but got "
-            f"{bad}."
+            f"Invalid value for {name!r}: the tower has blocks 1..{n} (or -{n}..-1 from the end), "
+            f"but got {bad}."
         )
-    return sorted({i % n for i in layers})
+    return sorted({i - 1 if i > 0 else i % n for i in layers})
 
 
 def target_module_names(backbone: Backbone, config: AdapterConfig) -> list[str]:

@@ -15,14 +15,15 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from clip_hba._validation import InputError
+from clip_hba.models.hub import load_failure, resolve_model_source
 
 __all__ = [
     "Backbone",
@@ -339,34 +340,31 @@ def load_backbone(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars and one-line errors only
-    source = str(name_or_path)
-    local_only = local_only or Path(source).is_dir()
+    where = resolve_model_source(name_or_path, local_only)
+    source, local_only = where.name, where.local_only
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as err:
-        raise InputError(
-            f"Cannot load a model config from {source!r}: not a local model directory, and the "
-            f"hub could not provide it ({str(err).splitlines()[0]})"
-        ) from None
-    if config.model_type == "clip":
-        model, info = CLIPModel.from_pretrained(
-            source, local_files_only=local_only, output_loading_info=True
-        )
-        concept, label, kind = ClipVisionTower(model), ClipTextTower(model), "clip"
-    elif config.model_type in {"vit", "bert", "roberta", "xlm-roberta"}:
-        model, info = AutoModel.from_pretrained(
-            source, local_files_only=local_only, output_loading_info=True
-        )
-        if config.model_type == "vit":
-            concept, label, kind = VitTower(model), None, "vision"
-        else:
-            concept = label = BertTextTower(model)
-            kind = "text"
-    else:
+        raise load_failure(where, err, "model config") from None
+    if config.model_type not in {"clip", "vit", "bert", "roberta", "xlm-roberta"}:
         raise InputError(
             f"Unsupported backbone type {config.model_type!r} in {source!r}; expected CLIP, ViT "
             "or a BERT-style text encoder (bert, roberta, xlm-roberta)."
         )
+    loader = CLIPModel if config.model_type == "clip" else AutoModel
+    try:
+        model, info = loader.from_pretrained(
+            source, local_files_only=local_only, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise load_failure(where, err, "model weights") from None
+    if config.model_type == "clip":
+        concept, label, kind = ClipVisionTower(model), ClipTextTower(model), "clip"
+    elif config.model_type == "vit":
+        concept, label, kind = VitTower(model), None, "vision"
+    else:
+        concept = label = BertTextTower(model)
+        kind = "text"
     if not allow_random_init:
         _check_weights_loaded(source, info)
     tokenizer = None

@@ -102,10 +102,13 @@ class BehaviorModel(nn.Module):
         """Predictions from hidden states entering ``block`` (the frozen-prefix cache)."""
         return self.head(self.concept_tower.features_from(hidden, inputs, block))
 
-    def predict(self, inputs: Inputs, batch_size: int = 64) -> np.ndarray:
-        """Deterministic predictions in eval mode, batch by batch, shape (N, n_labels)."""
+    def predict(self, inputs: Inputs, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+        """Deterministic predictions in eval mode, batch by batch, shape (N, n_labels).
+
+        ``desc`` shows a progress bar with that label.
+        """
         with eval_mode(self):
-            values = map_batches(self, inputs, batch_size, self.device)
+            values = map_batches(self, inputs, batch_size, self.device, desc=desc)
         return values.numpy().astype(np.float64)
 
 

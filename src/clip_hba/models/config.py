@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from clip_hba._validation import InputError, check_exemplar, check_option
+from clip_hba._validation import InputError, check_exemplar, check_option, check_range
 
 __all__ = [
     "GATINGS",
@@ -83,7 +84,9 @@ class InputConfig:
 class AdapterConfig:
     """Where and how to add low-rank adapters.
 
-    Block numbers count from 0; negative numbers count from the end (-1 = last block).
+    Blocks are numbered from 1 (block 1 = the first transformer block, as in ``block_1`` of the
+    outputs and Hugging Face's ``hidden_states[1]``); negative numbers count from the end (-1 =
+    the last block).
     """
 
     rank: int = 32  # r of the low-rank update
@@ -121,6 +124,7 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         check_option("head", self.kind, ("prompt_cosine", "linear"))
+        check_range("logit_scale", self.logit_scale, 0, math.inf, low_open=True, high_open=True)
         if "{label}" not in self.template:
             raise InputError(
                 f"The prompt template must contain '{{label}}', got {self.template!r}."
@@ -149,6 +153,7 @@ class MegModelConfig:
     def __post_init__(self) -> None:
         check_option("layer_features", self.layer_features, LAYER_FEATURES)
         check_option("gating", self.gating, GATINGS)
+        check_range("logit_scale", self.logit_scale, 0, math.inf, low_open=True, high_open=True)
         if self.window < 0:
             raise InputError(f"Invalid value for 'window': expected >= 0, got {self.window}.")
         if self.noise_scale < 0:

@@ -20,19 +20,24 @@ from clip_hba.models.meg import MegModel
 __all__ = ["embed", "embed_images", "embed_layers", "embed_times"]
 
 
-def embed(model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64) -> ConceptEmbedding:
+def embed(
+    model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64, desc: str | None = None
+) -> ConceptEmbedding:
     """Predicted behavioural dimensions of every concept (the mean over its images).
+
+    ``desc`` (here and in the other functions) shows a progress bar with that label.
 
     Returns
     -------
     ConceptEmbedding, shape (n_concepts, n_labels), labelled with the model's labels.
     """
-    ids, values = _concept_means(inputs, model.predict(inputs.tensors, batch_size), dim=0)
+    values = model.predict(inputs.tensors, batch_size, desc)
+    ids, values = _concept_means(inputs, values, dim=0)
     return ConceptEmbedding(values, ids, model.labels)
 
 
 def embed_images(
-    model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64
+    model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64, desc: str | None = None
 ) -> ImageEmbedding:
     """Predicted behavioural dimensions of every input (image), with its image and concept id.
 
@@ -40,7 +45,7 @@ def embed_images(
     -------
     ImageEmbedding, shape (n_inputs, n_labels)
     """
-    values = model.predict(inputs.tensors, batch_size)
+    values = model.predict(inputs.tensors, batch_size, desc)
     return ImageEmbedding(values, inputs.concept_ids, inputs.item_ids, model.labels)
 
 
@@ -57,6 +62,7 @@ def embed_layers(
     inputs: ConceptInputs,
     batch_size: int = 64,
     normed: bool | None = None,
+    desc: str | None = None,
 ) -> StackedEmbedding:
     """Every block's pooled feature of every input (see `Tower.layer_features`).
 
@@ -75,7 +81,7 @@ def embed_layers(
         return tower.layer_features(batch, normed=normed)
 
     with eval_mode(model):
-        values = map_batches(features, inputs.tensors, batch_size, model.device, dim=1)
+        values = map_batches(features, inputs.tensors, batch_size, model.device, dim=1, desc=desc)
     ids, means = _concept_means(inputs, values.double(), dim=1)
     return StackedEmbedding(means, ids, "layers")
 
@@ -85,6 +91,7 @@ def embed_times(
     inputs: ConceptInputs,
     batch_size: int = 50,
     labels: Sequence[str] | None = None,
+    desc: str | None = None,
 ) -> StackedEmbedding:
     """A MEG model's per-timepoint embeddings (noise off).
 
@@ -94,7 +101,7 @@ def embed_times(
     named ``labels`` (the SPoSE labels) when given.
     """
     with eval_mode(model):
-        values = map_batches(model, inputs.tensors, batch_size, model.device, dim=1)
+        values = map_batches(model, inputs.tensors, batch_size, model.device, dim=1, desc=desc)
     ids, means = _concept_means(inputs, values.double(), dim=1)
     return StackedEmbedding(
         means,

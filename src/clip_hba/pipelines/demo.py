@@ -80,7 +80,7 @@ def demo_config(out: str | os.PathLike, quick: bool = False) -> BehaviorFitConfi
     return BehaviorFitConfig(
         model=str(minilm_path()),
         out=str(Path(out) / "run"),
-        adapter=AdapterConfig(rank=16, alpha=8.0, layers=(2, 3, 4, 5), modules=DEMO_MODULES),
+        adapter=AdapterConfig(rank=16, alpha=8.0, layers=(3, 4, 5, 6), modules=DEMO_MODULES),
         head=HeadConfig(kind="prompt_cosine", template="{label}", logit_scale=100.0),
         epochs=2 if quick else 20,
         batch_size=64,

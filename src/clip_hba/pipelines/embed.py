@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Any
 
+from clip_hba._io import check_output_file
 from clip_hba._validation import InputError
 from clip_hba.data.embeddings import (
     save_embedding,
@@ -42,6 +43,7 @@ def embed_run(
     data_dir: str | os.PathLike | None = None,
     allow_unfinished: bool = False,
     allow_random_init: bool = False,
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """Write the embedding of every concept input of ``model`` to ``out``; return a summary.
 
@@ -67,7 +69,17 @@ def embed_run(
         over the concept's images, with exemplar ``"all"``); behaviour runs and base models.
     allow_unfinished : bool
         Accept a run whose training did not finish.
+    verbose : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``n_items`` (inputs embedded: images or texts), ``n_concepts``, ``n_rows`` (rows
+        written), ``n_dims`` and the axes written.
     """
+    check_output_file(out)
+    _check_outputs_combine(with_rdm, layers, per_image)
     loaded = load_run(
         model,
         device,
@@ -75,43 +87,51 @@ def embed_run(
         allow_random_init=allow_random_init,
         data_dir=data_dir,
     )
+    if loaded.kind == "meg" and (layers or per_image):
+        raise InputError(
+            f"{'--layers' if layers else '--per-image'} is for behaviour runs and base models, "
+            "not MEG runs."
+        )
     inputs, config, run_data_dir = run_inputs(
         loaded, images, images_csv, exemplar, normalization, skip_missing, data_dir
     )
+    desc = "Embedding" if verbose else None
     summary: dict[str, Any] = {
         "out": str(out),
         "n_items": len(inputs),
         "n_concepts": len(inputs.concepts),
         "exemplar": config.exemplar,
     }
-    if per_image and (layers or loaded.kind == "meg"):
-        raise InputError(
-            "--per-image writes the 66-d head per image: not with --layers or a MEG run."
-        )
     if per_image:
-        if with_rdm:
-            raise InputError("--rdm and --per-image cannot be combined (the RDM is per concept).")
-        images_embedding = embed_images(loaded.model, inputs, batch_size)
+        images_embedding = embed_images(loaded.model, inputs, batch_size, desc)
         save_image_embedding(out, images_embedding)
-        return {**summary, "n_dims": images_embedding.values.shape[1], "per_image": True}
+        n_rows, n_dims = images_embedding.values.shape
+        return {**summary, "n_rows": n_rows, "n_dims": n_dims, "per_image": True}
     if loaded.kind == "meg":
-        if layers:
-            raise InputError("--layers is for behaviour runs and base models, not MEG runs.")
-        embedding = embed_times(loaded.model, inputs, batch_size, load_spose_labels(run_data_dir))
+        labels = load_spose_labels(run_data_dir)
+        embedding = embed_times(loaded.model, inputs, batch_size, labels, desc)
         item_ids = inputs.item_ids_of(embedding.concept_ids)
         save_stacked_embedding(out, embedding, item_ids, with_rdm)
-        n_times, _, n_dims = embedding.values.shape
-        return {**summary, "n_times": n_times, "n_dims": n_dims}
+        n_times, n_rows, n_dims = embedding.values.shape
+        return {**summary, "n_rows": n_rows, "n_times": n_times, "n_dims": n_dims}
     if layers:
-        if with_rdm:
-            raise InputError("--rdm and --layers cannot be combined.")
-        stacked = embed_layers(loaded.model, inputs, batch_size)
+        stacked = embed_layers(loaded.model, inputs, batch_size, desc=desc)
         save_stacked_embedding(out, stacked, inputs.item_ids_of(stacked.concept_ids))
-        n_layers, _, n_dims = stacked.values.shape
-        return {**summary, "n_layers": n_layers, "n_dims": n_dims}
-    embedding = embed(loaded.model, inputs, batch_size)
+        n_layers, n_rows, n_dims = stacked.values.shape
+        return {**summary, "n_rows": n_rows, "n_layers": n_layers, "n_dims": n_dims}
+    embedding = embed(loaded.model, inputs, batch_size, desc)
     save_embedding(out, embedding, inputs.item_ids_of(embedding.concept_ids), with_rdm=with_rdm)
-    return {**summary, "n_dims": embedding.n_dims}
+    return {**summary, "n_rows": len(embedding.concept_ids), "n_dims": embedding.n_dims}
+
+
+def _check_outputs_combine(with_rdm: bool, layers: bool, per_image: bool) -> None:
+    if layers and per_image:
+        raise InputError("--per-image writes the 66-d head per image: not with --layers.")
+    if with_rdm and (layers or per_image):
+        raise InputError(
+            f"--rdm and {'--layers' if layers else '--per-image'} cannot be combined (the RDM "
+            "is of the 66-d embedding of each concept)."
+        )
 
 
 def run_inputs(

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from clip_hba._io import write_json_atomic, write_npy_atomic
-from clip_hba._validation import InputError
+from clip_hba._io import check_output_dir, write_json_atomic, write_npy_atomic
+from clip_hba._validation import InputError, preview
 from clip_hba.data.things import load_rdm48
 from clip_hba.evaluation.config import SPECIFICITY_WINDOW_MS, TimeRSAConfig
 from clip_hba.evaluation.model_rdms import ModelRDMs
@@ -29,7 +29,7 @@ from clip_hba.meg.store import RDMStore
 from clip_hba.models.behavior import base_model
 from clip_hba.models.config import InputConfig
 from clip_hba.models.inference import embed, embed_layers, embed_times
-from clip_hba.models.inputs import concept_inputs
+from clip_hba.models.inputs import concept_inputs, concepts_with_inputs
 from clip_hba.models.meg import MegModel
 from clip_hba.rsa.comparisons import compare
 from clip_hba.rsa.rdms import rdm
@@ -58,6 +58,7 @@ def evaluate_meg(
     ``window_ms`` is the specificity's time window; ``images`` overrides the runs' image
     folder. Writes JSON and plots to ``out`` and returns the JSON.
     """
+    check_output_dir(out)
     run = RunDir(model)
     if run.is_run():
         return evaluate_meg_run(
@@ -215,16 +216,21 @@ def _behavioral_alignment(
     structure, so the layer weights there stay at their start (the behaviour model's output).
     """
     human = load_rdm48(config.data_dir)
+    wanted = list(human.concept_ids)
     try:
-        inputs = concept_inputs(
-            model.backbone,
-            list(human.concept_ids),
-            inputs_config,
-            config.data_dir,
-            things_ids_only=False,
-        )
-    except InputError as err:
-        return {"rdm48_spearman_per_time": None, "note": str(err)}
+        present = concepts_with_inputs(model.backbone, wanted, inputs_config, config.data_dir)
+    except InputError:  # none of them has an image
+        present = []
+    missing = [c for c in wanted if c not in present]
+    if missing:
+        return {
+            "rdm48_spearman_per_time": None,
+            "note": f"Not computed: {len(missing)} of the 48 concepts of the behavioural RDM "
+            f"have no inputs ({preview(missing)}).",
+        }
+    inputs = concept_inputs(
+        model.backbone, wanted, inputs_config, config.data_dir, things_ids_only=False
+    )
     embeddings = embed_times(model, inputs).values
     human = human.select(list(inputs.concepts))
     rhos = []

@@ -8,5 +8,7 @@ Metric = Literal["pearson", "cosine", "euclidean"]  # features -> dissimilaritie
 METRICS: tuple[str, ...] = ("pearson", "cosine", "euclidean")
 Method = Literal["spearman", "pearson", "kendall_tau_a", "rho_a", "cosine"]  # RDM vs RDM
 METHODS: tuple[str, ...] = ("spearman", "pearson", "kendall_tau_a", "rho_a", "cosine")
-Asymmetry = Literal["raise", "mean"]  # a pair defined in both triangles with two values
-ASYMMETRY_POLICIES: tuple[str, ...] = ("raise", "mean")
+# A pair defined in both triangles of a square RDM with two values: refuse the matrix, or
+# take the mean of the two, the upper triangle's value ([i, j], i < j) or the lower's ([j, i]).
+Asymmetry = Literal["raise", "average", "upper", "lower"]
+ASYMMETRY_POLICIES: tuple[str, ...] = ("raise", "average", "upper", "lower")

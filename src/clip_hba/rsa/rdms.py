@@ -179,7 +179,12 @@ def mean_rdm(values: np.ndarray) -> np.ndarray:
         return total / valid.sum(0)
 
 
-def to_condensed(rdm_square: Any, name: str = "rdm", asymmetry: Asymmetry = "raise") -> np.ndarray:
+def to_condensed(
+    rdm_square: Any,
+    name: str = "rdm",
+    asymmetry: Asymmetry = "raise",
+    check_diagonal: bool = True,
+) -> np.ndarray:
     """Upper triangle of a square RDM, under one policy for missing and asymmetric pairs.
 
     Parameters
@@ -189,18 +194,22 @@ def to_condensed(rdm_square: Any, name: str = "rdm", asymmetry: Asymmetry = "rai
         RDMs) takes that value; a pair NaN in both stays missing (NaN).
     name : str
         Name used in error messages.
-    asymmetry : {"raise", "mean"}
-        A pair defined in both triangles with different values: ``"raise"`` refuses the matrix
-        (and also a non-zero diagonal: a similarity matrix), ``"mean"`` takes the mean of the
-        two (the importers: decoding RDMs may hold both halves of a pair).
+    asymmetry : {"raise", "average", "upper", "lower"}
+        A pair defined in both triangles with two values (beyond float round-off):
+        ``"raise"`` refuses the matrix, naming its largest asymmetry; ``"average"`` takes the
+        mean of the two, ``"upper"`` the value at [i, j] (i < j), ``"lower"`` the one at [j, i].
+    check_diagonal : bool
+        Refuse a non-zero diagonal (a similarity matrix). The importers turn it off: decoding
+        RDMs may hold anything there.
 
     Returns
     -------
     ndarray, shape (n * (n - 1) / 2,)
-        float64 with ``"raise"``; the input's float type with ``"mean"``.
+        In the input's float type (float32 stays float32: the importers stream float32 RDMs),
+        float64 for any other input.
     """
     check_option("asymmetry", asymmetry, ASYMMETRY_POLICIES)
-    square = to_numpy(rdm_square) if asymmetry == "raise" else _float_array(rdm_square)
+    square = _float_array(rdm_square)
     if square.ndim != 2 or square.shape[0] != square.shape[1]:
         raise InputError(f"{name} given as a square RDM must be n x n, got shape {square.shape}.")
     upper_index, lower_index = _triangles(square.shape[0])
@@ -208,12 +217,15 @@ def to_condensed(rdm_square: Any, name: str = "rdm", asymmetry: Asymmetry = "rai
     upper, lower = flat[upper_index], flat[lower_index]
     missing_upper = np.isnan(upper)
     condensed = np.where(missing_upper, lower, upper)  # fill a pair from its defined half
-    if asymmetry == "mean":
-        both = ~missing_upper & ~np.isnan(lower)
+    both = ~missing_upper & ~np.isnan(lower)
+    if asymmetry == "raise" and both.any():
+        _check_symmetric(upper, lower, both, square, name)
+    elif asymmetry == "average":
         condensed[both] = 0.5 * (upper[both] + lower[both])
-        return condensed
-    _check_symmetric(condensed, np.where(np.isnan(lower), upper, lower), square.shape[0], name)
-    _check_diagonal(square, name)
+    elif asymmetry == "lower":
+        condensed[both] = lower[both]
+    if check_diagonal:
+        _check_diagonal(square, name)
     return condensed
 
 
@@ -224,16 +236,29 @@ def _triangles(n: int) -> tuple[np.ndarray, np.ndarray]:
     return i * n + j, j * n + i
 
 
-def _check_symmetric(upper: np.ndarray, lower: np.ndarray, n: int, name: str) -> None:
-    close = np.isclose(upper, lower, rtol=1e-5, atol=1e-8, equal_nan=True)
-    close &= np.isclose(lower, upper, rtol=1e-5, atol=1e-8, equal_nan=True)
-    if not close.all():
-        k = int(np.nanargmax(np.abs(upper - lower)))
-        i, j = (int(v[k]) for v in np.triu_indices(n, k=1))
-        raise InputError(
-            f"{name} is not symmetric: [{i}, {j}] = {float(upper[k]):.6g} but [{j}, {i}] = "
-            f"{float(lower[k]):.6g}."
-        )
+def _check_symmetric(
+    upper: np.ndarray, lower: np.ndarray, both: np.ndarray, square: np.ndarray, name: str
+) -> None:
+    """Refuse pairs whose two halves differ beyond round-off, naming the largest difference."""
+    pairs = np.flatnonzero(both)
+    a, b = upper[pairs], lower[pairs]
+    with np.errstate(invalid="ignore"):  # inf - inf: equal infinities pass through a == b
+        # np.isclose both ways (rtol 1e-5, atol 1e-8) in one pass: float round-off passes
+        close = (a == b) | (np.abs(a - b) <= 1e-8 + 1e-5 * np.minimum(np.abs(a), np.abs(b)))
+    if close.all():
+        return
+    differ = pairs[~close]
+    gaps = np.abs(upper[differ].astype(np.float64) - lower[differ])
+    k = int(differ[int(np.argmax(gaps))])
+    i, j = (int(v[k]) for v in np.triu_indices(square.shape[0], k=1))
+    gap = float(gaps.max())
+    scale = float(np.nanmax(np.abs(square[np.isfinite(square)]), initial=0.0)) or 1.0
+    raise InputError(
+        f"{name} is not symmetric: [{i}, {j}] = {float(upper[k]):.6g} but [{j}, {i}] = "
+        f"{float(lower[k]):.6g}, the largest of {differ.size} asymmetric pair(s) (a difference "
+        f"of {gap:.3g}, {100 * gap / scale:.3g} % of the largest |value| {scale:.6g}). Choose "
+        "how to condense it: --asymmetric average|upper|lower (API: asymmetry=...)."
+    )
 
 
 def _check_diagonal(square: np.ndarray, name: str) -> None:
@@ -347,7 +372,9 @@ def align(a: RDM, b: RDM) -> tuple[RDM, RDM]:
 
 
 def read_rdm(
-    path: str | os.PathLike, ids: str | os.PathLike | Sequence[str] | None = None
+    path: str | os.PathLike,
+    ids: str | os.PathLike | Sequence[str] | None = None,
+    asymmetry: Asymmetry = "raise",
 ) -> RDM | np.ndarray:
     """Read an RDM from ``.npy``/``.txt``/``.csv``/``.tsv``.
 
@@ -358,6 +385,8 @@ def read_rdm(
         ``.npy``, a single row or a single column.
     ids : path or sequence of str, optional
         Concept id of each condition (a file with one id per line).
+    asymmetry : {"raise", "average", "upper", "lower"}
+        How a square matrix whose triangles differ is condensed (see `to_condensed`).
 
     Returns
     -------
@@ -365,7 +394,7 @@ def read_rdm(
     """
     values = read_matrix(Path(path), "RDM")
     if values.ndim == 2 and values.shape[0] == values.shape[1] > 1:
-        condensed = to_condensed(values, name=f"RDM {path}")
+        condensed = to_condensed(values, name=f"RDM {path}", asymmetry=asymmetry)
     elif values.ndim == 1 or (values.ndim == 2 and 1 in values.shape):
         condensed = values.ravel()
         n_conditions(condensed.size)
@@ -391,5 +420,6 @@ def to_numpy(values: Any) -> np.ndarray:
 
 def _float_array(values: Any) -> np.ndarray:
     """A float ndarray, keeping float32 data float32 (the importers stream float32 RDMs)."""
-    array = np.asarray(values)
-    return array if np.issubdtype(array.dtype, np.floating) else to_numpy(array)
+    if isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.floating):
+        return values
+    return to_numpy(values)

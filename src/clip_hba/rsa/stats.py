@@ -4,7 +4,10 @@ cluster-based, over time), Wilson CIs."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -12,7 +15,7 @@ from scipy import ndimage, stats
 
 from clip_hba._validation import InputError, check_option, check_type
 from clip_hba.rsa.comparisons import COMPARISONS, compare, paired_condensed
-from clip_hba.rsa.methods import Method
+from clip_hba.rsa.methods import Asymmetry, Method
 from clip_hba.rsa.rdms import n_conditions, pair_index, read_rdm
 
 __all__ = [
@@ -38,7 +41,8 @@ class BootstrapResult:
     value : float
         The comparison on the full RDMs.
     ci : tuple of float
-        Percentile confidence interval ``(low, high)``.
+        Confidence interval ``(low, high)``: BCa, or the percentile interval where BCa is
+        undefined (see `bootstrap_rdm_correlation`).
     samples : ndarray, shape (n_valid,)
         The statistic in each bootstrap sample where it was defined.
     """
@@ -76,9 +80,28 @@ def bootstrap_rdm_correlation(
 ) -> BootstrapResult:
     """Confidence interval of ``compare(a, b, method)`` by resampling conditions.
 
-    Each sample draws the conditions with replacement and keeps every pair of drawn positions
-    that refers to two different conditions (pairs of a condition with its own copy are left out,
-    as in rsatoolbox). Pairs that are NaN in either RDM are ignored.
+    Each resample draws the n conditions with replacement and compares the RDMs over the pairs
+    of drawn positions that hold two different conditions (the pairs of a condition with its
+    own copy are left out, as in rsatoolbox). Pairs that are NaN in either RDM are ignored.
+
+    A pair whose conditions were drawn more than once appears several times, tied with its own
+    copies in both RDMs. Tau-a and rho-a count every tie against the fit, so in a resample they
+    are divided by the largest value these forced ties leave (the untied maximum less the
+    copies' share): ties in the data still count, the resampling's own do not. Without this,
+    identical RDMs score below 1 in nearly every resample and the interval excludes their 1.0.
+
+    The interval is the bias-corrected and accelerated (BCa) bootstrap interval (Efron &
+    Tibshirani 1993, ch. 14; `scipy.stats.bootstrap`), with the acceleration from the
+    jackknife over conditions (each condition left out with all its pairs; n more
+    comparisons). Unlike the percentile interval it allows for a skewed bootstrap distribution
+    whose median is off the estimate: near a correlation of 1, Spearman and rho-a fall in most
+    resamples (the copies of a pair move through the ranks together, so every swap between
+    two pairs weighs more), and the percentile interval then lies below the estimate. There
+    the estimate itself is low (a sample of conditions ranks its pairs coarsely), and BCa may
+    put the interval just above it, towards the population value. Where every resample gives
+    the estimate (to rounding) the interval is that point; where BCa is undefined (all
+    resamples on one side of the estimate, or a constant jackknife) it is the percentile
+    interval.
 
     Parameters
     ----------
@@ -88,7 +111,7 @@ def bootstrap_rdm_correlation(
         Any method of `clip_hba.rsa.comparisons.compare`.
     n_bootstrap : int
     ci_level : float
-        Coverage of the percentile interval, in (0, 1).
+        Coverage of the interval, in (0, 1).
     seed : int or None
 
     Returns
@@ -100,25 +123,94 @@ def bootstrap_rdm_correlation(
     _check_level(ci_level)
     _check_seed(seed)
     value = compare(x, y, method)
-    n = n_conditions(x.size)
-    rng = np.random.default_rng(seed)
-    u, v = np.triu_indices(n, k=1)
-    statistic = COMPARISONS[method]
-    samples = np.full(n_bootstrap, np.nan)
-    for k in range(n_bootstrap):
-        drawn = rng.integers(0, n, size=n)
-        p, q = drawn[u], drawn[v]
-        pairs = pair_index(p[p != q], q[p != q], n)
-        xs, ys = x[pairs], y[pairs]
-        keep = ~(np.isnan(xs) | np.isnan(ys))
-        if keep.sum() >= 3:
-            samples[k] = statistic(xs[keep], ys[keep])
+    conditions = np.arange(n_conditions(x.size))
+    statistic = _resampled_statistic(x, y, method)
+    with _quiet_degenerate():  # undefined resamples are dropped below
+        drawn = stats.bootstrap(
+            (conditions,),
+            statistic,
+            n_resamples=n_bootstrap,
+            vectorized=False,
+            confidence_level=ci_level,
+            method="percentile",
+            rng=seed,
+        )
+    samples = drawn.bootstrap_distribution
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
         raise InputError("The statistic was undefined in every bootstrap sample.")
-    tail = 100 * (1 - ci_level) / 2
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return BootstrapResult(value, (float(low), float(high)), samples)
+    if np.all(np.abs(samples - value) <= _ROUNDING):
+        return BootstrapResult(value, (value, value), samples)
+    drawn = replace(drawn, bootstrap_distribution=samples)
+    ci = _interval(conditions, statistic, drawn, ci_level, "BCa")
+    if not np.isfinite(ci).all():
+        ci = _interval(conditions, statistic, drawn, ci_level, "percentile")
+    return BootstrapResult(value, ci, samples)
+
+
+_ROUNDING = 1e-12  # every method lies in [-1, 1]: an absolute tolerance suffices
+
+
+def _resampled_statistic(x: np.ndarray, y: np.ndarray, method: str) -> Callable:
+    """``statistic(drawn)``: the comparison over a resample of conditions.
+
+    ``drawn`` (k,) holds condition numbers, repeated where a condition was drawn more than
+    once; the result is NaN where fewer than 3 pairs hold numbers in both RDMs.
+    """
+    n = n_conditions(x.size)
+    compare_pairs = COMPARISONS[method]
+    upper: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # resamples and jackknife sizes
+
+    def statistic(drawn: np.ndarray) -> float:
+        u, v = upper.setdefault(drawn.size, np.triu_indices(drawn.size, k=1))
+        p, q = drawn[u], drawn[v]
+        distinct = p != q
+        pairs = pair_index(p[distinct], q[distinct], n)
+        pairs = pairs[~(np.isnan(x[pairs]) | np.isnan(y[pairs]))]
+        if pairs.size < 3:
+            return np.nan
+        return float(compare_pairs(x[pairs], y[pairs])) * _forced_tie_factor(pairs, method)
+
+    return statistic
+
+
+def _forced_tie_factor(pairs: np.ndarray, method: str) -> float:
+    """Untied maximum over the maximum left by the ties between copies of a pair (tau-a and
+    rho-a; 1 for the methods that correct for ties or ignore them, NaN for one pair only)."""
+    if method not in ("kendall_tau_a", "rho_a"):
+        return 1.0
+    copies = np.bincount(pairs).astype(np.float64)
+    n = float(pairs.size)
+    if method == "kendall_tau_a":  # pairs of pairs
+        untied, forced = n * (n - 1), float((copies * (copies - 1)).sum())
+    else:  # sum of squared centred ranks, times 12
+        untied, forced = n**3 - n, float((copies**3 - copies).sum())
+    return untied / (untied - forced) if untied > forced else np.nan
+
+
+def _interval(
+    conditions: np.ndarray, statistic: Callable, drawn: Any, ci_level: float, method: str
+) -> tuple[float, float]:
+    """scipy's interval of kind ``method`` from the bootstrap distribution in ``drawn``."""
+    with _quiet_degenerate():  # an undefined interval comes back NaN and is handled
+        result = stats.bootstrap(
+            (conditions,),
+            statistic,
+            n_resamples=0,
+            vectorized=False,
+            confidence_level=ci_level,
+            method=method,
+            bootstrap_result=drawn,
+        )
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+@contextmanager
+def _quiet_degenerate() -> Iterator[None]:
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        yield
 
 
 def permutation_test_rdm(
@@ -356,14 +448,17 @@ def compare_rdm_files(
     path_b: str | os.PathLike,
     ids_a: str | os.PathLike | None = None,
     ids_b: str | os.PathLike | None = None,
+    asymmetry: Asymmetry = "raise",
     **settings: Any,
 ) -> RDMComparison:
     """`rdm_comparison` of two RDM files (see `clip_hba.rsa.rdms.read_rdm` for their formats).
 
     With ids for both, the RDMs are aligned by concept id over the concepts they share;
-    without, they must describe the same conditions in the same order. ``settings`` are the
-    keyword arguments of `rdm_comparison`.
+    without, they must describe the same conditions in the same order. ``asymmetry`` is how
+    an asymmetric square matrix is condensed (`clip_hba.rsa.rdms.to_condensed`). ``settings``
+    are the keyword arguments of `rdm_comparison`.
     """
     if (ids_a is None) != (ids_b is None):
         raise InputError("Give concept ids for both RDMs (--ids-a and --ids-b) or for neither.")
-    return rdm_comparison(read_rdm(path_a, ids_a), read_rdm(path_b, ids_b), **settings)
+    a, b = (read_rdm(path, ids, asymmetry) for path, ids in ((path_a, ids_a), (path_b, ids_b)))
+    return rdm_comparison(a, b, **settings)

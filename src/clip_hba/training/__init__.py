@@ -59,6 +59,7 @@ _MODULES = {
     "meg_targets": "meg_data",
     "rdm_correlations": "meg_data",
     "rsa_gain_confidence": "meg_data",
+    "weighted_terms": "meg_data",
     "MegStart": "meg_start",
     "meg_start": "meg_start",
     "MegFitResult": "meg",
@@ -165,5 +166,6 @@ __all__ = [
     "strip_prefix",
     "train_epochs",
     "training_run",
+    "weighted_terms",
     "with_prefix",
 ]

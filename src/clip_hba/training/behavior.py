@@ -92,7 +92,7 @@ def fit_behavior(
     FitResult
     """
     run = RunDir(config.out)
-    begin(run, config, resume)
+    config = begin(run, config, resume)
     trainer = BehaviorTrainer(config, verbose)
     with training_run(trainer, resume, config.time_budget_s) as deadline:
         outcome = train_epochs(
@@ -451,6 +451,11 @@ def _limit(
 ) -> tuple[list, list]:
     if config.max_concepts is None:
         return list(train_ids), list(val_ids)
+    if config.max_concepts > len(train_ids) + len(val_ids):
+        raise InputError(
+            f"--max-concepts {config.max_concepts} is more than the {len(train_ids) + len(val_ids)}"
+            " training and validation concepts that have inputs; give fewer or leave it out."
+        )
     n_val = max(1, round(config.max_concepts * config.val_fraction))
     return list(train_ids[: config.max_concepts - n_val]), list(val_ids[:n_val])
 

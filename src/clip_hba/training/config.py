@@ -87,6 +87,11 @@ def _check_at_least(config: object, names: tuple[str, ...], low: int) -> None:
             raise InputError(f"Invalid value for {name!r}: expected >= {low}, got {value}.")
 
 
+def _check_budget(seconds: float | None) -> None:
+    if seconds is not None:
+        check_range("time_budget_s", seconds, 0, math.inf, high_open=True)
+
+
 @dataclass
 class BehaviorFitConfig(_Config):
     """Everything that defines a CLIP-HBA-Behavior run (saved as the run's config.json)."""
@@ -145,6 +150,7 @@ class BehaviorFitConfig(_Config):
             raise InputError(
                 f"Invalid value for 'max_concepts': expected >= 4, got {self.max_concepts}."
             )
+        _check_budget(self.time_budget_s)
 
     def free_to_change(self) -> frozenset[str]:
         # a cosine schedule spans `epochs`: changing it would change every learning rate
@@ -249,6 +255,9 @@ class MegFitConfig(_Config):
         self._check_loss_weights()
         for name in ("val_fraction", "test_fraction"):
             check_range(name, getattr(self, name), 0, 1, low_open=True, high_open=True)
+        if self.max_concepts is not None:
+            _check_at_least(self, ("max_concepts",), 5)
+        _check_budget(self.time_budget_s)
 
     @classmethod
     def from_dict(cls, values: dict) -> MegFitConfig:

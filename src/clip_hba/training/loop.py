@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from clip_hba._io import check_output_dir
 from clip_hba.training.config import FitConfig
 from clip_hba.training.runs import (
     Checkpoint,
@@ -77,6 +78,7 @@ class Progress:
 class Trainer(Protocol):
     """What `train_epochs` and the checkpoints need from a trainer."""
 
+    config: FitConfig
     run: RunDir
     progress: Progress
     log: list[dict]
@@ -120,21 +122,25 @@ class Trainer(Protocol):
         ...
 
 
-def begin(run: RunDir, config: FitConfig, resume: bool) -> None:
-    """Refuse a new run where one exists, or a resumed one whose settings changed."""
-    if resume:
-        run.check_resumable(config)
-    else:
+def begin(run: RunDir, config: FitConfig, resume: bool) -> FitConfig:
+    """The settings to run with; refuses a new run where one exists, an output folder that
+    cannot be written, or a resumed run given other settings than its own (`RunDir.resumed_config`).
+    """
+    check_output_dir(run.path)
+    if not resume:
         run.check_new()
+        return config
+    return run.resumed_config(config)
 
 
 @contextlib.contextmanager
 def recording_status(run: RunDir) -> Iterator[None]:
-    """Mark ``run`` failed (with the error) if the block raises; a killed run stays running."""
+    """Mark ``run`` failed (with the error) if the block raises; a killed or interrupted run
+    (Ctrl-C, SIGTERM) stays running, which reads as resumable."""
     try:
         yield
     except BaseException as err:
-        if run.is_run():
+        if run.is_run() and not isinstance(err, (KeyboardInterrupt, SystemExit)):
             run.mark("failed", f"{type(err).__name__}: {err}")
         raise
 
@@ -151,6 +157,7 @@ def training_run(
     """
     if resume:
         trainer.resume()
+        trainer.run.update_budgets(trainer.config)
     else:
         trainer.start()
     trainer.run.mark("running")

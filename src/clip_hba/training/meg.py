@@ -75,6 +75,7 @@ from clip_hba.training.meg_data import (
     meg_targets,
     rdm_correlations,
     rsa_gain_confidence,
+    weighted_terms,
 )
 from clip_hba.training.meg_start import meg_start
 from clip_hba.training.runs import RunDir, strip_prefix, with_prefix
@@ -117,7 +118,7 @@ def fit_meg(
         Show progress bars.
     """
     run = RunDir(config.out)
-    begin(run, config, resume)
+    config = begin(run, config, resume)
     trainer = MegTrainer(config, verbose, allow_unfinished=allow_unfinished)
     with training_run(trainer, resume, config.time_budget_s) as deadline:
         while trainer.progress.stage <= 1:
@@ -221,15 +222,10 @@ class MegTrainer:
             store_description = {"path": str(store.path), **store.fingerprint()}
         present = concepts_with_inputs(backbone, available, config.inputs, config.data_dir)
         if len(present) < len(available):
-            logger.warning(
-                "%d of the store's concepts have no inputs and are left out.",
-                len(available) - len(present),
-            )
-        if config.max_concepts is not None:
-            present = present[: config.max_concepts]
-        split = meg_split(
-            present, config.seed, config.val_fraction, config.test_fraction, config.data_dir
-        )
+            missing = len(available) - len(present)
+            logger.warning("%d of the store's concepts have no inputs: left out.", missing)
+        fractions = (config.val_fraction, config.test_fraction)
+        split = meg_split(present, config.seed, *fractions, config.data_dir, config.max_concepts)
         if config.init_meg is not None:  # its W and adapters must not have seen our held-out set
             parent = RunDir(config.init_meg).description["split"]["test"]
             if set(parent) != set(split.test_ids):
@@ -261,7 +257,7 @@ class MegTrainer:
 
     def resolved_adapter(self) -> AdapterConfig:
         """The stage-1 adapters, with ``layers`` () resolved to every block."""
-        layers = self.config.adapter.layers or tuple(range(self.model.n_layers))
+        layers = self.config.adapter.layers or tuple(range(1, self.model.n_layers + 1))
         return dataclasses.replace(self.config.adapter, layers=layers, label_layers=())
 
     def optimizer_for(self, stage: int) -> torch.optim.Optimizer:
@@ -484,7 +480,8 @@ class MegTrainer:
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": float(loss),
-            "val_parts": parts,
+            "val_parts": parts,  # the raw terms; val_terms: as they enter val_loss (sum)
+            "val_terms": weighted_terms(parts, self.config.loss_weights, self.norms),
             "val_r": float(per_time[self.rsa_times].mean()),  # mean r from 0 ms on
         }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "meg_targets",
     "rdm_correlations",
     "rsa_gain_confidence",
+    "weighted_terms",
 ]
 
 
@@ -40,12 +42,21 @@ def meg_split(
     val_fraction: float,
     test_fraction: float,
     data_dir: str | os.PathLike | None = None,
+    max_concepts: int | None = None,
 ) -> MegSplit:
     """Seeded held-out / validation / training split of a store's concepts.
 
     The held-out set takes the 48 concepts of the behavioural RDM first (when present), then
     random others, up to ``test_fraction``; the rest splits ``val_fraction`` / training.
+    ``max_concepts`` keeps only the first that many (quick runs).
     """
+    if max_concepts is not None:
+        if max_concepts > len(concept_ids):
+            raise InputError(
+                f"--max-concepts {max_concepts} is more than the {len(concept_ids)} concepts "
+                "of the store that have inputs; give fewer or leave it out."
+            )
+        concept_ids = concept_ids[:max_concepts]
     rng = np.random.default_rng(seed)
     n_test = max(3, round(test_fraction * len(concept_ids)))
     rdm48 = set(load_rdm48(data_dir).concept_ids)
@@ -162,12 +173,22 @@ def meg_loss(
     weight = mask.to(predicted.dtype)
     mse_term = (((predicted - target) ** 2) * weight).sum() / weight.sum().clamp_min(1.0)
     terms = {"rdm": rdm_term, "mse": mse_term, "tg": _tg_term(predicted, target, mask, tg_term)}
-    norms = norms or {}
-    total = sum(
-        w * terms[name] / max(norms.get(name, 1.0), 1e-12)
-        for w, name in zip(weights, LOSS_TERMS, strict=True)
-    )
+    total = sum(weighted_terms(terms, weights, norms).values())
     return total, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def weighted_terms(
+    parts: dict[str, Any], weights: tuple[float, float, float], norms: dict[str, float] | None
+) -> dict[str, Any]:
+    """Each term as it enters the loss (weight x term / norm); they add up to the loss.
+
+    ``parts`` are the raw terms (``meg_loss``'s second output, or tensors).
+    """
+    norms = norms or {}
+    return {
+        name: w * parts[name] / max(norms.get(name, 1.0), 1e-12)
+        for w, name in zip(weights, LOSS_TERMS, strict=True)
+    }
 
 
 def rsa_gain_confidence(

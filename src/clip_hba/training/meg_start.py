@@ -45,7 +45,7 @@ def meg_start(
 ) -> MegStart:
     """Prepare ``backbone`` (in place) as the start of the run ``config`` describes."""
     if config.init_meg is not None:
-        parent = RunDir(config.init_meg).expect("meg", "--init-meg")
+        parent = RunDir(config.init_meg).expect("meg", "--group-run")
         parent.require_finished(allow_unfinished)
         check_same_base(parent, config.model, base_fingerprint, "--group-run")
         _check_same_features(parent, config)

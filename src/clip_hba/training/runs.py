@@ -12,6 +12,7 @@ Nothing outside this module opens these files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -109,7 +110,7 @@ class RunDir:
             description = read_json(self.file(CONFIG_FILE))
             if not (isinstance(description, dict) and "fit" in description):
                 return False
-            self._description = description
+            self._description = _blocks_from_1(description)
         return True
 
     @property
@@ -145,28 +146,58 @@ class RunDir:
         """Write config.json: ``description`` plus the version and ``fit`` (the config)."""
         self.path.mkdir(parents=True, exist_ok=True)
         fit = {**config.to_dict(), **description.pop("fit_extra", {})}
-        self._description = {"clip_hba_version": __version__, **description, "fit": fit}
+        self._description = {
+            "clip_hba_version": __version__,
+            "block_numbering": BLOCK_NUMBERING,
+            **description,
+            "fit": fit,
+        }
         write_json_atomic(self.file(CONFIG_FILE), self._description)
 
-    def check_resumable(self, config: FitConfig) -> None:
-        """Refuse to resume with settings other than the ones the run began with."""
+    def resumed_config(self, config: FitConfig) -> FitConfig:
+        """The settings to resume with: the run's own, with the ones ``config`` changes.
+
+        A setting left at its default in ``config`` (an option not given) takes the run's
+        value; one given with another value than the run's is refused, naming its option,
+        unless it is free to change (``epochs``, ``patience``, the time budget, ``out``).
+        """
         if not self.file(LAST_FILE).is_file():
             raise InputError(f"Nothing to resume in {self.path}: it holds no {LAST_FILE}.")
+        cls = type(config)
         # through the dataclass, so that settings added since the run began take their defaults
-        saved = json.loads(json.dumps(self.fit_config().to_dict()))
-        current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
-        # how the exemplar was named may change ("_01b" of older runs, "first" now): the
-        # trainers compare the inputs' fingerprints, which decide whether the images are the same
-        for values in (saved, current):
-            values.get("inputs", {}).pop("exemplar", None)
+        saved = _flat(self.fit_config().to_dict())
+        current = _flat(config.to_dict())
+        required = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}
+        required = {k: v for k, v in required.items() if k in _required_fields(cls)}
+        default = _flat(cls.from_dict(required).to_dict())
         free = config.free_to_change()
-        changed = sorted(k for k in current if k not in free and saved.get(k) != current[k])
+        merged, changed = dict(current), []
+        for key, value in current.items():
+            if key.split(".")[0] in free or saved.get(key, value) == value:
+                continue
+            if value == default.get(key):
+                merged[key] = saved[key]  # not given: the run's own setting
+            else:
+                changed.append(key)
         if changed:
-            detail = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:3])
-            raise InputError(
-                f"Cannot resume {self.path} with other settings: {', '.join(changed)} differ "
-                f"({detail})."
+            detail = "; ".join(
+                f"{_option_name(k)} {saved.get(k)!r} -> {current[k]!r}" for k in changed[:3]
             )
+            raise InputError(
+                f"Cannot resume {self.path} with other settings ({detail}); leave the option "
+                "out to keep the run's setting, or start a new run in another --out."
+            )
+        return cls.from_dict(_nested(merged))
+
+    def update_budgets(self, config: FitConfig) -> None:
+        """Record a resumed run's new limits (epochs, patience, time budget) in config.json."""
+        description = dict(self.description)
+        description["fit"] = {
+            **description["fit"],
+            **{k: v for k, v in config.to_dict().items() if k in config.free_to_change()},
+        }
+        self._description = description
+        write_json_atomic(self.file(CONFIG_FILE), description)
 
     def check_new(self) -> None:
         """Refuse to start a run where one already is."""
@@ -260,6 +291,74 @@ class RunDir:
     def predictions_path(self, stage: str) -> Path:
         """Where the behaviour predictions of every concept ``before``/``after`` training go."""
         return self.file(f"predictions_{stage}.npz")
+
+
+BLOCK_NUMBERING = "from 1"  # adapter blocks in config.json: 1 = the first block, -1 = the last
+
+
+def _blocks_from_1(description: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of a run saved when adapter blocks were counted from 0, renumbered."""
+    if description.get("block_numbering") == BLOCK_NUMBERING:
+        return description
+    description = json.loads(json.dumps(description))
+    adapters = [description["fit"].get("adapter"), description["fit"].get("adapter_resolved")]
+    adapters += [step.get("adapter") for step in description.get("chain", [])]
+    for adapter in adapters:
+        for key in ("layers", "label_layers"):
+            if isinstance(adapter, dict) and adapter.get(key):
+                adapter[key] = [i + 1 if i >= 0 else i for i in adapter[key]]
+    description["block_numbering"] = BLOCK_NUMBERING
+    return description
+
+
+def _flat(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings as ``{"adapter.rank": 32, ...}``, in JSON's types (tuples as lists)."""
+    values = json.loads(json.dumps(values))
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, sub = key.partition(".")
+        if sub:
+            values.setdefault(head, {})[sub] = value
+        else:
+            values[head] = value
+    return values
+
+
+def _required_fields(cls: type) -> set[str]:
+    return {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+
+
+# settings whose command-line option is not "--" + the setting's name with dashes
+_OPTIONS = {
+    "adapter.label_layers": "--text-layers",
+    "adapter.use_dora": "--dora/--no-dora",
+    "adapter.dropout": "--adapter-dropout",
+    "head.kind": "--head",
+    "meg.noise": "--no-noise",
+    "init_meg": "--group-run",
+    "time_budget_s": "--time-budget",
+    "participant": "--participant",
+    "exclude_participants": "--exclude-participants",
+}
+
+
+def _option_name(key: str) -> str:
+    """The command-line option of a flattened setting, e.g. ``adapter.rank`` -> ``--rank``."""
+    return _OPTIONS.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
 
 
 def find_runs(folder: str | os.PathLike) -> dict[str, RunDir]:
