@@ -8,6 +8,7 @@ could look complete, and no temporary file.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -29,11 +30,10 @@ def _symmetric(n, rng):
 
 
 def _files(root):
-    """Every file under ``root`` (hidden ones too) with its size and modification time."""
+    """Every file and folder under ``root`` (hidden ones too), files with size and mtime."""
     return {
-        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
         for p in root.rglob("*")
-        if p.is_file()
     }
 
 
@@ -140,7 +140,7 @@ ROWS = [
     ([*FIT, "--model", "clip/config.json", "--out", "r"], "not a model folder"),
     ([*FIT, "--model", "outdir", "--out", "r"], "has no config.json"),
     ([*FIT, "--model", "nobody/no-such-model", "--out", "r"], "save_pretrained"),
-    ([*FIT_OUT, "--weight-decay", "-1"], "'weight_decay'"),
+    ([*FIT_OUT, "--weight-decay", "-1"], "--weight-decay"),
     ([*FIT, "--out", "afile"], "--out afile is a file"),
     ([*FIT, "--out", "afile/run"], "afile is a file, not a folder"),
     ([*FIT_OUT, "--logit-scale", "0"], "'logit_scale'"),
@@ -173,7 +173,7 @@ ROWS = [
     # ---------------------------------------------------------------- fit meg / individual
     ([*MEG, "--out", "afile"], "--out afile is a file"),
     ([*MEG, "--out", "afile/run"], "afile is a file, not a folder"),
-    ([*MEG_OUT, "--time-budget", "-5"], "'time_budget_s'"),
+    ([*MEG_OUT, "--time-budget", "-5"], "--time-budget"),
     ([*MEG_OUT, "--max-concepts", "5000"], "--max-concepts 5000"),
     ([*MEG_OUT, "--loss-weights", "1,0"], "'--loss-weights'"),
     ([*MEG_OUT, "--loss-weights", "0,0,0"], "'loss_weights'"),
@@ -247,6 +247,7 @@ ROWS = [
     ([*IMPORT, "asym.npy", "--out", "s.h5", "--asymmetric", "mean"], "'mean' is not one of"),
     ([*IMPORT, "ok.npy", "--out", "sim.h5", *AXES], "exists; use --force"),
     ([*IMPORT, "x.weird", "--out", "s.h5"], "Cannot tell the format"),
+    ([*IMPORT, "sub-01-epo.fif", "--out", "s.h5", "--inf-as-nan"], "not mne epochs"),
     (["meg", "info", "missing.h5"], "No RDM store"),
     (["meg", "info", "ok.npy"], "ok.npy"),
     (["meg", "export", "missing.h5", "--out", "outdir"], "is a directory"),
@@ -277,6 +278,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(capsys, monkeypatch, workspace
     errors = [line for line in lines if line.startswith("clip-hba: error: ")]
     assert len(errors) == 1, err
     assert lines[-1] == errors[0], err  # the error is the last thing printed
+    messages = [line for line in lines if not re.search(r"\d+%\|", line)]  # not progress bars
+    assert len(messages) <= 2, err  # at most one warning before it (e.g. concepts left out)
     assert fragment in errors[0], errors[0]
     assert out == ""
     assert _files(workspace) == before, "a refused command wrote or changed files"

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from clip_hba._io import remove_stale_temp_files, write_json_atomic
+from clip_hba._io import _HOST, remove_stale_temp_files, write_json_atomic
 from clip_hba.meg import RDMStore
 from test_cli import run
 
@@ -59,14 +59,15 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path, caplog):
         text=True,
         check=True,
     )
-    stale = tmp_path / f".s.h5.{int(dead.stdout)}.abc123.tmp"
+    stale = tmp_path / f".s.h5.{_HOST}-{int(dead.stdout)}.abc123.tmp"
     stale.write_bytes(b"x" * 1000)
-    mine = tmp_path / f".s.h5.{os.getpid()}.def456.tmp"  # a write of this process, in flight
-    mine.write_bytes(b"y")
-    other = tmp_path / ".other.h5.1.xyz.tmp"  # next to another file: not ours to judge
-    other.write_bytes(b"z")
+    mine = tmp_path / f".s.h5.{_HOST}-{os.getpid()}.def456.tmp"  # a write in flight
+    elsewhere = tmp_path / f".s.h5.otherhost-{int(dead.stdout)}.ghi789.tmp"  # another machine
+    other = tmp_path / f".s.h5.5.{_HOST}-{int(dead.stdout)}.xyz.tmp"  # of the file s.h5.5
+    for keep in (mine, elsewhere, other):
+        keep.write_bytes(b"y")
     assert remove_stale_temp_files(target) == [stale]
-    assert not stale.exists() and mine.exists() and other.exists()
+    assert not stale.exists() and mine.exists() and elsewhere.exists() and other.exists()
     assert "left by an interrupted write" in caplog.text
 
 
@@ -119,3 +120,28 @@ def test_a_failed_import_removes_its_temporary_file(tmp_path, capsys):
     )
     assert code == 2 and "infinite" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.txt", "inf.npy"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit", "behavior", "--model", "m", "--out", "{ro}/run"],
+        ["fit", "meg", "--store", "s.h5", "--model", "m", "--out", "{ro}/run"],
+        ["meg", "import", "x.npy", "--out", "{ro}/s.h5"],
+        ["evaluate", "behavior", "--embedding", "spose", "--out", "{ro}/x.json"],
+    ],
+)
+def test_unwritable_output_folder_is_refused_before_work(tmp_path, capsys, monkeypatch, args):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: make the folder read-only as a user sees it
+        access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode: access(p, mode) and os.fspath(p) != str(read_only)
+        )
+    try:
+        code, _, err = run(capsys, *(a.format(ro=read_only) for a in args))
+    finally:
+        read_only.chmod(0o755)
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1, err

@@ -285,6 +285,9 @@ def test_fit_is_deterministic_and_resumes_exactly(setup, tmp_path):
 def test_run_directory_and_embed(setup, tmp_path, capsys):
     result = fit_meg(fit_config(setup, tmp_path / "run"), verbose=False)
     run_dir = result.run_dir
+    for record in result.log:  # the weighted terms add up to the loss; the raw ones need not
+        assert sum(record["val_terms"].values()) == pytest.approx(record["val_loss"], rel=1e-5)
+        assert set(record["val_parts"]) == set(record["val_terms"]) == {"rdm", "mse", "tg"}
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["task"] == "meg" and len(saved["times_ms"]) == 61
     assert {"train", "val", "test"} == set(saved["split"])

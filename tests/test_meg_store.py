@@ -243,3 +243,10 @@ def test_float16_overflow_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"exceed the range of float16 .*\(--dtype float32\)"):
         writer.write(0, 0, [1.0, 1e6, 2.0])
     writer.abort()
+
+
+def test_own_stimulus_sets_with_common_words_are_not_flagged():
+    from clip_hba.meg.store import unknown_concepts
+
+    assert unknown_concepts(["dog", "my_face_1", "my_face_2"]) == []  # mostly another set
+    assert unknown_concepts(["dog", "cat", "banana", "bananna"]) == ["bananna"]  # a typo

@@ -61,3 +61,20 @@ def test_specificity_explains_its_frames_and_cells_are_readable():
     colours = {t.get_text(): to_rgb(t.get_color()) for t in ax.texts}
     # viridis: high values are light (dark text), low values dark (light text)
     assert sum(colours["0.900"]) < 1.5 < sum(colours["0.050"])
+
+
+def test_robustness_plot_says_when_a_score_is_missing(tmp_path):
+    rows = [
+        {"severity": s, "rdm48_spearman": 0.5 - 0.1 * s, "odd_one_out_accuracy": None}
+        for s in (1, 2)
+    ]
+    result = {
+        "model": "run",
+        "clean": {"rdm48_spearman": 0.6, "odd_one_out_accuracy": None},
+        "corruptions": {"blur": rows},
+    }
+    path = plots.plot_corruptions(result, tmp_path / "robustness.png")
+    assert path.stat().st_size > 0
+    fig = plots._corruptions_figure(result)
+    assert any("no odd-one-out score" in t.get_text() for t in fig.axes[1].texts)
+    assert not fig.axes[0].texts

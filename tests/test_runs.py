@@ -96,12 +96,18 @@ def test_a_killed_run_is_refused_by_every_consumer(capsys, bert, store, tmp_path
         "--allow-unfinished",
     )  # fmt: skip
     assert code == 0 and (tmp_path / "e.npz").is_file()
-    # --resume finishes it, and then it is accepted
-    code, _, _ = run(
-        capsys, "fit", "behavior", "--model", str(bert), "--out", str(killed), "--max-concepts",
-        "20", "--epochs", "3", "--patience", "100000", "--rank", "2", "--layers", "-1", "--resume",
-    )  # fmt: skip
-    assert code == 0 and RunDir(killed).status() == "finished"
+    # --resume finishes it with the run's own settings, and then it is accepted
+    code, _, err = run(capsys, "fit", "behavior", "--out", str(killed), "--epochs", "3", "--resume")
+    assert code == 0, err
+    assert RunDir(killed).status() == "finished"
+    saved = RunDir(killed).fit_config()
+    assert (saved.epochs, saved.patience, saved.max_concepts, saved.adapter.rank) == (
+        3,
+        100000,
+        20,
+        2,
+    )
+    assert saved.model == str(bert.resolve())
     assert load_run(killed).kind == "behavior"
 
 
@@ -251,3 +257,19 @@ def test_runs_of_older_versions_still_load_and_resume(bert, tmp_path):
     assert load_run(run_dir).kind == "behavior"
     resumed = fit_behavior(behavior_config(bert, run_dir, epochs=3), resume=True, verbose=False)
     assert resumed.epochs_run == 3
+
+
+def test_a_bare_resume_keeps_every_setting_of_a_meg_run(capsys, bert, store, tmp_path):
+    out = tmp_path / "meg"
+    common = ("fit", "meg", "--store", str(store), "--model", str(bert), "--out", str(out))
+    own = ("--rdm-correlation", "per-time", "--improvement-confidence", "0", "--batch-size", "8")
+    own += ("--stage0-epochs", "1", "--stage1-epochs", "0", "--layers", "", "--quiet")
+    code, _, err = run(capsys, *common, *own)
+    assert code == 0, err
+    code, _, err = run(capsys, *common, "--resume", "--stage0-epochs", "2", "--quiet")
+    assert code == 0, err
+    saved = RunDir(out).fit_config()
+    assert (saved.rdm_correlation, saved.improvement_confidence) == ("per-time", 0.0)
+    assert (saved.stage0_epochs, saved.stage1_epochs, saved.batch_size) == (2, 0, 8)
+    code, out_text, err = run(capsys, *common, "--resume", "--batch-size", "10", "--quiet")
+    assert_one_line_error(code, out_text, err, "--batch-size 8 -> 10")

@@ -209,3 +209,27 @@ def test_statistics_reject_bad_arguments(rng):
         permutation_test_rdm(a, b, alternative="bigger")
     with pytest.raises(InputError, match="at least one trial"):
         proportion_ci(0, 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bootstrap_ci_holds_the_estimate_over_a_grid_of_near_identical_rdms(method):
+    """Where BCa misses the estimate (nearly every resample below it), the interval falls back
+    to the percentile interval centred on the estimate."""
+    for n, noise, seed in [(30, 1e-2, 0), (48, 1e-3, 1), (48, 3e-2, 2), (48, 1e-2, 3)]:
+        rng = np.random.default_rng(seed)
+        a = pdist(rng.normal(size=(n, 5)))
+        b = a + noise * rng.normal(size=a.size)
+        result = bootstrap_rdm_correlation(a, b, method=method, n_bootstrap=100, seed=seed)
+        assert result.ci[0] <= result.value <= result.ci[1] <= 1.0, (n, noise, seed)
+
+
+def test_bootstrap_jackknife_is_grouped_for_many_conditions(rng, monkeypatch):
+    from clip_hba.rsa import stats as rsa_stats
+
+    calls = []
+    original = rsa_stats._groups
+    monkeypatch.setattr(rsa_stats, "_groups", lambda c: calls.append(c.size) or original(c))
+    a, b = _related_rdms(rng, n=250)
+    result = bootstrap_rdm_correlation(a, b, method="pearson", n_bootstrap=20, seed=0)
+    assert calls == [250] and len(original(np.arange(250))) == 200
+    assert result.ci[0] < result.value < result.ci[1]

@@ -6,9 +6,12 @@ atomically, so an interrupted run never leaves a half-written file that looks wh
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import re
+import socket
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -34,6 +37,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     try:
         write(tmp_path)
         publish(tmp_path, path)
+    except OSError as err:  # a full disk, a quota, a vanished folder
+        raise InputError(f"Cannot write {path}: {err.strerror or err}.") from None
     finally:
         tmp_path.unlink(missing_ok=True)
     return path
@@ -76,8 +81,9 @@ def _check_creatable(folder: Path, path: Path, option: str) -> None:
 def temp_path_beside(path: str | os.PathLike) -> Path:
     """A new empty hidden temporary file next to ``path``, for `publish` to move into place.
 
-    Its name carries this process's id, so that temporary files of killed processes (which no
-    ``finally`` could remove) are recognised and removed here, before a new one is made.
+    Its name (``.NAME.HOST-PID.RANDOM.tmp``) says which process on which machine writes it, so
+    that the temporary files of killed processes (which no ``finally`` could remove) are
+    recognised: `remove_stale_temp_files` runs first.
     """
     path = Path(path)
     if path.is_dir():
@@ -87,9 +93,7 @@ def temp_path_beside(path: str | os.PathLike) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(path)
         fd, tmp = tempfile.mkstemp(
-            prefix=f"{_TEMP_PREFIX.format(name=path.name)}{os.getpid()}.",
-            suffix=_TEMP_SUFFIX,
-            dir=path.parent,
+            prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=_TEMP_SUFFIX, dir=path.parent
         )
     except OSError as err:
         raise InputError(f"Cannot write {path}: {err.strerror or err}.") from None
@@ -99,24 +103,32 @@ def temp_path_beside(path: str | os.PathLike) -> Path:
 
 def publish(tmp_path: Path, path: str | os.PathLike) -> Path:
     """Give ``tmp_path`` a new file's permissions and rename it over ``path`` (atomic)."""
-    os.chmod(tmp_path, 0o666 & ~_umask())
+    try:
+        os.chmod(tmp_path, 0o666 & ~_umask())
+    except OSError:  # file systems without POSIX modes (SMB): they decide
+        logger.debug("Could not set the mode of %s.", tmp_path)
     os.replace(tmp_path, path)
     return Path(path)
 
 
 def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files beside ``path`` left by processes that no longer run.
+    """Remove the temporary files beside ``path`` left by processes of this machine that no
+    longer run (a file of another machine sharing the folder is left alone).
 
     Returns the removed files (each also logged as a warning, with its size).
     """
     path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?P<host>[^.]*)-(?P<pid>\d+)\.[^.]+\.tmp")
     removed = []
-    for candidate in path.parent.glob(f"{_TEMP_PREFIX.format(name=path.name)}*{_TEMP_SUFFIX}"):
-        pid = candidate.name[len(_TEMP_PREFIX.format(name=path.name)) :].split(".", 1)[0]
-        if not pid.isdigit() or _process_runs(int(pid)):
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*{_TEMP_SUFFIX}"):
+        match = pattern.fullmatch(candidate.name)
+        if match is None or match["host"] != _HOST or _process_runs(int(match["pid"])):
             continue
-        size = candidate.stat().st_size if candidate.exists() else 0
-        candidate.unlink(missing_ok=True)
+        try:
+            size = candidate.stat().st_size
+            candidate.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
         logger.warning(
             "Removed %s (%s), left by an interrupted write of %s.",
             candidate,
@@ -127,8 +139,8 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-_TEMP_PREFIX = ".{name}."
 _TEMP_SUFFIX = ".tmp"
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())  # no dots or dashes in the name
 
 
 def _process_runs(pid: int) -> bool:
@@ -144,7 +156,14 @@ def _process_runs(pid: int) -> bool:
 
 
 def _umask() -> int:
-    # os.umask can only be read by setting it; set it straight back
+    """The process umask, read from /proc where it can be (setting it to read it is not safe
+    while other threads create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -244,7 +263,7 @@ def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> np.ndarra
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (EOFError, ValueError) as err:
-        if "object" in str(err) or "pickled" in str(err):
+        if "object" in str(err).lower() or "pickle" in str(err).lower():
             raise InputError(f"{path} holds Python objects, not numbers.") from None
         raise InputError(f"{path} is empty or truncated ({err}): save it again.") from None
 

@@ -22,6 +22,7 @@ from clip_hba.cli.options import (
     emit,
     int_tuple,
     joined,
+    options_given,
     path_or_none,
 )
 from clip_hba.models.config import AdapterConfig, HeadConfig, InputConfig
@@ -39,6 +40,7 @@ SeedOption = Annotated[
 
 
 def fit_behavior_command(
+    ctx: typer.Context,
     model: Annotated[
         str, typer.Option(help="Base model: Hugging Face hub id or local save_pretrained folder.")
     ] = "openai/clip-vit-large-patch14",
@@ -61,7 +63,7 @@ def fit_behavior_command(
     ] = BEHAVIOR.batch_size,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = BEHAVIOR.lr,
     weight_decay: Annotated[
-        float, typer.Option(help="AdamW weight decay.")
+        float, typer.Option(min=0.0, help="AdamW weight decay.")
     ] = BEHAVIOR.weight_decay,
     patience: Annotated[
         int,
@@ -213,5 +215,10 @@ def fit_behavior_command(
     )
     from clip_hba.training.runs import RunDir
 
-    result = fit_behavior(config, resume=resume, verbose=not quiet)
+    result = fit_behavior(
+        config,
+        resume=resume,
+        verbose=not quiet,
+        options_given=options_given(ctx) if resume else None,
+    )
     emit(RunDir(result.run_dir).read_metrics())

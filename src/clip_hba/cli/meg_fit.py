@@ -22,6 +22,7 @@ from clip_hba.cli.options import (
     emit,
     int_tuple,
     joined,
+    options_given,
     path_or_none,
     split_list,
     time_window,
@@ -113,7 +114,12 @@ MaxConceptsOption = Annotated[
 ]
 BudgetOption = Annotated[
     float | None,
-    typer.Option(help="A safety stop after this many seconds of training (best epoch kept)."),
+    typer.Option(
+        "--time-budget",
+        min=0.0,
+        help="A safety stop after this many seconds of training (best epoch kept); results then "
+        "depend on the machine's speed (metrics.json says stopped_by_time_budget).",
+    ),
 ]
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
 RdmCorrelationOption = Annotated[
@@ -260,6 +266,7 @@ def _loss_weights(text: str) -> tuple[float, float, float]:
 
 
 def fit_meg_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/meg"),
     init_behavior: Annotated[
         Path | None,
@@ -304,11 +311,13 @@ def fit_meg_command(
         resume=options["resume"],
         allow_unfinished=options["allow_unfinished"],
         verbose=not options["quiet"],
+        options_given=options_given(ctx) if options["resume"] else None,
     )
     emit(RunDir(result.run_dir).read_metrics())
 
 
 def fit_individual_command(
+    ctx: typer.Context,
     participant: Annotated[
         str, typer.Option(help="Participant id, or 'all' for one model per participant.")
     ],
@@ -350,6 +359,7 @@ def fit_individual_command(
         resume=options["resume"],
         allow_unfinished=options["allow_unfinished"],
         verbose=not options["quiet"],
+        options_given=options_given(ctx) if options["resume"] else None,
     )
     emit({person: RunDir(r.run_dir).read_metrics() for person, r in results.items()})
 

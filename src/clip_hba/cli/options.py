@@ -37,6 +37,7 @@ __all__ = [
     "emit",
     "int_tuple",
     "joined",
+    "options_given",
     "path_or_none",
     "split_list",
     "time_window",
@@ -182,6 +183,19 @@ def time_window(text: str | None, option: str = "--time-window") -> tuple[float,
 
 def path_or_none(value: Path | None) -> str | None:
     return None if value is None else str(value)
+
+
+def options_given(ctx: typer.Context) -> frozenset[str]:
+    """The options of the running command that were given (command line or environment).
+
+    A resumed run takes its own settings for every other option.
+    """
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return frozenset(
+        "--" + name.replace("_", "-")
+        for name, source in sources.items()
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+    )
 
 
 def check_outputs(out: Path | None = None, plot: Path | None = None) -> None:

@@ -149,6 +149,10 @@ def plot_corruptions(result: dict, path: str | os.PathLike) -> Path:
     images' scores are the dashed lines.
     """
     check_figure_path(path)
+    return _save(_corruptions_figure(result), path)
+
+
+def _corruptions_figure(result: dict) -> Figure:
     metrics = (("rdm48_spearman", "RDM48 Spearman rho"), ("odd_one_out_accuracy", "odd-one-out"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, (key, label) in zip(axes, metrics, strict=True):
@@ -163,11 +167,23 @@ def plot_corruptions(result: dict, path: str | os.PathLike) -> Path:
         clean = result["clean"][key]
         if clean is not None:
             ax.axhline(clean, color="k", linestyle="--", label="clean")
+        if clean is None and all(
+            r[key] is None for rows in result["corruptions"].values() for r in rows
+        ):
+            # e.g. no test triplet among the concepts with images: say so, not an empty frame
+            ax.text(
+                0.5,
+                0.5,
+                f"no {label} score:\ntoo few of its concepts have images",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
         ax.set(xlabel="severity", ylabel=label, title=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize="small")
     fig.suptitle(f"Robustness of {Path(str(result['model'])).name}")
-    return _save(fig, path)
+    return fig
 
 
 def plot_rsa_curves(result: Any, path: str | os.PathLike, max_curves: int = 8) -> Path:

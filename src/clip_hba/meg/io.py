@@ -123,6 +123,11 @@ def import_rdms(
     kind = guess_format(sources) if format == "auto" else format
     if kind in ("things-mat", "npy", "bids") and len(sources) != 1:
         raise InputError(f"--format {kind} takes one source, got {len(sources)}.")
+    if kind in ("mne", "bids") and (asymmetry != "raise" or inf_as_nan):
+        raise InputError(
+            f"--asymmetric and --inf-as-nan are for imported RDMs, not {kind} epochs (epochs "
+            "with non-finite samples are refused; their RDMs are symmetric)."
+        )
     arrays = dict(
         concept_ids=concept_ids,
         participant_ids=participant_ids,

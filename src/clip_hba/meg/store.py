@@ -388,17 +388,18 @@ class RDMStore:
 def unknown_concepts(
     concept_ids: Sequence[str], data_dir: str | os.PathLike | None = None
 ) -> list[str]:
-    """The ids that are not THINGS concepts, when others are (else an empty list).
+    """The ids that are not THINGS concepts, when most others are (else an empty list).
 
-    A set of ids that are all THINGS concepts, or none (another stimulus set), is consistent;
-    a mix usually means typos or a wrong ids file.
+    A set of ids that are all THINGS concepts, or mostly not (another stimulus set, whose
+    names may include common words that THINGS has too, such as "dog"), is consistent; a
+    THINGS set with a few unknown ids usually means typos or a wrong ids file.
     """
     try:
         known = set(load_concepts(data_dir).ids)
     except InputError:  # no usable THINGS files: a warning is not worth failing an import for
         return []
     unknown = [c for c in concept_ids if c not in known]
-    return unknown if 0 < len(unknown) < len(concept_ids) else []
+    return unknown if 0 < len(unknown) < len(concept_ids) / 2 else []
 
 
 def _participant_rows(participant_ids: Sequence[str], wanted: Sequence[str]) -> np.ndarray:

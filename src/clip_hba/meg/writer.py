@@ -266,9 +266,9 @@ def check_out_file(out: str | os.PathLike, force: bool, example: str = "store.h5
 def warn_unknown_concepts(
     concept_ids: Sequence[str], where: str, data_dir: str | os.PathLike | None = None
 ) -> list[str]:
-    """Log a warning naming the ids that are not THINGS concepts when others are.
+    """Log a warning naming the ids that are not THINGS concepts when most others are.
 
-    Ids that are all THINGS concepts, or none of them (another stimulus set), pass silently.
+    Ids that are all THINGS concepts, or mostly not (another stimulus set), pass silently.
     Returns the unknown ids of a mixed set (else an empty list).
     """
     unknown = unknown_concepts(concept_ids, data_dir)

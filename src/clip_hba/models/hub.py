@@ -8,6 +8,7 @@ once (one TCP connection, a few seconds at most) before anything is downloaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -54,20 +55,34 @@ def resolve_model_source(name_or_path: str | os.PathLike, local_only: bool = Fal
             f"--model {name!r} is not a model folder or a Hugging Face id; give the folder that "
             "save_pretrained wrote (holding config.json and model.safetensors)."
         )
-    offline = local_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    offline = local_only or _offline_mode()
     return ModelSource(name, local_only=offline or hub_unreachable() is not None, is_folder=False)
 
 
+@functools.lru_cache(maxsize=1)
 def hub_unreachable() -> str | None:
-    """Why the hub (``HF_ENDPOINT`` or huggingface.co) cannot be reached; None if it can."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    """Why the hub (``HF_ENDPOINT`` or huggingface.co) cannot be reached; None if it can (or
+    if a proxy is set: the connection goes through it, which one probe cannot judge)."""
+    if _offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")):
+        return None
+    try:
+        endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        host = endpoint.hostname or "huggingface.co"
+        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    except ValueError as err:
+        return f"HF_ENDPOINT is not a URL ({err})"
     try:
         with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
             return None
     except OSError as err:
         return f"{host}: {err.strerror or err}"
+
+
+def _offline_mode() -> bool:
+    # huggingface_hub's own reading of HF_HUB_OFFLINE (1, ON, YES, TRUE in any case)
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def load_failure(source: ModelSource, err: BaseException, what: str = "model") -> InputError:
@@ -79,7 +94,7 @@ def load_failure(source: ModelSource, err: BaseException, what: str = "model") -
             "truncated; write the folder again with save_pretrained."
         )
     if source.local_only:
-        why = hub_unreachable() or "HF_HUB_OFFLINE is set"
+        why = hub_unreachable() or "local files only"
         return InputError(
             f"Cannot load {source.name!r}: it is not a local folder, the Hugging Face hub "
             f"cannot be reached ({why}) and its cache has no copy; {_OFFLINE_HINT}."

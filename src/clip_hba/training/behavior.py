@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,11 @@ class FitResult:
 
 
 def fit_behavior(
-    config: BehaviorFitConfig, *, resume: bool = False, verbose: bool = True
+    config: BehaviorFitConfig,
+    *,
+    resume: bool = False,
+    verbose: bool = True,
+    options_given: Collection[str] | None = None,
 ) -> FitResult:
     """Train a CLIP-HBA-Behavior model; see `BehaviorFitConfig` for every setting.
 
@@ -86,13 +91,16 @@ def fit_behavior(
         is identical to a run that was never interrupted.
     verbose : bool
         Show progress bars.
+    options_given : collection of str, optional
+        With ``resume``: the command-line options the user gave; the others take the run's
+        settings (see `RunDir.resumed_config`).
 
     Returns
     -------
     FitResult
     """
     run = RunDir(config.out)
-    config = begin(run, config, resume)
+    config = begin(run, config, resume, options_given)
     trainer = BehaviorTrainer(config, verbose)
     with training_run(trainer, resume, config.time_budget_s) as deadline:
         outcome = train_epochs(
@@ -454,7 +462,7 @@ def _limit(
     if config.max_concepts > len(train_ids) + len(val_ids):
         raise InputError(
             f"--max-concepts {config.max_concepts} is more than the {len(train_ids) + len(val_ids)}"
-            " training and validation concepts that have inputs; give fewer or leave it out."
+            " training and validation concepts; give fewer or leave it out."
         )
     n_val = max(1, round(config.max_concepts * config.val_fraction))
     return list(train_ids[: config.max_concepts - n_val]), list(val_ids[:n_val])

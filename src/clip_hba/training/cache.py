@@ -192,7 +192,7 @@ def _prefix_batches(
     ``rows``, on the CPU."""
     batches = tqdm(
         list(batch_rows(len(rows), batch_size)),
-        desc=f"Caching blocks 0-{block - 1}",
+        desc="Caching the embeddings" if block == 0 else f"Caching blocks 1-{block}",
         disable=not verbose,
         leave=False,
     )

@@ -124,7 +124,7 @@ class BehaviorFitConfig(_Config):
 
     # allow_random_init: a run begun before the setting existed may take it on resume
     resumable: ClassVar[frozenset[str]] = frozenset(
-        {"epochs", "patience", "time_budget_s", "allow_random_init"}
+        {"epochs", "patience", "time_budget_s", "allow_random_init", "device"}
     )
 
     def __post_init__(self) -> None:
@@ -207,7 +207,14 @@ class MegFitConfig(_Config):
     allow_random_init: bool = False  # accept a base model whose files lack some weights
 
     resumable: ClassVar[frozenset[str]] = frozenset(
-        {"stage0_epochs", "stage1_epochs", "patience", "time_budget_s", "allow_random_init"}
+        {
+            "stage0_epochs",
+            "stage1_epochs",
+            "patience",
+            "time_budget_s",
+            "allow_random_init",
+            "device",
+        }
     )
 
     def __post_init__(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,7 @@ def fit_individuals(
     resume: bool = False,
     allow_unfinished: bool = False,
     verbose: bool = True,
+    options_given: Collection[str] | None = None,
 ) -> dict[str, MegFitResult]:
     """Fit one CLIP-HBA-MEG model per participant, each into ``out/<participant>``.
 
@@ -51,6 +53,8 @@ def fit_individuals(
         Continue the participants whose runs had begun (the others start).
     allow_unfinished : bool
         Start from a group or behaviour run whose training did not finish.
+    options_given : collection of str, optional
+        With ``resume``: the command-line options given (see `RunDir.resumed_config`).
 
     Returns
     -------
@@ -81,6 +85,10 @@ def fit_individuals(
         )
         begun = RunDir(config.out).has_checkpoint()  # resume those who had begun
         results[person] = fit_meg(
-            config, resume=resume and begun, allow_unfinished=allow_unfinished, verbose=verbose
+            config,
+            resume=resume and begun,
+            allow_unfinished=allow_unfinished,
+            verbose=verbose,
+            options_given=options_given,
         )
     return results

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -122,7 +122,9 @@ class Trainer(Protocol):
         ...
 
 
-def begin(run: RunDir, config: FitConfig, resume: bool) -> FitConfig:
+def begin(
+    run: RunDir, config: FitConfig, resume: bool, options_given: Collection[str] | None = None
+) -> FitConfig:
     """The settings to run with; refuses a new run where one exists, an output folder that
     cannot be written, or a resumed run given other settings than its own (`RunDir.resumed_config`).
     """
@@ -130,7 +132,7 @@ def begin(run: RunDir, config: FitConfig, resume: bool) -> FitConfig:
     if not resume:
         run.check_new()
         return config
-    return run.resumed_config(config)
+    return run.resumed_config(config, options_given)
 
 
 @contextlib.contextmanager

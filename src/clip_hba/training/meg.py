@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ def fit_meg(
     resume: bool = False,
     allow_unfinished: bool = False,
     verbose: bool = True,
+    options_given: Collection[str] | None = None,
 ) -> MegFitResult:
     """Train a CLIP-HBA-MEG model (group, or one participant); see `MegFitConfig`.
 
@@ -109,16 +111,16 @@ def fit_meg(
     ----------
     config : MegFitConfig
     resume : bool
-        Continue the run in ``config.out`` where it stopped (settings as when it began, apart
-        from the epoch limits, patience and time limit); the result is identical to a run that
-        was never interrupted.
+        Continue the run in ``config.out`` where it stopped, with its own settings apart from
+        those ``options_given`` name (`RunDir.resumed_config`); the result is identical to a
+        run that was never interrupted.
     allow_unfinished : bool
         Start from a behaviour or MEG run whose training did not finish.
     verbose : bool
         Show progress bars.
     """
     run = RunDir(config.out)
-    config = begin(run, config, resume)
+    config = begin(run, config, resume, options_given)
     trainer = MegTrainer(config, verbose, allow_unfinished=allow_unfinished)
     with training_run(trainer, resume, config.time_budget_s) as deadline:
         while trainer.progress.stage <= 1:

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -154,12 +154,16 @@ class RunDir:
         }
         write_json_atomic(self.file(CONFIG_FILE), self._description)
 
-    def resumed_config(self, config: FitConfig) -> FitConfig:
-        """The settings to resume with: the run's own, with the ones ``config`` changes.
+    def resumed_config(
+        self, config: FitConfig, options_given: Collection[str] | None = None
+    ) -> FitConfig:
+        """The settings to resume with: the run's own, with the ones the user gave.
 
-        A setting left at its default in ``config`` (an option not given) takes the run's
-        value; one given with another value than the run's is refused, naming its option,
-        unless it is free to change (``epochs``, ``patience``, the time budget, ``out``).
+        ``options_given`` are the command-line options given (``{"--lr", "--epochs"}``); the
+        settings of the others are the run's. Without it (the Python API), a setting that
+        differs from the config class's default counts as given. A given setting with another
+        value than the run's is refused, naming its option, unless it is free to change
+        (`FitConfig.free_to_change`: the epoch limits, patience, the time budget, the device).
         """
         if not self.file(LAST_FILE).is_file():
             raise InputError(f"Nothing to resume in {self.path}: it holds no {LAST_FILE}.")
@@ -167,18 +171,21 @@ class RunDir:
         # through the dataclass, so that settings added since the run began take their defaults
         saved = _flat(self.fit_config().to_dict())
         current = _flat(config.to_dict())
-        required = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)}
-        required = {k: v for k, v in required.items() if k in _required_fields(cls)}
-        default = _flat(cls.from_dict(required).to_dict())
+        if options_given is None:
+            required = {name: getattr(config, name) for name in _required_fields(cls)}
+            default = _flat(cls(**required).to_dict())  # type: ignore[arg-type]
+            given = {k for k, v in current.items() if v != default.get(k)}
+        else:
+            given = {k for k in current if set(_option_name(k).split("/")) & set(options_given)}
         free = config.free_to_change()
-        merged, changed = dict(current), []
+        merged, changed = dict(saved), []
         for key, value in current.items():
-            if key.split(".")[0] in free or saved.get(key, value) == value:
-                continue
-            if value == default.get(key):
-                merged[key] = saved[key]  # not given: the run's own setting
-            else:
-                changed.append(key)
+            if key == "out" or key not in saved:
+                merged[key] = value
+            elif key in given and value != saved[key]:
+                merged[key] = value
+                if key.split(".")[0] not in free:
+                    changed.append(key)
         if changed:
             detail = "; ".join(
                 f"{_option_name(k)} {saved.get(k)!r} -> {current[k]!r}" for k in changed[:3]
