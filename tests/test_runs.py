@@ -273,3 +273,74 @@ def test_a_bare_resume_keeps_every_setting_of_a_meg_run(capsys, bert, store, tmp
     assert (saved.stage0_epochs, saved.stage1_epochs, saved.batch_size) == (2, 0, 8)
     code, out_text, err = run(capsys, *common, "--resume", "--batch-size", "10", "--quiet")
     assert_one_line_error(code, out_text, err, "--batch-size 8 -> 10")
+
+
+def test_sigterm_stops_a_run_cleanly_and_it_resumes(capsys, bert, tmp_path):
+    out = tmp_path / "termed"
+    args = ["fit", "behavior", "--model", str(bert), "--out", str(out), "--max-concepts", "20"]
+    args += ["--epochs", "100000", "--patience", "100000", "--rank", "2", "--layers", "-1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clip_hba.cli", *args, "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (out / "last.safetensors").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the fit did not start"
+        time.sleep(0.2)
+    process.terminate()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("clip-hba: error: terminated;")
+    assert RunDir(out).status() == "running"  # resumable, not failed
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    code, _, err = run(capsys, "fit", "behavior", "--out", str(out), "--epochs", "2", "--resume")
+    assert code == 0, err
+    assert RunDir(out).status() == "finished"
+
+
+def _as_saved_by_0_based_versions(run_dir, renumber):
+    """Rewrite a run's config.json as versions that counted adapter blocks from 0 wrote it."""
+    path = run_dir / "config.json"
+    description = json.loads(path.read_text())
+    del description["block_numbering"]
+    renumber(description)
+    path.write_text(json.dumps(description))
+
+
+def test_runs_of_0_based_versions_load_the_same_blocks(bert, store, tmp_path):
+    import numpy as np
+
+    from clip_hba.models import concept_inputs, embed, embed_times
+
+    behaviour = fit_behavior(
+        behavior_config(bert, tmp_path / "b", adapter=AdapterConfig(rank=2, layers=(2, 3))),
+        verbose=False,
+    ).run_dir
+    loaded = load_run(behaviour)
+    inputs = concept_inputs(loaded.model.backbone, ["aardvark", "abacus", "acorn"], loaded.inputs)
+    before = embed(loaded.model, inputs).values
+
+    def old_behaviour(description):
+        description["fit"]["adapter"]["layers"] = [1, 2]
+
+    _as_saved_by_0_based_versions(behaviour, old_behaviour)
+    assert RunDir(behaviour).fit_config().adapter.layers == (2, 3)
+    np.testing.assert_array_equal(embed(load_run(behaviour).model, inputs).values, before)
+
+    meg = fit_meg(
+        meg_config(store, bert, tmp_path / "m", adapter=AdapterConfig(rank=2, layers=())),
+        verbose=False,
+    ).run_dir
+    loaded = load_run(meg)
+    inputs = concept_inputs(loaded.model.backbone, ["aardvark", "abacus", "acorn"], loaded.inputs)
+    before = embed_times(loaded.model, inputs).values
+
+    def old_meg(description):
+        resolved = description["fit"]["adapter_resolved"]
+        assert resolved["layers"] == [1, 2, 3]
+        resolved["layers"] = [0, 1, 2]
+
+    _as_saved_by_0_based_versions(meg, old_meg)
+    np.testing.assert_array_equal(embed_times(load_run(meg).model, inputs).values, before)

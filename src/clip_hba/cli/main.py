@@ -63,6 +63,7 @@ INPUTS = InputConfig()
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
 SeedOption = Annotated[
     int, typer.Option(min=0, help="Random seed for bootstrap resampling and permutations.")
@@ -426,10 +427,24 @@ def demo_command(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``clip-hba`` console script."""
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _terminated.clear()
     try:
-        code = app(args=argv, prog_name="clip-hba", standalone_mode=False)
+        code = _run(argv)
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+    if code == EXIT_INTERRUPTED:  # typer's exit status for Ctrl-C (and SIGTERM, see below)
+        what, code = ("terminated", EXIT_TERMINATED) if _terminated else ("interrupted", code)
+        _fail(f"{what}; what was finished is kept (a training run continues with --resume).", code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _run(argv: list[str] | None) -> int | None:
+    try:
+        return app(args=argv, prog_name="clip-hba", standalone_mode=False)
     except InputError as err:
         _fail(str(err))
     except typer.TyperException as err:  # usage errors of the command line itself
@@ -442,16 +457,15 @@ def main(argv: list[str] | None = None) -> None:
         _fail(message + where, getattr(err, "exit_code", EXIT_BAD_INPUT))
     except typer.Abort as err:  # what click makes of an EOFError nobody caught
         _fail(f"unexpected end of input ({err.__context__ or 'a file or stdin ended early'}).")
-    if code == EXIT_INTERRUPTED:  # typer's exit status for Ctrl-C (and SIGTERM, see below)
-        _fail(
-            "interrupted; what was finished is kept (a training run continues with --resume).",
-            EXIT_INTERRUPTED,
-        )
-    sys.exit(code if isinstance(code, int) else 0)
+    return None
+
+
+_terminated: set[bool] = set()  # holds True once SIGTERM arrived
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # SIGTERM (kill, a cluster's scheduler) unwinds like Ctrl-C, so temporary files are removed
+    _terminated.add(True)
     raise KeyboardInterrupt
 
 
