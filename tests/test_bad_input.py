@@ -65,6 +65,7 @@ def workspace(tmp_path_factory, spose):
     assert code == 0
     # files
     (root / "afile").write_text("not a folder\n")
+    (root / "mine.json").write_text('{"concept_ids": ["a", "b", "c"]}\n')  # a user's sidecar
     (root / "outdir").mkdir()
     (root / "empty.npy").write_bytes(b"")
     (root / "random.npy").write_bytes(bytes(range(256)))
@@ -214,6 +215,7 @@ ROWS = [
     (["evaluate", "behavior", "--embedding", "random.npy"], "not a valid .npy file"),
     (["evaluate", "behavior", "--embedding", "missing.npy"], "no such file"),
     (["evaluate", "behavior"], "either --embedding"),
+    (["evaluate", "behavior", "--embedding", "spose", "--ids", "ids.txt"], "takes no --ids"),
     ([*EVAL, "--corruptions", "blur"], "goes with --model"),
     ([*EVAL_MODEL, "--corruptions", "blur", "--severity", "3-1"], "runs backwards"),
     ([*EVAL_MODEL, "--corruptions", "blur", "--severity", "0-2"], "from 1 to 5"),
@@ -261,6 +263,7 @@ ROWS = [
     (["simulate", "meg", "--out", "outdir"], "is a directory"),
     (["simulate", "meg", "--out", "sim.h5"], "exists; use --force"),
     (["simulate", "meg", "--out", "s.h5", "--noise", "0"], "'noise'"),
+    (["simulate", "meg", "--out", "s.h5", "--export-mat", "mine.mat"], "mine.json exists"),
     # ---------------------------------------------------------------- the command line itself
     (["fit", "behavior", "--no-such-option"], "No such option"),
     (["frobnicate"], "No such command"),

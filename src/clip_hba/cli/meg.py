@@ -387,11 +387,12 @@ def simulate_meg_command(
     """
     from clip_hba.meg.simulate import simulate_meg
     from clip_hba.meg.store import RDMStore
-    from clip_hba.meg.writer import check_out_file
+    from clip_hba.meg.writer import check_out_file, sidecar_path
 
     check_out_file(out, force)
     if export_mat is not None:
         check_out_file(export_mat, force, "sim.mat")
+        check_out_file(sidecar_path(export_mat), force, "sim.json")
 
     config = SimulationConfig(
         n_concepts=concepts,

@@ -262,9 +262,10 @@ def evaluate_embedding_file(
     if plot is not None:
         check_figure_path(plot)
     default_ids = None if ids is not None else load_concepts(data_dir).ids
-    embedding = named_embedding(path, data_dir) or read_embedding(
-        path, ids=ids, default_ids=default_ids
-    )
+    embedding = named_embedding(path, data_dir)
+    if embedding is not None and ids is not None:
+        raise InputError(f"--embedding {path} is the bundled SPoSE embedding: it takes no --ids.")
+    embedding = embedding or read_embedding(path, ids=ids, default_ids=default_ids)
     result = evaluate_behavior(embedding, data_dir=data_dir, **settings)  # type: ignore[arg-type]
     if plot is not None:
         rdms = rdm48_rdms(embedding, result.rdm_metric, data_dir)  # type: ignore[arg-type]

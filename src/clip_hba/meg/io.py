@@ -344,7 +344,10 @@ def _check_source(source: Path) -> None:
 def _load_npy(source: Path) -> np.ndarray:
     """A memory map of a ``.npy`` file of real numbers, or one clear error why not."""
     _check_source(source)
-    data = load_npy(source, mmap_mode="r")
+    try:
+        data = load_npy(source, mmap_mode="r")
+    except OSError as err:
+        raise InputError(f"Cannot read {source}: {err.strerror or err}.") from None
     if data.dtype.kind not in "fiu":
         raise InputError(f"{source} holds {data.dtype} values; RDMs must be real numbers.")
     return data
