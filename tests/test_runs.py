@@ -344,3 +344,18 @@ def test_runs_of_0_based_versions_load_the_same_blocks(bert, store, tmp_path):
 
     _as_saved_by_0_based_versions(meg, old_meg)
     np.testing.assert_array_equal(embed_times(load_run(meg).model, inputs).values, before)
+
+
+def test_resume_accepts_a_copy_of_the_base_model_elsewhere(bert, tmp_path):
+    import shutil
+
+    from clip_hba._validation import InputError
+
+    out = tmp_path / "run"
+    fit_behavior(behavior_config(bert, out, epochs=1), verbose=False)
+    copy = shutil.copytree(bert, tmp_path / "copy")  # e.g. the same model on a compute node
+    resumed = fit_behavior(behavior_config(copy, out, epochs=2), resume=True, verbose=False)
+    assert len(resumed.log) == 3 and RunDir(out).fit_config().model == str(copy.resolve())
+    other = make_tiny_bert(tmp_path / "other", seed=1)
+    with pytest.raises(InputError, match="is not the model it was trained from"):
+        fit_behavior(behavior_config(other, out, epochs=3), resume=True, verbose=False)

@@ -69,8 +69,9 @@ class _Config:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def free_to_change(self) -> frozenset[str]:
-        """Settings that may differ when this run is resumed (budgets, the path of ``out``)."""
-        return self.resumable | {"out"}
+        """Settings that may differ when this run is resumed (budgets, the path of ``out``, and
+        where the base model lies: a resume checks that it is the same model)."""
+        return self.resumable | {"out", "model"}
 
 
 def _local_path(value: str | None) -> str | None:
@@ -155,7 +156,7 @@ class BehaviorFitConfig(_Config):
     def free_to_change(self) -> frozenset[str]:
         # a cosine schedule spans `epochs`: changing it would change every learning rate
         fixed = {"epochs"} if self.lr_schedule == "cosine" else set()
-        return (self.resumable - fixed) | {"out"}
+        return (self.resumable - fixed) | {"out", "model"}
 
 
 @dataclass

@@ -80,6 +80,7 @@ class Trainer(Protocol):
 
     config: FitConfig
     run: RunDir
+    base_fingerprint: str  # of the base model, before adapters (`backbone_fingerprint`)
     progress: Progress
     log: list[dict]
     optimizer: torch.optim.Optimizer | None
@@ -158,6 +159,7 @@ def training_run(
     fails leaves no status, which reads as unfinished.
     """
     if resume:
+        trainer.run.check_same_base(trainer.base_fingerprint, trainer.config.model)
         trainer.resume()
         trainer.run.update_budgets(trainer.config)
     else:

@@ -160,10 +160,12 @@ class RunDir:
         """The settings to resume with: the run's own, with the ones the user gave.
 
         ``options_given`` are the command-line options given (``{"--lr", "--epochs"}``); the
-        settings of the others are the run's. Without it (the Python API), a setting that
-        differs from the config class's default counts as given. A given setting with another
-        value than the run's is refused, naming its option, unless it is free to change
-        (`FitConfig.free_to_change`: the epoch limits, patience, the time budget, the device).
+        settings of the others are the run's. Without it (the Python API), the required
+        settings and every setting that differs from the config class's default count as given.
+        A given setting with another value than the run's is refused, naming its option, unless
+        it is free to change (`FitConfig.free_to_change`: the epoch limits, patience, the time
+        budget, the device, and the base model's path: `check_same_base` then compares the
+        model itself).
         """
         if not self.file(LAST_FILE).is_file():
             raise InputError(f"Nothing to resume in {self.path}: it holds no {LAST_FILE}.")
@@ -174,7 +176,7 @@ class RunDir:
         if options_given is None:
             required = {name: getattr(config, name) for name in _required_fields(cls)}
             default = _flat(cls(**required).to_dict())  # type: ignore[arg-type]
-            given = {k for k, v in current.items() if v != default.get(k)}
+            given = {k for k, v in current.items() if v != default.get(k)} | set(required)
         else:
             given = {k for k in current if set(_option_name(k).split("/")) & set(options_given)}
         free = config.free_to_change()
@@ -195,6 +197,15 @@ class RunDir:
                 "out to keep the run's setting, or start a new run in another --out."
             )
         return cls.from_dict(_nested(merged))
+
+    def check_same_base(self, fingerprint: str, model: str) -> None:
+        """Refuse to resume from another base model than the run's (a copy elsewhere is fine)."""
+        saved = self.description.get("base_model_fingerprint")
+        if saved is not None and saved != fingerprint:
+            raise InputError(
+                f"Cannot resume {self.path}: --model {model} is not the model it was trained "
+                f"from ({self.description.get('base_model')}); give that model or a copy of it."
+            )
 
     def update_budgets(self, config: FitConfig) -> None:
         """Record a resumed run's new limits (epochs, patience, time budget) in config.json."""
