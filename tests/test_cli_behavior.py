@@ -115,14 +115,14 @@ def test_fit_bad_inputs_are_one_line_errors(capsys, setup, tmp_path):
         *run(capsys, *common, "--images", str(tmp_path / "nowhere")), "does not exist"
     )
     assert_one_line_error(
-        *run(capsys, *common, "--images", str(images), "--layers", "7"), "'layers'"
+        *run(capsys, *common, "--images", str(images), "--layers", "7"), "'--layers'"
     )
     assert_one_line_error(
         *run(capsys, *common, "--images", str(images), "--layers", "x"), "--layers"
     )
     assert_one_line_error(*run(capsys, *common), "needs concept images")
     assert_one_line_error(
-        *run(capsys, *common, "--text-template", "{name}"), "'text_template'", "{name}"
+        *run(capsys, *common, "--text-template", "{name}"), "'--text-template'", "{name}"
     )
     assert_one_line_error(
         *run(capsys, *common[:2], "--model", str(tmp_path), "--out", "x"),
@@ -221,8 +221,8 @@ def test_cli_all_images_augmentation_geometry_and_corruptions(capsys, tmp_path):
     assert [r["severity"] for r in result["corruptions"]["noise"]] == [2, 4]
     assert result["exemplar"] == "all" and (tmp_path / "robust.png").is_file()
     for bad, message in (
-        (["--corruptions", "fog"], "'corruptions'"),
-        (["--corruptions", "blur", "--severity", "7"], "'severity'"),
+        (["--corruptions", "fog"], "'--corruptions'"),
+        (["--corruptions", "blur", "--severity", "7"], "'--severity'"),
     ):
         assert_one_line_error(
             *run(capsys, "evaluate", "behavior", "--model", str(tmp_path / "run"), *bad), message

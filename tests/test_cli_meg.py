@@ -177,7 +177,7 @@ def test_embed_layers_is_batch_independent(tmp_path):
     [
         (["meg", "info", "missing.h5"], ["No RDM store"]),
         (["meg", "import", "x.weird", "--out", "s.h5"], ["Cannot tell the format"]),
-        (["simulate", "meg", "--out", "s.h5", "--noise", "0"], ["'noise'"]),
+        (["simulate", "meg", "--out", "s.h5", "--noise", "0"], ["'--noise'"]),
         (
             ["fit", "meg", "--store", "s.h5", "--model", "m", "--loss-weights", "1,0"],
             ["'--loss-weights'", "'1,0'"],

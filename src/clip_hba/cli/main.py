@@ -32,6 +32,7 @@ from clip_hba.cli.options import (
     SkipMissingOption,
     check_outputs,
     emit,
+    with_option_names,
 )
 from clip_hba.models.config import InputConfig
 
@@ -446,7 +447,7 @@ def _run(argv: list[str] | None) -> int | None:
     try:
         return app(args=argv, prog_name="clip-hba", standalone_mode=False)
     except InputError as err:
-        _fail(str(err))
+        _fail(with_option_names(str(err)))
     except typer.TyperException as err:  # usage errors of the command line itself
         ctx = getattr(err, "ctx", None)
         if type(err).__name__ == "NoArgsIsHelpError":

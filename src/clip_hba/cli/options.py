@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ import typer
 
 from clip_hba._io import check_output_file, write_json_atomic
 from clip_hba._validation import InputError
+from clip_hba.training.config import option_name
 
 __all__ = [
     "AllowRandomInitOption",
@@ -41,6 +43,7 @@ __all__ = [
     "path_or_none",
     "split_list",
     "time_window",
+    "with_option_names",
     "with_options",
 ]
 
@@ -183,6 +186,15 @@ def time_window(text: str | None, option: str = "--time-window") -> tuple[float,
 
 def path_or_none(value: Path | None) -> str | None:
     return None if value is None else str(value)
+
+
+_SETTING = re.compile(r"Invalid value for '([a-z][a-z0-9_]*)'")
+
+
+def with_option_names(message: str) -> str:
+    """``message`` with a setting's name (``'weight_decay'``) replaced by its command-line
+    option (``'--weight-decay'``): the library names its settings, the command line options."""
+    return _SETTING.sub(lambda m: f"Invalid value for '{option_name(m[1])}'", message)
 
 
 def options_given(ctx: typer.Context) -> frozenset[str]:

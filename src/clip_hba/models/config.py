@@ -105,8 +105,7 @@ class AdapterConfig:
             raise InputError(
                 f"Invalid value for 'rank': expected an integer >= 1, got {self.rank}."
             )
-        if self.alpha <= 0:
-            raise InputError(f"Invalid value for 'alpha': expected a number > 0, got {self.alpha}.")
+        check_range("alpha", self.alpha, 0, math.inf, low_open=True, high_open=True)
         if not 0 <= self.dropout < 1:
             raise InputError(f"Invalid value for 'dropout': expected [0, 1), got {self.dropout}.")
 

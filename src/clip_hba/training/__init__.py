@@ -26,6 +26,7 @@ from clip_hba.training.config import (
     BehaviorFitConfig,
     FitConfig,
     MegFitConfig,
+    option_name,
 )
 
 _MODULES = {
@@ -154,6 +155,7 @@ __all__ = [
     "meg_targets",
     "optimizer_from_tensors",
     "optimizer_tensors",
+    "option_name",
     "prefix_key",
     "rdm_correlations",
     "rdm_loss",

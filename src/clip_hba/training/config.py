@@ -37,6 +37,7 @@ __all__ = [
     "BehaviorFitConfig",
     "FitConfig",
     "MegFitConfig",
+    "option_name",
 ]
 
 AUGMENTATIONS = ("none", "standard")  # of training images (see clip_hba.data.transforms)
@@ -72,6 +73,39 @@ class _Config:
         """Settings that may differ when this run is resumed (budgets, the path of ``out``, and
         where the base model lies: a resume checks that it is the same model)."""
         return self.resumable | {"out", "model"}
+
+
+# settings whose command-line option is not "--" + the setting's name with dashes
+_OPTIONS = {
+    "adapter.label_layers": "--text-layers",
+    "adapter.use_dora": "--dora/--no-dora",
+    "adapter.dropout": "--adapter-dropout",
+    "head.kind": "--head",
+    "meg.noise": "--no-noise",
+    "init_meg": "--group-run",
+    "time_budget_s": "--time-budget",
+    "participant": "--participant",
+    "exclude_participants": "--exclude-participants",
+}
+
+
+def option_name(key: str) -> str:
+    """The command-line option of a setting, flattened (``adapter.rank`` -> ``--rank``) or by
+    its own name (``time_budget_s`` -> ``--time-budget``)."""
+    if key in _OPTIONS:
+        return _OPTIONS[key]
+    leaf = key.rsplit(".", 1)[-1]
+    return _LEAF_OPTIONS.get(leaf, "--" + leaf.replace("_", "-"))
+
+
+# the same for names that mean one setting wherever they appear in an error message
+_LEAF_OPTIONS = {
+    "label_layers": "--text-layers",
+    "dropout": "--adapter-dropout",
+    "time_budget_s": "--time-budget",
+    "init_meg": "--group-run",
+    "asymmetry": "--asymmetric",
+}
 
 
 def _local_path(value: str | None) -> str | None:
@@ -143,9 +177,9 @@ class BehaviorFitConfig(_Config):
         check_option("augment", self.augment, AUGMENTATIONS)
         _check_at_least(self, ("seed",), 0)
         check_range("rdm_loss_weight", self.rdm_loss_weight, 0, math.inf, high_open=True)
-        check_range("weight_decay", self.weight_decay, 0)
+        check_range("weight_decay", self.weight_decay, 0, math.inf, high_open=True)
         _check_at_least(self, ("epochs", "batch_size", "patience"), 1)
-        check_range("lr", self.lr, 0, low_open=True)
+        check_range("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
         check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         if self.max_concepts is not None and self.max_concepts < 4:
             raise InputError(
@@ -249,7 +283,7 @@ class MegFitConfig(_Config):
                 "init 'base' takes the behaviour run's label embeddings with the base model's "
                 "tower: give --init-behavior too."
             )
-        check_range("weight_decay", self.weight_decay, 0)
+        check_range("weight_decay", self.weight_decay, 0, math.inf, high_open=True)
         check_range("improvement_confidence", self.improvement_confidence, 0, 1, high_open=True)
         _check_at_least(self, ("batch_size", "patience", "stage0_epochs"), 1)
         _check_at_least(self, ("stage1_epochs",), 0)
@@ -258,8 +292,8 @@ class MegFitConfig(_Config):
                 f"Invalid value for 'batch_size': RDMs need at least 3 concepts, got "
                 f"{self.batch_size}."
             )
-        check_range("stage0_lr", self.stage0_lr, 0, low_open=True)
-        check_range("stage1_lr", self.stage1_lr, 0, low_open=True)
+        check_range("stage0_lr", self.stage0_lr, 0, math.inf, low_open=True, high_open=True)
+        check_range("stage1_lr", self.stage1_lr, 0, math.inf, low_open=True, high_open=True)
         self._check_loss_weights()
         for name in ("val_fraction", "test_fraction"):
             check_range(name, getattr(self, name), 0, 1, low_open=True, high_open=True)

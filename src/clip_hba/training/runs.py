@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from clip_hba import __version__
 from clip_hba._io import read_json, write_atomic, write_json_atomic, write_text_atomic
 from clip_hba._validation import InputError, check_option
-from clip_hba.training.config import BehaviorFitConfig, FitConfig, MegFitConfig
+from clip_hba.training.config import BehaviorFitConfig, FitConfig, MegFitConfig, option_name
 
 __all__ = [
     "CONFIG_FILE",
@@ -178,7 +178,7 @@ class RunDir:
             default = _flat(cls(**required).to_dict())  # type: ignore[arg-type]
             given = {k for k, v in current.items() if v != default.get(k)} | set(required)
         else:
-            given = {k for k in current if set(_option_name(k).split("/")) & set(options_given)}
+            given = {k for k in current if set(option_name(k).split("/")) & set(options_given)}
         free = config.free_to_change()
         merged, changed = dict(saved), []
         for key, value in current.items():
@@ -190,7 +190,7 @@ class RunDir:
                     changed.append(key)
         if changed:
             detail = "; ".join(
-                f"{_option_name(k)} {saved.get(k)!r} -> {current[k]!r}" for k in changed[:3]
+                f"{option_name(k)} {saved.get(k)!r} -> {current[k]!r}" for k in changed[:3]
             )
             raise InputError(
                 f"Cannot resume {self.path} with other settings ({detail}); leave the option "
@@ -358,25 +358,6 @@ def _required_fields(cls: type) -> set[str]:
         for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
-
-
-# settings whose command-line option is not "--" + the setting's name with dashes
-_OPTIONS = {
-    "adapter.label_layers": "--text-layers",
-    "adapter.use_dora": "--dora/--no-dora",
-    "adapter.dropout": "--adapter-dropout",
-    "head.kind": "--head",
-    "meg.noise": "--no-noise",
-    "init_meg": "--group-run",
-    "time_budget_s": "--time-budget",
-    "participant": "--participant",
-    "exclude_participants": "--exclude-participants",
-}
-
-
-def _option_name(key: str) -> str:
-    """The command-line option of a flattened setting, e.g. ``adapter.rank`` -> ``--rank``."""
-    return _OPTIONS.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
 
 
 def find_runs(folder: str | os.PathLike) -> dict[str, RunDir]:
