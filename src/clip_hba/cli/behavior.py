@@ -63,7 +63,7 @@ def fit_behavior_command(
     ] = BEHAVIOR.batch_size,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = BEHAVIOR.lr,
     weight_decay: Annotated[
-        float, typer.Option(min=0.0, help="AdamW weight decay.")
+        float, typer.Option(help="AdamW weight decay (>= 0).")
     ] = BEHAVIOR.weight_decay,
     patience: Annotated[
         int,

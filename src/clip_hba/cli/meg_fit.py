@@ -116,7 +116,6 @@ BudgetOption = Annotated[
     float | None,
     typer.Option(
         "--time-budget",
-        min=0.0,
         help="A safety stop after this many seconds of training (best epoch kept); results then "
         "depend on the machine's speed (metrics.json says stopped_by_time_budget).",
     ),
@@ -159,7 +158,7 @@ FreezeMagnitudeOption = Annotated[
         "(the reference's).",
     ),
 ]
-WeightDecayOption = Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")]
+WeightDecayOption = Annotated[float, typer.Option(help="AdamW weight decay (>= 0).")]
 ConfidenceOption = Annotated[
     float,
     typer.Option(
