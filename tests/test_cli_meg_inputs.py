@@ -160,8 +160,8 @@ def test_export_then_import_round_trips_without_options(capsys, simulated, tmp_p
     assert_one_line_error(*result, "export.mat exists", "--force")
     code, _, _ = run(capsys, "meg", "export", str(simulated), "--out", str(mat), "--force")
     assert code == 0
-    (tmp_path / "dir").mkdir()
-    result = run(capsys, "meg", "export", str(simulated), "--out", str(tmp_path / "dir"))
+    (tmp_path / "dir.mat").mkdir()
+    result = run(capsys, "meg", "export", str(simulated), "--out", str(tmp_path / "dir.mat"))
     assert_one_line_error(*result, "is a directory", "rdms.mat")
 
 

@@ -135,10 +135,14 @@ def test_unwritable_output_folder_is_refused_before_work(tmp_path, capsys, monke
     read_only = tmp_path / "ro"
     read_only.mkdir()
     read_only.chmod(0o555)
-    if os.geteuid() == 0:  # root may write anywhere: make the folder read-only as a user sees it
-        access = os.access
+    if os.geteuid() == 0:  # root may write anywhere: make the folder refuse files as for a user
+        from clip_hba import _io
+
+        refuses = _io._refuses_files
         monkeypatch.setattr(
-            os, "access", lambda p, mode: access(p, mode) and os.fspath(p) != str(read_only)
+            _io,
+            "_refuses_files",
+            lambda folder: "Permission denied" if folder == read_only else refuses(folder),
         )
     try:
         code, _, err = run(capsys, *(a.format(ro=read_only) for a in args))

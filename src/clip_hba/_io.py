@@ -71,11 +71,23 @@ def _check_creatable(folder: Path, path: Path, option: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"Cannot write {option} {path}: {existing} is a file, not a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    refused = _refuses_files(existing)
+    if refused:
         raise InputError(
-            f"Cannot write {option} {path}: the folder {existing} is not writable (permission "
-            "denied)."
+            f"Cannot write {option} {path}: the folder {existing} is not writable ({refused})."
         )
+
+
+def _refuses_files(folder: Path) -> str | None:
+    """Why ``folder`` takes no new file, or None. A real try, not `os.access`, which can be
+    wrong under ACLs, root squash or read-only mounts (and says yes to root everywhere)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".clip-hba-probe.", dir=folder)
+    except OSError as err:
+        return err.strerror or str(err)
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def temp_path_beside(path: str | os.PathLike) -> Path:

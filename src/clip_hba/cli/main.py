@@ -456,6 +456,9 @@ def _run(argv: list[str] | None) -> int | None:
         # typer validates some values through pydantic, whose messages start "Value error, "
         message = err.format_message().replace("Value error, ", "")
         _fail(message + where, getattr(err, "exit_code", EXIT_BAD_INPUT))
+    except OSError as err:  # the file system refused (a path under /proc, a full disk): no trace
+        where = f" {err.filename}" if err.filename else ""
+        _fail(f"Cannot use{where}: {err.strerror or err}.")
     except typer.Abort as err:  # what click makes of an EOFError nobody caught
         _fail(f"unexpected end of input ({err.__context__ or 'a file or stdin ended early'}).")
     return None

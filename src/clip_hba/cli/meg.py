@@ -217,7 +217,7 @@ def info_command(
     from clip_hba.meg.store import RDMStore
     from clip_hba.meg.writer import warn_unknown_concepts
 
-    window = parse_window(quality_window)
+    window = parse_window(quality_window, "--quality-window")
     with RDMStore(store) as opened:
         warn_unknown_concepts(opened.concept_ids, str(store))
         summary = opened.info(nan_share=nan_share)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -181,6 +182,10 @@ def time_window(text: str | None, option: str = "--time-window") -> tuple[float,
         raise InputError(
             f"Invalid value for '{option}': expected START,STOP in ms, got {text!r}."
         ) from None
+    if not (math.isfinite(start) and math.isfinite(stop) and start < stop):
+        raise InputError(
+            f"Invalid value for '{option}': expected finite START < STOP in ms, got {text!r}."
+        )
     return start, stop
 
 

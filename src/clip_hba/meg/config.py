@@ -78,7 +78,8 @@ class SimulationConfig:
             raise InputError(
                 f"Invalid value for 'participants': expected >= 1, got {self.n_participants}."
             )
-        if not (self.step_ms > 0 and self.tmax_ms > self.tmin_ms):
+        times = (self.tmin_ms, self.tmax_ms, self.step_ms)
+        if not (all(np.isfinite(times)) and self.step_ms > 0 and self.tmax_ms > self.tmin_ms):
             raise InputError(
                 f"Invalid time axis {self.tmin_ms:g}..{self.tmax_ms:g} ms in steps of "
                 f"{self.step_ms:g} ms."

@@ -120,6 +120,8 @@ def import_rdms(
     sources = [Path(s) for s in sources]
     if not sources:
         raise InputError("Give at least one source to import.")
+    if any(Path(out).resolve() == s.resolve() for s in sources):
+        raise InputError(f"--out {out} is one of the sources being imported; give another file.")
     kind = guess_format(sources) if format == "auto" else format
     if kind in ("things-mat", "npy", "bids") and len(sources) != 1:
         raise InputError(f"--format {kind} takes one source, got {len(sources)}.")

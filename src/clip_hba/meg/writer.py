@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,7 @@ class StoreWriter:
         shape = (len(self.participant_ids), len(self.times_ms), self.n_pairs)
         if self.path.is_dir():
             raise InputError(f"Cannot write the store {self.path}: it is a directory.")
+        _check_free_space(self.path, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         self._tmp = temp_path_beside(self.path)
         try:
             self._file = h5py.File(self._tmp, "w")
@@ -284,6 +287,19 @@ def warn_unknown_concepts(
     return unknown
 
 
+def _check_free_space(path: Path, n_bytes: int) -> None:
+    """Refuse a store that cannot fit: HDF5 may crash, not raise, when the disk fills up."""
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if n_bytes > free:
+        raise InputError(
+            f"The store {path} needs {n_bytes / 1e9:.2f} GB but its folder has {free / 1e9:.2f} GB "
+            "free; free some space, or write it elsewhere (--out)."
+        )
+
+
 def _check_axes(
     concept_ids: tuple[str, ...], participant_ids: tuple[str, ...], times_ms: np.ndarray
 ) -> None:
@@ -333,6 +349,15 @@ def export_things_mat(
     ``variable``, ``kind``), which `clip_hba.meg.io.import_things_mat` reads, so an export
     imports back without options. Without ``force`` an existing ``out`` or sidecar is refused.
     """
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,62}", variable):
+        raise InputError(
+            f"Invalid value for 'variable': {variable!r} is not a MATLAB variable name (a letter, "
+            "then letters, digits or _)."
+        )
+    if Path(out).suffix.lower() != ".mat":
+        raise InputError(f"--out {out}: the export is a MATLAB file; give a name ending in .mat.")
+    if Path(out).resolve() == Path(store).resolve():
+        raise InputError(f"--out {out} is the store being exported; give another file.")
     out = check_out_file(out, force, "rdms.mat")
     sidecar = refuse_existing(sidecar_path(out), force)
     with RDMStore(store) as source:
