@@ -34,6 +34,7 @@ def _files(root):
     return {
         str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
         for p in root.rglob("*")
+        if p.is_file() or p.is_dir()
     }
 
 
@@ -65,6 +66,7 @@ def workspace(tmp_path_factory, spose):
     assert code == 0
     # files
     (root / "afile").write_text("not a folder\n")
+    os.mkfifo(root / "fifo")
     (root / "mine.json").write_text('{"concept_ids": ["a", "b", "c"]}\n')  # a user's sidecar
     (root / "outdir").mkdir()
     (root / "empty.npy").write_bytes(b"")
@@ -208,6 +210,7 @@ ROWS = [
     # ---------------------------------------------------------------- evaluate behavior
     ([*EVAL, "--out", "afile/x.json"], "afile is a file, not a folder"),
     ([*EVAL, "--out", "outdir"], "is a folder"),
+    ([*EVAL, "--out", "fifo"], "not a regular file"),
     ([*EVAL, "--plot", "rdm.weird"], "rdm.weird"),
     (["evaluate", "behavior", "--embedding", "short.txt"], "short.txt"),
     (["evaluate", "behavior", "--embedding", "nan.txt"], "NaN"),

@@ -149,3 +149,13 @@ def test_unwritable_output_folder_is_refused_before_work(tmp_path, capsys, monke
     finally:
         read_only.chmod(0o755)
     assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_symbolic_link_is_followed_and_kept(tmp_path):
+    target = tmp_path / "results" / "x.json"
+    target.parent.mkdir()
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_json_atomic(link, {"x": 2})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"x": 2}

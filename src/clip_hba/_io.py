@@ -29,10 +29,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The rename is atomic on POSIX file systems, so readers see either the old file or the new one.
+    A symbolic link is followed: its target is replaced, the link stays.
     The file gets the permissions of any new file (``0666`` less the umask), not ``mkstemp``'s
     ``0600``; the temporary file is removed if ``write`` fails.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     tmp_path = temp_path_beside(path)
     try:
         write(tmp_path)
@@ -100,6 +101,8 @@ def temp_path_beside(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"Cannot write {path}: it is a directory.")
+    if path.exists() and not path.is_file():  # a device or FIFO: a rename would replace it
+        raise InputError(f"Cannot write {path}: it is not a regular file; give a file path.")
     _check_creatable(path.parent, path, "output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -352,10 +352,10 @@ def embed_command(
         bool,
         typer.Option(
             help="Instead of the 66-d head, write every block's pooled feature (CLIP: class "
-            "token through the final norm and projection, for a MEG run as its "
-            "--layer-features; text: mean over tokens) as an .npz of shape (blocks, items, "
-            "dim), labelled block_1 (the first block) ..., for `meg rsa`'s layer x time "
-            "matrix."
+            "token through the final norm and projection; text: mean over tokens) as an .npz "
+            "of shape (blocks, items, dim), labelled block_1 (the first block) ..., for `meg "
+            "rsa`'s layer x time matrix. Behaviour runs and base models (a MEG run embeds per "
+            "timepoint)."
         ),
     ] = False,
     per_image: Annotated[

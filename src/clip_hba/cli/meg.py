@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from clip_hba._validation import InputError
 from clip_hba.cli.options import DataDirOption, emit, split_list
 from clip_hba.cli.options import time_window as parse_window
 from clip_hba.evaluation.config import TimeRSAConfig
@@ -369,7 +370,7 @@ def simulate_meg_command(
         float, typer.Option(min=0.0, help="Scales every component's weight (1 = default mix).")
     ] = SIMULATION.signal,
     noise: Annotated[
-        float, typer.Option(min=0.0, help="Noise standard deviation (signal units).")
+        float, typer.Option(help="Noise standard deviation (signal units, finite and > 0).")
     ] = SIMULATION.noise,
     export_mat: Annotated[
         Path | None,
@@ -391,6 +392,8 @@ def simulate_meg_command(
 
     check_out_file(out, force)
     if export_mat is not None:
+        if Path(export_mat).resolve() == Path(out).resolve():
+            raise InputError("--export-mat must be another file than --out (the store).")
         check_out_file(export_mat, force, "sim.mat")
         check_out_file(sidecar_path(export_mat), force, "sim.json")
 

@@ -84,8 +84,10 @@ class SimulationConfig:
                 f"Invalid time axis {self.tmin_ms:g}..{self.tmax_ms:g} ms in steps of "
                 f"{self.step_ms:g} ms."
             )
-        if not self.noise > 0:
-            raise InputError(f"Invalid value for 'noise': expected > 0, got {self.noise}.")
+        if not (self.noise > 0 and np.isfinite(self.noise)):
+            raise InputError(
+                f"Invalid value for 'noise': expected a finite number > 0, got {self.noise}."
+            )
         if not self.signal >= 0:
             raise InputError(f"Invalid value for 'signal': expected >= 0, got {self.signal}.")
 

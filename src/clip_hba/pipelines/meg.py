@@ -286,7 +286,11 @@ def specificity_of_runs(
         inputs = concept_inputs(
             model.backbone, held_out, inputs_config, config.data_dir, things_ids_only=False
         )
-        model_rdms[participant] = rdm(embed_times(model, inputs).values, "pearson")  # (T, pairs)
+        # whose model it is: the participant the run was trained on, not the folder's name
+        own = config.participant or participant
+        if own in model_rdms:
+            raise InputError(f"{run_dir} and another run are both models of participant {own!r}.")
+        model_rdms[own] = rdm(embed_times(model, inputs).values, "pearson")  # (T, pairs)
     assert times is not None and held_out is not None
     with RDMStore(store) as opened:
         meg = opened.read((float(times[0]), float(times[-1])), held_out, list(runs))
