@@ -174,3 +174,15 @@ def test_misordered_categories_file_is_rejected(user_data_dir):
     path.write_text("".join(lines), encoding="utf-8")
     with pytest.raises(InputError, match="not in official order"):
         load_concepts(user_data_dir)
+
+
+def test_a_damaged_things_file_is_one_clear_error(tmp_path):
+    import shutil
+
+    from clip_hba._validation import InputError
+    from clip_hba.data import bundled_data_dir, load_rdm48
+
+    data = shutil.copytree(bundled_data_dir(), tmp_path / "things")
+    (data / "RDM48_triplet.mat").write_bytes(b"")
+    with pytest.raises(InputError, match="damaged or truncated.*--data-dir"):
+        load_rdm48(data)

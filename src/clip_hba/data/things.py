@@ -28,10 +28,10 @@ import hashlib
 import importlib.resources
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import scipy.io
@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DATA_DIR_ENV = "CLIP_HBA_THINGS_DIR"
 N_CONCEPTS = 1854
@@ -86,6 +87,26 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if not path.is_dir():
         raise InputError(f"THINGS data directory {chosen} does not exist or is not a directory.")
     return path
+
+
+def _readable(load: Callable[..., T]) -> Callable[..., T]:
+    """``load(data_dir, ...)``, with a damaged THINGS file reported in one line (a truncated
+    .mat or a table cut short raises whatever its reader raises)."""
+
+    @functools.wraps(load)
+    def wrapper(data_dir: Path, *args: Any) -> T:
+        try:
+            return load(data_dir, *args)
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError, IndexError, scipy.io.matlab.MatReadError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(
+                f"A THINGS data file in {data_dir} is damaged or truncated ({reason}); check "
+                "--data-dir (or CLIP_HBA_THINGS_DIR), or leave it out for the bundled files."
+            ) from None
+
+    return wrapper
 
 
 def _file(data_dir: Path, name: str) -> Path:
@@ -161,6 +182,7 @@ def load_concepts(data_dir: str | os.PathLike | None = None) -> Concepts:
 
 
 @functools.lru_cache(maxsize=4)
+@_readable
 def _load_concepts(data_dir: Path) -> Concepts:
     ids = _read_unique_ids(data_dir)
     table = _read_tsv(_file(data_dir, "things_concepts.tsv"))
@@ -249,6 +271,7 @@ def named_embedding(
 
 
 @functools.lru_cache(maxsize=4)
+@_readable
 def _load_spose(data_dir: Path) -> ConceptEmbedding:
     ids = _read_unique_ids(data_dir)
     values = np.loadtxt(_file(data_dir, "spose_embedding_66d_sorted.txt"), ndmin=2)
@@ -305,6 +328,7 @@ def load_rdm48(data_dir: str | os.PathLike | None = None) -> RDM:
 
 
 @functools.lru_cache(maxsize=4)
+@_readable
 def _load_rdm48(data_dir: Path) -> RDM:
     concepts = _load_concepts(data_dir)
     index = np.load(_file(data_dir, "triplet48_index.npy"), allow_pickle=False).astype(np.int64)
@@ -420,6 +444,7 @@ def load_test_triplets(
 
 
 @functools.lru_cache(maxsize=4)
+@_readable
 def _load_test_triplets(data_dir: Path, index_order: str) -> Triplets:
     path = _file(data_dir, "test_triplets.csv")
     table = np.loadtxt(path, dtype=np.int64, ndmin=2)
