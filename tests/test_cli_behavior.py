@@ -20,7 +20,7 @@ def setup(tmp_path_factory):
     return make_tiny_clip(root / "clip"), make_things_images(root / "images", CONCEPTS)
 
 
-def test_fit_then_embed_then_evaluate(capsys, setup, tmp_path):
+def test_fit_then_embed_then_evaluate(capsys, caplog, setup, tmp_path):
     model, images = setup
     code, out, _ = run(
         capsys,
@@ -78,6 +78,14 @@ def test_fit_then_embed_then_evaluate(capsys, setup, tmp_path):
     assert result["n_concepts"] == len(CONCEPTS) and result["n_rdm48_concepts"] == 48
     with np.load(tmp_path / "emb.npz") as archive:
         assert archive["embedding"].shape == (len(CONCEPTS), 66)
+    # a folder with only some of the run's concepts: embedded, and the others named
+    part = make_things_images(tmp_path / "part", CONCEPTS[:5])
+    code, out, _ = run(
+        capsys, "embed", "--model", str(tmp_path / "run"), "--images", str(part),
+        "--out", str(tmp_path / "part.npz"), "--quiet",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["n_rows"] == 5
+    assert f"{len(CONCEPTS) - 5} of the {len(CONCEPTS)} concepts of the run" in caplog.text
 
 
 def test_fit_help_lists_the_options(capsys):

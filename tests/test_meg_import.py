@@ -492,7 +492,7 @@ def test_export_writes_a_sidecar_that_imports_back(tmp_path, rng):
     with pytest.raises(InputError, match="x.json exists; use --force"):
         (tmp_path / "x.mat").unlink()
         export_things_mat(source, tmp_path / "x.mat", force=False, verbose=False)
-    with pytest.raises(InputError, match="its sidecar x.json would overwrite it"):
+    with pytest.raises(InputError, match="ending in .mat"):  # so the sidecar never is --out
         export_things_mat(source, tmp_path / "x.json", verbose=False)
 
 

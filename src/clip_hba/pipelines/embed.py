@@ -7,11 +7,12 @@ One row per concept (the mean over its images when there are several, with each 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
 from clip_hba._io import check_output_file
-from clip_hba._validation import InputError
+from clip_hba._validation import InputError, preview
 from clip_hba.data.embeddings import (
     save_embedding,
     save_image_embedding,
@@ -24,6 +25,8 @@ from clip_hba.models.inputs import ConceptInputs, concept_inputs
 from clip_hba.training.load import LoadedModel, load_run
 
 __all__ = ["embed_run", "run_inputs"]
+
+logger = logging.getLogger(__name__)
 
 
 def embed_run(
@@ -95,6 +98,7 @@ def embed_run(
     inputs, config, run_data_dir = run_inputs(
         loaded, images, images_csv, exemplar, normalization, skip_missing, data_dir
     )
+    _report_run_concepts_missing(loaded, inputs)
     desc = "Embedding" if verbose else None
     summary: dict[str, Any] = {
         "out": str(out),
@@ -122,6 +126,24 @@ def embed_run(
     embedding = embed(loaded.model, inputs, batch_size, desc)
     save_embedding(out, embedding, inputs.item_ids_of(embedding.concept_ids), with_rdm=with_rdm)
     return {**summary, "n_rows": len(embedding.concept_ids), "n_dims": embedding.n_dims}
+
+
+def _report_run_concepts_missing(loaded: LoadedModel, inputs: ConceptInputs) -> None:
+    """Warn when a run's own concepts are missing from the images embedded (e.g. a partial
+    folder): the output holds fewer concepts than the run was trained and tested on."""
+    if loaded.run is None:
+        return
+    description = loaded.run.description
+    own = list(description.get("concept_images") or {})  # a behaviour run's concepts
+    own = own or [c for part in description.get("split", {}).values() for c in part]  # MEG
+    missing = [c for c in own if c not in set(inputs.concepts)]
+    if missing:
+        logger.warning(
+            "%d of the %d concepts of the run have no input here and are not embedded: %s",
+            len(missing),
+            len(own),
+            preview(missing),
+        )
 
 
 def _check_outputs_combine(with_rdm: bool, layers: bool, per_image: bool) -> None:

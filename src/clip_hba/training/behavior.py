@@ -198,6 +198,11 @@ class BehaviorTrainer:
         checkpoint = self.run.load_checkpoint()
         load_behavior_weights(self.model, checkpoint.tensors)
         restore_checkpoint(self, checkpoint)
+        if self.config.epochs < self.progress.epoch:  # config.json would misstate the run
+            raise InputError(
+                f"Cannot resume {self.run.path} with --epochs {self.config.epochs}: it has "
+                f"trained {self.progress.epoch} epochs already; give at least that many."
+            )
         self.log = self.log[: self.progress.epoch + 1]
 
     def finish(self, outcome: str) -> None:
