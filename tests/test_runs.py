@@ -101,12 +101,9 @@ def test_a_killed_run_is_refused_by_every_consumer(capsys, bert, store, tmp_path
     assert code == 0, err
     assert RunDir(killed).status() == "finished"
     saved = RunDir(killed).fit_config()
-    assert (saved.epochs, saved.patience, saved.max_concepts, saved.adapter.rank) == (
-        3,
-        100000,
-        20,
-        2,
-    )
+    trained = json.loads((killed / "state.json").read_text())["epoch"]  # 3, or more if killed later
+    assert saved.epochs == trained == max(3, trained)
+    assert (saved.patience, saved.max_concepts, saved.adapter.rank) == (100000, 20, 2)
     assert saved.model == str(bert.resolve())
     assert load_run(killed).kind == "behavior"
 

@@ -16,6 +16,7 @@ frozen-prefix cache serves the unaugmented evaluation passes only).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Collection
@@ -198,11 +199,8 @@ class BehaviorTrainer:
         checkpoint = self.run.load_checkpoint()
         load_behavior_weights(self.model, checkpoint.tensors)
         restore_checkpoint(self, checkpoint)
-        if self.config.epochs < self.progress.epoch:  # config.json would misstate the run
-            raise InputError(
-                f"Cannot resume {self.run.path} with --epochs {self.config.epochs}: it has "
-                f"trained {self.progress.epoch} epochs already; give at least that many."
-            )
+        if self.config.epochs < self.progress.epoch:  # "finish now": config.json says so
+            self.config = dataclasses.replace(self.config, epochs=self.progress.epoch)
         self.log = self.log[: self.progress.epoch + 1]
 
     def finish(self, outcome: str) -> None:
