@@ -417,7 +417,7 @@ def demo_command(
     head over the 66 SPoSE labels are trained on the 1,806 training concepts. MEG: on 4
     simulated participants (300 concepts), the group CLIP-HBA-MEG model starts from that run,
     is evaluated on held-out concepts against the base and behaviour models, and one
-    individualized model per participant gives the specificity matrix. About 15 minutes on 2
+    individualized model per participant gives the specificity matrix. About 14 minutes on 2
     CPU cores (measured on a fresh clone). Writes OUT/metrics.json ({"before", "after",
     "meg": ...}), plots, the runs (OUT/run, OUT/meg/...) and prints the metrics as JSON.
     """
