@@ -27,11 +27,13 @@ from clip_hba.cli.options import (
     DeviceOption,
     ImagesCsvOption,
     ImagesOption,
+    PrecisionOption,
     QuietOption,
     RunExemplarOption,
     SkipMissingOption,
     check_outputs,
     emit,
+    launched_rank,
     with_option_names,
 )
 from clip_hba.models.config import InputConfig
@@ -138,6 +140,7 @@ def evaluate_behavior_command(
     ] = None,
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
     allow_unfinished: AllowUnfinishedOption = False,
     allow_random_init: AllowRandomInitOption = False,
     rdm_metric: Annotated[
@@ -201,6 +204,7 @@ def evaluate_behavior_command(
             "--skip-missing": skip_missing,
             "--corruptions": corruptions,
             "--severity": severity,
+            "--precision": precision != "fp32",
         },
     )
     if severity is not None and corruptions is None:
@@ -229,6 +233,7 @@ def evaluate_behavior_command(
             plot=plot,
             allow_unfinished=allow_unfinished,
             allow_random_init=allow_random_init,
+            precision=precision,
         )
         emit(result, out)
         return
@@ -366,6 +371,7 @@ def embed_command(
         ),
     ] = False,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
     data_dir: DataDirOption = None,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_random_init: AllowRandomInitOption = False,
@@ -396,6 +402,7 @@ def embed_command(
         allow_unfinished=allow_unfinished,
         allow_random_init=allow_random_init,
         verbose=not quiet,
+        precision=precision,
     )
     emit(summary)
 
@@ -447,6 +454,8 @@ def _run(argv: list[str] | None) -> int | None:
     try:
         return app(args=argv, prog_name="clip-hba", standalone_mode=False)
     except InputError as err:
+        if launched_rank() > 0:  # under torchrun every process sees the same bad input
+            sys.exit(EXIT_BAD_INPUT)
         _fail(with_option_names(str(err)))
     except typer.TyperException as err:  # usage errors of the command line itself
         ctx = getattr(err, "ctx", None)

@@ -17,6 +17,8 @@ from clip_hba.cli.options import (
     AllowUnfinishedOption,
     DataDirOption,
     DeviceOption,
+    DevicesOption,
+    PrecisionOption,
     QuietOption,
     defaults,
     emit,
@@ -200,6 +202,8 @@ def _training_options(
     time_budget: BudgetOption = MEG.time_budget_s,
     resume: ResumeOption = False,
     device: DeviceOption = MEG.device,
+    precision: PrecisionOption = MEG.precision,
+    devices: DevicesOption = MEG.devices,
     data_dir: DataDirOption = None,
     allow_unfinished: AllowUnfinishedOption = False,
     allow_random_init: AllowRandomInitOption = MEG.allow_random_init,
@@ -246,6 +250,8 @@ def _meg_config(options: dict[str, Any], **own: Any) -> MegFitConfig:
         max_concepts=options["max_concepts"],
         time_budget_s=options["time_budget"],
         device=options["device"],
+        precision=options["precision"],
+        devices=options["devices"],
         data_dir=path_or_none(options["data_dir"]),
         allow_random_init=options["allow_random_init"],
         **own,
@@ -337,12 +343,42 @@ def fit_individual_command(
         Path | None, typer.Option(help="The behaviour run (for --init behavior).")
     ] = None,
     rank: Annotated[int, typer.Option(min=1, help="DoRA rank.")] = INDIVIDUAL_RANK,
+    backend: Annotated[
+        Literal["sequential", "ray"],
+        typer.Option(
+            help="sequential (default): one participant after another here; ray: one Ray task "
+            "per participant (pip install 'clip-hba[ray]')."
+        ),
+    ] = "sequential",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="--backend ray: the cluster, e.g. ray://HOST:10001 (default: a local Ray, "
+            "started and stopped by this command)."
+        ),
+    ] = None,
+    cpus_per_task: Annotated[
+        float,
+        typer.Option(
+            help="--backend ray: CPUs per participant's task (default 1; as many torch threads)."
+        ),
+    ] = 1,
+    gpus_per_task: Annotated[
+        float, typer.Option(help="--backend ray: GPUs per participant's task (default 0).")
+    ] = 0,
+    max_retries: Annotated[
+        int,
+        typer.Option(
+            help="--backend ray: retries of a failed participant, each continuing its "
+            "checkpoint (default 2); then it is reported and the others go on."
+        ),
+    ] = 2,
     **options: Any,
 ) -> None:
     """Fit individualized CLIP-HBA-MEG models: one participant's MEG RDMs each.
 
-    Writes OUT/<participant>/ per participant (one after another with --participant all) and
-    prints each run's metrics.json.
+    Writes OUT/<participant>/ per participant (one after another with --participant all, or
+    one Ray task each with --backend ray) and prints each run's metrics.json.
     """
     from clip_hba.training.individual import fit_individuals
     from clip_hba.training.runs import RunDir
@@ -359,6 +395,11 @@ def fit_individual_command(
         allow_unfinished=options["allow_unfinished"],
         verbose=not options["quiet"],
         options_given=options_given(ctx) if options["resume"] else None,
+        backend=backend,
+        address=address,
+        cpus_per_task=cpus_per_task,
+        gpus_per_task=gpus_per_task,
+        max_retries=max_retries,
     )
     emit({person: RunDir(r.run_dir).read_metrics() for person, r in results.items()})
 
@@ -395,6 +436,7 @@ def evaluate_meg_command(
         typer.Option(help="Concept images, instead of the image folder the runs were trained on."),
     ] = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = "fp32",
     allow_unfinished: AllowUnfinishedOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -419,5 +461,6 @@ def evaluate_meg_command(
         images=images,
         allow_unfinished=allow_unfinished,
         verbose=not quiet,
+        precision=precision,
     )
     emit(summary)

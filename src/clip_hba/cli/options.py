@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +30,12 @@ __all__ = [
     "BatchSizeOption",
     "DataDirOption",
     "DeviceOption",
+    "DevicesOption",
     "ExemplarOption",
     "ImagesCsvOption",
     "ImagesOption",
     "NormalizationOption",
+    "PrecisionOption",
     "QuietOption",
     "RunExemplarOption",
     "SkipMissingOption",
@@ -40,6 +43,7 @@ __all__ = [
     "emit",
     "int_tuple",
     "joined",
+    "launched_rank",
     "options_given",
     "path_or_none",
     "split_list",
@@ -94,6 +98,23 @@ DeviceOption = Annotated[
     typer.Option(help="Torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ..."),
 ]
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+DevicesOption = Annotated[
+    int,
+    typer.Option(
+        help="Data-parallel processes: N processes on this machine (one GPU each with CUDA, "
+        "else the CPU), each running the tower on its share of every batch; the batch stays "
+        "--batch-size in total and the result is the one-process run's. Or launch with "
+        "torchrun / accelerate launch instead (leave this at 1).",
+    ),
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="Number format of the forward passes: fp32, bf16 or fp16 (torch autocast: weights, "
+        "losses, RDMs and statistics stay float32; fp16 training scales the loss). bf16 runs "
+        "on CPUs too."
+    ),
+]
 ImagesOption = Annotated[
     Path | None,
     typer.Option(
@@ -226,8 +247,15 @@ def check_outputs(out: Path | None = None, plot: Path | None = None) -> None:
         check_figure_path(plot)
 
 
+def launched_rank() -> int:
+    """This process's rank when torchrun or accelerate launched several (else 0)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def emit(payload: Any, out: Path | None = None) -> None:
-    """Print ``payload`` as JSON (and write it to ``out``)."""
+    """Print ``payload`` as JSON (and write it to ``out``); under torchrun, rank 0 only."""
+    if launched_rank() > 0:
+        return
     if out is not None:
         write_json_atomic(out, payload)
     typer.echo(json.dumps(payload, indent=2))

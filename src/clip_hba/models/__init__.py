@@ -8,6 +8,7 @@
 - `clip_hba.models.behavior`: `BehaviorModel` (backbone + head -> 66 dimensions).
 - `clip_hba.models.meg`: `MegModel` (layer weights over time, noise injection).
 - `clip_hba.models.inference`: embeddings of concept inputs, with their ids.
+- `clip_hba.models.precision`: mixed precision (autocast, the fp16 loss scaler).
 """
 
 from clip_hba._lazy import lazy_names
@@ -15,6 +16,7 @@ from clip_hba.models.config import (
     GATINGS,
     LAYER_FEATURES,
     LEGACY_MEG_MODEL,
+    PRECISIONS,
     AdapterConfig,
     HeadConfig,
     InputConfig,
@@ -66,6 +68,10 @@ _MODULES = {
     "embed_images": "inference",
     "embed_layers": "inference",
     "embed_times": "inference",
+    "autocast": "precision",
+    "float32_region": "precision",
+    "full_precision": "precision",
+    "grad_scaler": "precision",
 }
 __getattr__ = lazy_names(__name__, _MODULES)
 __all__ = [
@@ -73,6 +79,7 @@ __all__ = [
     "GATINGS",
     "LAYER_FEATURES",
     "LEGACY_MEG_MODEL",
+    "PRECISIONS",
     "AdapterConfig",
     "Backbone",
     "BehaviorModel",
@@ -93,6 +100,7 @@ __all__ = [
     "absolute_path",
     "adapter_state",
     "add_adapters",
+    "autocast",
     "backbone_fingerprint",
     "base_model",
     "batch_rows",
@@ -104,7 +112,10 @@ __all__ = [
     "embed_times",
     "eval_mode",
     "first_trainable_block",
+    "float32_region",
     "freeze_magnitudes",
+    "full_precision",
+    "grad_scaler",
     "hub_unreachable",
     "load_adapter_state",
     "load_backbone",

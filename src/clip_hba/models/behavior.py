@@ -102,13 +102,22 @@ class BehaviorModel(nn.Module):
         """Predictions from hidden states entering ``block`` (the frozen-prefix cache)."""
         return self.head(self.concept_tower.features_from(hidden, inputs, block))
 
-    def predict(self, inputs: Inputs, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
+    def predict(
+        self,
+        inputs: Inputs,
+        batch_size: int = 64,
+        desc: str | None = None,
+        precision: str = "fp32",
+    ) -> np.ndarray:
         """Deterministic predictions in eval mode, batch by batch, shape (N, n_labels).
 
-        ``desc`` shows a progress bar with that label.
+        ``desc`` shows a progress bar with that label; ``precision`` is the format of the
+        forward passes (`clip_hba.models.precision`).
         """
         with eval_mode(self):
-            values = map_batches(self, inputs, batch_size, self.device, desc=desc)
+            values = map_batches(
+                self, inputs, batch_size, self.device, desc=desc, precision=precision
+            )
         return values.numpy().astype(np.float64)
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "GATINGS",
     "LAYER_FEATURES",
     "LEGACY_MEG_MODEL",
+    "PRECISIONS",
     "AdapterConfig",
     "HeadConfig",
     "InputConfig",
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 LAYER_FEATURES = ("raw", "normed")
+# the number format of forward passes (torch autocast): fp32 (none), bfloat16 or float16
+PRECISIONS = ("fp32", "bf16", "fp16")
 GATINGS = ("richness", "none")
 # what runs saved before these settings existed did (their config.json lacks the keys)
 LEGACY_MEG_MODEL = {"layer_features": "normed", "gating": "none"}

@@ -21,23 +21,33 @@ __all__ = ["embed", "embed_images", "embed_layers", "embed_times"]
 
 
 def embed(
-    model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64, desc: str | None = None
+    model: BehaviorModel,
+    inputs: ConceptInputs,
+    batch_size: int = 64,
+    desc: str | None = None,
+    precision: str = "fp32",
 ) -> ConceptEmbedding:
     """Predicted behavioural dimensions of every concept (the mean over its images).
 
-    ``desc`` (here and in the other functions) shows a progress bar with that label.
+    ``desc`` (here and in the other functions) shows a progress bar with that label;
+    ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``) is the format of the forward passes
+    (`clip_hba.models.precision`); the outputs are float32 whatever it is.
 
     Returns
     -------
     ConceptEmbedding, shape (n_concepts, n_labels), labelled with the model's labels.
     """
-    values = model.predict(inputs.tensors, batch_size, desc)
+    values = model.predict(inputs.tensors, batch_size, desc, precision)
     ids, values = _concept_means(inputs, values, dim=0)
     return ConceptEmbedding(values, ids, model.labels)
 
 
 def embed_images(
-    model: BehaviorModel, inputs: ConceptInputs, batch_size: int = 64, desc: str | None = None
+    model: BehaviorModel,
+    inputs: ConceptInputs,
+    batch_size: int = 64,
+    desc: str | None = None,
+    precision: str = "fp32",
 ) -> ImageEmbedding:
     """Predicted behavioural dimensions of every input (image), with its image and concept id.
 
@@ -45,7 +55,7 @@ def embed_images(
     -------
     ImageEmbedding, shape (n_inputs, n_labels)
     """
-    values = model.predict(inputs.tensors, batch_size, desc)
+    values = model.predict(inputs.tensors, batch_size, desc, precision)
     return ImageEmbedding(values, inputs.concept_ids, inputs.item_ids, model.labels)
 
 
@@ -63,6 +73,7 @@ def embed_layers(
     batch_size: int = 64,
     normed: bool | None = None,
     desc: str | None = None,
+    precision: str = "fp32",
 ) -> StackedEmbedding:
     """Every block's pooled feature of every input (see `Tower.layer_features`).
 
@@ -81,7 +92,15 @@ def embed_layers(
         return tower.layer_features(batch, normed=normed)
 
     with eval_mode(model):
-        values = map_batches(features, inputs.tensors, batch_size, model.device, dim=1, desc=desc)
+        values = map_batches(
+            features,
+            inputs.tensors,
+            batch_size,
+            model.device,
+            dim=1,
+            desc=desc,
+            precision=precision,
+        )
     ids, means = _concept_means(inputs, values.double(), dim=1)
     return StackedEmbedding(means, ids, "layers")
 
@@ -92,6 +111,7 @@ def embed_times(
     batch_size: int = 50,
     labels: Sequence[str] | None = None,
     desc: str | None = None,
+    precision: str = "fp32",
 ) -> StackedEmbedding:
     """A MEG model's per-timepoint embeddings (noise off).
 
@@ -101,7 +121,9 @@ def embed_times(
     named ``labels`` (the SPoSE labels) when given.
     """
     with eval_mode(model):
-        values = map_batches(model, inputs.tensors, batch_size, model.device, dim=1, desc=desc)
+        values = map_batches(
+            model, inputs.tensors, batch_size, model.device, dim=1, desc=desc, precision=precision
+        )
     ids, means = _concept_means(inputs, values.double(), dim=1)
     return StackedEmbedding(
         means,

@@ -26,6 +26,7 @@ from clip_hba.data.images import ImagePixels, ImageSet, find_images
 from clip_hba.data.things import load_concepts
 from clip_hba.models.backbones import Backbone, Inputs
 from clip_hba.models.config import InputConfig
+from clip_hba.models.precision import autocast, full_precision
 
 __all__ = [
     "ConceptInputs",
@@ -232,6 +233,7 @@ def map_batches(
     dim: int = 0,
     trim: bool = True,
     desc: str | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """``function`` over batches of input rows without gradients, concatenated on the CPU.
 
@@ -249,6 +251,8 @@ def map_batches(
         Drop token columns that are padding in every row of a batch (see `select_inputs`).
     desc : str, optional
         Show a progress bar with this label.
+    precision : {"fp32", "bf16", "fp16"}
+        Run ``function`` under `autocast`; half-format outputs come back as float32.
 
     Returns
     -------
@@ -260,7 +264,8 @@ def map_batches(
     with torch.no_grad():
         for rows in batches:
             batch = to_device(select_inputs(tensors, rows, trim=trim), device)
-            parts.append(function(batch).cpu())
+            with autocast(precision, device):
+                parts.append(full_precision(function(batch)).cpu())
     return torch.cat(parts, dim=dim)
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from clip_hba._validation import InputError, check_option
 from clip_hba.models.backbones import Backbone, Inputs
 from clip_hba.models.config import GATINGS, MegModelConfig
+from clip_hba.models.precision import float32_region, full_precision
 from clip_hba.rsa.rdms import RDM_EPS, rdm_torch
 
 __all__ = [
@@ -241,15 +242,21 @@ class MegModel(nn.Module):
         noise: bool = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Per-timepoint embeddings from layer features (L, B, P) -> (T, B, n_labels)."""
-        mixed = torch.einsum("tl,lbp->tbp", self.weights(), features)
-        raw = self.config.logit_scale * F.normalize(mixed, dim=-1) @ self.label_features.T
-        raw = raw * self.log_gains.exp()  # all 1 unless learned here or in the parent run
-        if noise and self.config.noise and self.config.noise_scale > 0:
-            eps = torch.randn(raw.shape, generator=generator, device="cpu").to(raw.device)
-            spread = raw.detach().std(dim=-1, keepdim=True)  # per sample: batch-independent
-            raw = raw + eps * spread * (self.config.noise_scale * self.noise)[:, None, None]
-        return F.relu(self.gate[:, None, None] * raw)
+        """Per-timepoint embeddings from layer features (L, B, P) -> (T, B, n_labels).
+
+        In float32 whatever the precision of the backbone (`float32_region`): the mixing,
+        noise and gate define the RDMs.
+        """
+        with float32_region(features.device):
+            features = full_precision(features)
+            mixed = torch.einsum("tl,lbp->tbp", self.weights(), features)
+            raw = self.config.logit_scale * F.normalize(mixed, dim=-1) @ self.label_features.T
+            raw = raw * self.log_gains.exp()  # all 1 unless learned here or in the parent run
+            if noise and self.config.noise and self.config.noise_scale > 0:
+                eps = torch.randn(raw.shape, generator=generator, device="cpu").to(raw.device)
+                spread = raw.detach().std(dim=-1, keepdim=True)  # per sample: batch-independent
+                raw = raw + eps * spread * (self.config.noise_scale * self.noise)[:, None, None]
+            return F.relu(self.gate[:, None, None] * raw)
 
     def forward(self, inputs: Inputs) -> torch.Tensor:
         """Embeddings without noise, shape (T, B, n_labels)."""
@@ -262,4 +269,7 @@ class MegModel(nn.Module):
         others rather than NaN, so one such sample cannot poison a training step; where the
         gate is zero the RDM is zero.
         """
-        return self.gate[:, None] * rdm_torch(embeddings, "pearson", eps=RDM_EPS)
+        with float32_region(embeddings.device):
+            return self.gate[:, None] * rdm_torch(
+                full_precision(embeddings), "pearson", eps=RDM_EPS
+            )

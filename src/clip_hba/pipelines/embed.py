@@ -12,14 +12,14 @@ import os
 from typing import Any
 
 from clip_hba._io import check_output_file
-from clip_hba._validation import InputError, preview
+from clip_hba._validation import InputError, check_option, preview
 from clip_hba.data.embeddings import (
     save_embedding,
     save_image_embedding,
     save_stacked_embedding,
 )
 from clip_hba.data.things import load_spose_labels
-from clip_hba.models.config import InputConfig
+from clip_hba.models.config import PRECISIONS, InputConfig
 from clip_hba.models.inference import embed, embed_images, embed_layers, embed_times
 from clip_hba.models.inputs import ConceptInputs, concept_inputs
 from clip_hba.training.load import LoadedModel, load_run
@@ -47,6 +47,7 @@ def embed_run(
     allow_unfinished: bool = False,
     allow_random_init: bool = False,
     verbose: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Write the embedding of every concept input of ``model`` to ``out``; return a summary.
 
@@ -74,6 +75,9 @@ def embed_run(
         Accept a run whose training did not finish.
     verbose : bool
         Show a progress bar.
+    precision : {"fp32", "bf16", "fp16"}
+        Number format of the forward passes (`clip_hba.models.precision`); the file holds
+        float32 values either way.
 
     Returns
     -------
@@ -82,6 +86,7 @@ def embed_run(
         written), ``n_dims`` and the axes written.
     """
     check_output_file(out)
+    check_option("precision", precision, PRECISIONS)
     _check_outputs_combine(with_rdm, layers, per_image)
     loaded = load_run(
         model,
@@ -105,25 +110,26 @@ def embed_run(
         "n_items": len(inputs),
         "n_concepts": len(inputs.concepts),
         "exemplar": config.exemplar,
+        "precision": precision,
     }
     if per_image:
-        images_embedding = embed_images(loaded.model, inputs, batch_size, desc)
+        images_embedding = embed_images(loaded.model, inputs, batch_size, desc, precision)
         save_image_embedding(out, images_embedding)
         n_rows, n_dims = images_embedding.values.shape
         return {**summary, "n_rows": n_rows, "n_dims": n_dims, "per_image": True}
     if loaded.kind == "meg":
         labels = load_spose_labels(run_data_dir)
-        embedding = embed_times(loaded.model, inputs, batch_size, labels, desc)
+        embedding = embed_times(loaded.model, inputs, batch_size, labels, desc, precision)
         item_ids = inputs.item_ids_of(embedding.concept_ids)
         save_stacked_embedding(out, embedding, item_ids, with_rdm)
         n_times, n_rows, n_dims = embedding.values.shape
         return {**summary, "n_rows": n_rows, "n_times": n_times, "n_dims": n_dims}
     if layers:
-        stacked = embed_layers(loaded.model, inputs, batch_size, desc=desc)
+        stacked = embed_layers(loaded.model, inputs, batch_size, desc=desc, precision=precision)
         save_stacked_embedding(out, stacked, inputs.item_ids_of(stacked.concept_ids))
         n_layers, n_rows, n_dims = stacked.values.shape
         return {**summary, "n_rows": n_rows, "n_layers": n_layers, "n_dims": n_dims}
-    embedding = embed(loaded.model, inputs, batch_size, desc)
+    embedding = embed(loaded.model, inputs, batch_size, desc, precision)
     save_embedding(out, embedding, inputs.item_ids_of(embedding.concept_ids), with_rdm=with_rdm)
     return {**summary, "n_rows": len(embedding.concept_ids), "n_dims": embedding.n_dims}
 

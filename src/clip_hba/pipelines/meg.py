@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from clip_hba._io import check_output_dir, write_json_atomic, write_npy_atomic
-from clip_hba._validation import InputError, preview
+from clip_hba._validation import InputError, check_option, preview
 from clip_hba.data.things import load_rdm48
 from clip_hba.evaluation.config import SPECIFICITY_WINDOW_MS, TimeRSAConfig
 from clip_hba.evaluation.model_rdms import ModelRDMs
@@ -27,7 +27,7 @@ from clip_hba.evaluation.time_rsa import time_resolved_rsa
 from clip_hba.evaluation.time_rsa_result import save_time_rsa
 from clip_hba.meg.store import RDMStore
 from clip_hba.models.behavior import base_model
-from clip_hba.models.config import InputConfig
+from clip_hba.models.config import PRECISIONS, InputConfig
 from clip_hba.models.inference import embed, embed_layers, embed_times
 from clip_hba.models.inputs import concept_inputs, concepts_with_inputs
 from clip_hba.models.meg import MegModel
@@ -52,13 +52,16 @@ def evaluate_meg(
     images: str | os.PathLike | None = None,
     allow_unfinished: bool = False,
     verbose: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Evaluate a MEG run (`evaluate_meg_run`) or a folder of runs (`specificity_of_runs`).
 
     ``window_ms`` is the specificity's time window; ``images`` overrides the runs' image
-    folder. Writes JSON and plots to ``out`` and returns the JSON.
+    folder; ``precision`` is the number format of the forward passes
+    (`clip_hba.models.precision`). Writes JSON and plots to ``out`` and returns the JSON.
     """
     check_output_dir(out)
+    check_option("precision", precision, PRECISIONS)
     run = RunDir(model)
     if run.is_run():
         return evaluate_meg_run(
@@ -71,6 +74,7 @@ def evaluate_meg(
             images=images,
             allow_unfinished=allow_unfinished,
             verbose=verbose,
+            precision=precision,
         )
     runs = find_runs(model)
     if not runs:
@@ -84,6 +88,7 @@ def evaluate_meg(
         device=device,
         images=images,
         allow_unfinished=allow_unfinished,
+        precision=precision,
     )
     return save_specificity(result, out)
 
@@ -118,6 +123,7 @@ def evaluate_meg_run(
     *,
     images: str | os.PathLike | None = None,
     allow_unfinished: bool = False,
+    precision: str = "fp32",
 ) -> dict:
     """Evaluate one MEG run on its held-out concepts; writes JSON and plots to ``out``.
 
@@ -136,21 +142,23 @@ def evaluate_meg_run(
         model.backbone, held_out, inputs_config, config.data_dir, things_ids_only=False
     )
     ids = list(inputs.concepts)
-    models = [ModelRDMs.from_embedding("meg_model", embed_times(model, inputs))]
+    meg_embedding = embed_times(model, inputs, precision=precision)
+    models = [ModelRDMs.from_embedding("meg_model", meg_embedding)]
     base = base_model(
         config.model, config.data_dir, resolve_device(device), config.allow_random_init
     )
     base_inputs = concept_inputs(
         base.backbone, ids, inputs_config, config.data_dir, things_ids_only=False
     )
-    models.append(ModelRDMs.from_embedding("base", embed(base, base_inputs)))
+    models.append(ModelRDMs.from_embedding("base", embed(base, base_inputs, precision=precision)))
     # the base model's blocks as the MEG model mixes them (with or without the final norm)
     normed = config.meg.layer_features == "normed"
-    layers = embed_layers(base, base_inputs, 50, normed=normed)
+    layers = embed_layers(base, base_inputs, 50, normed=normed, precision=precision)
     models.append(ModelRDMs.from_embedding("base_layers", layers))
     if config.init_behavior is not None:
         behavior = load_behavior_run(RunDir(config.init_behavior), device, allow_unfinished)
-        models.append(ModelRDMs.from_embedding("behavior", embed(behavior, base_inputs)))
+        behavior_embedding = embed(behavior, base_inputs, precision=precision)
+        models.append(ModelRDMs.from_embedding("behavior", behavior_embedding))
     target = saved["target"]
     rsa_config = TimeRSAConfig(
         window_ms=(float(times[0]), float(times[-1])),
@@ -181,7 +189,7 @@ def evaluate_meg_run(
         "peak_base": group["base"]["peak"],
     }
     summary["layer_weights"] = _weights_summary(weights, times)
-    summary["behavior"] = _behavioral_alignment(model, config, inputs_config, times)
+    summary["behavior"] = _behavioral_alignment(model, config, inputs_config, times, precision)
     summary["run"] = str(run.path)
     summary["held_out_concepts"] = len(held_out)
     summary["store_matches_training"] = store_matches
@@ -208,7 +216,11 @@ def _weights_summary(weights: np.ndarray, times: np.ndarray) -> dict:
 
 
 def _behavioral_alignment(
-    model: MegModel, config: MegFitConfig, inputs_config: InputConfig, times: np.ndarray
+    model: MegModel,
+    config: MegFitConfig,
+    inputs_config: InputConfig,
+    times: np.ndarray,
+    precision: str = "fp32",
 ) -> dict:
     """rdm48_spearman of the MEG model's embedding at every timepoint (if inputs allow).
 
@@ -231,7 +243,7 @@ def _behavioral_alignment(
     inputs = concept_inputs(
         model.backbone, wanted, inputs_config, config.data_dir, things_ids_only=False
     )
-    embeddings = embed_times(model, inputs).values
+    embeddings = embed_times(model, inputs, precision=precision).values
     human = human.select(list(inputs.concepts))
     rhos = []
     for values in embeddings:
@@ -259,6 +271,7 @@ def specificity_of_runs(
     *,
     images: str | os.PathLike | None = None,
     allow_unfinished: bool = False,
+    precision: str = "fp32",
 ) -> Specificity:
     """The specificity matrix of individualized runs (participant id -> run directory).
 
@@ -290,7 +303,8 @@ def specificity_of_runs(
         own = config.participant or participant
         if own in model_rdms:
             raise InputError(f"{run_dir} and another run are both models of participant {own!r}.")
-        model_rdms[own] = rdm(embed_times(model, inputs).values, "pearson")  # (T, pairs)
+        embedding = embed_times(model, inputs, precision=precision)
+        model_rdms[own] = rdm(embedding.values, "pearson")  # (T, pairs)
     assert times is not None and held_out is not None
     with RDMStore(store) as opened:
         meg = opened.read((float(times[0]), float(times[-1])), held_out, list(runs))

@@ -16,10 +16,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from clip_hba._io import write_json_atomic
-from clip_hba._validation import InputError
+from clip_hba._validation import InputError, check_option
 from clip_hba.data.transforms import CORRUPTIONS, SEVERITIES, parse_corruptions
 from clip_hba.evaluation.behavior import evaluate_behavior
 from clip_hba.evaluation.plots import check_figure_path, plot_corruptions
+from clip_hba.models.config import PRECISIONS
 from clip_hba.models.inference import embed
 from clip_hba.models.inputs import ConceptInputs
 from clip_hba.pipelines.embed import run_inputs
@@ -58,6 +59,7 @@ def evaluate_corruptions(
     allow_unfinished: bool = False,
     allow_random_init: bool = False,
     verbose: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Behavioural scores of ``model`` on clean and corrupted images.
 
@@ -73,6 +75,8 @@ def evaluate_corruptions(
         The images, as for ``clip-hba embed`` (default: the run's).
     out, plot : path, optional
         Write the result as JSON, and the figure (`plot_corruptions`).
+    precision : {"fp32", "bf16", "fp16"}
+        Number format of the forward passes (`clip_hba.models.precision`).
 
     Returns
     -------
@@ -81,6 +85,7 @@ def evaluate_corruptions(
         per severity (``severity`` and the scores); ``model``, ``n_concepts``, ``n_images``,
         ``exemplar`` and the settings.
     """
+    check_option("precision", precision, PRECISIONS)
     corruptions = parse_corruptions(",".join(corruptions)) if corruptions else ()
     if plot is not None:
         check_figure_path(plot)
@@ -102,7 +107,7 @@ def evaluate_corruptions(
         raise InputError(f"{model} reads texts: corruptions need an image model.")
 
     def scores(concept_inputs: ConceptInputs) -> dict[str, Any]:
-        embedding = embed(loaded.model, concept_inputs, batch_size)
+        embedding = embed(loaded.model, concept_inputs, batch_size, precision=precision)
         result = evaluate_behavior(
             embedding,
             n_bootstrap=n_bootstrap,

@@ -29,22 +29,37 @@ import torch.nn.functional as F
 
 from clip_hba._validation import InputError
 from clip_hba.data.embeddings import ConceptEmbedding, save_embedding
-from clip_hba.data.things import load_rdm48, load_spose, rescale_minmax, split_concepts
+from clip_hba.data.things import load_rdm48
 from clip_hba.evaluation.behavior import evaluate_behavior
 from clip_hba.models.backbones import backbone_fingerprint, first_trainable_block, load_backbone
 from clip_hba.models.behavior import BehaviorModel
 from clip_hba.models.inputs import (
-    ConceptInputs,
-    concept_inputs,
     select_inputs,
     to_device,
     token_length,
 )
+from clip_hba.models.precision import autocast, full_precision, grad_scaler
 from clip_hba.rsa.comparisons import compare
 from clip_hba.rsa.rdms import RDM
+from clip_hba.training.behavior_data import rdm_spearman, training_data
 from clip_hba.training.cache import PrefixCache
 from clip_hba.training.config import BehaviorFitConfig
-from clip_hba.training.load import behavior_model, behavior_weights, load_behavior_weights
+from clip_hba.training.distributed import (
+    Ranks,
+    barrier,
+    broadcast_parameters,
+    gather_rows,
+    join,
+    launch,
+    rank_run_dir,
+    reduce_gradients,
+)
+from clip_hba.training.load import (
+    behavior_model,
+    behavior_weights,
+    load_behavior_run,
+    load_behavior_weights,
+)
 from clip_hba.training.loop import (
     Progress,
     begin,
@@ -56,7 +71,7 @@ from clip_hba.training.loop import (
 from clip_hba.training.losses import rdm_loss
 from clip_hba.training.runs import RunDir
 
-__all__ = ["BehaviorTrainer", "ConceptTargets", "FitResult", "epoch_lr", "fit_behavior"]
+__all__ = ["BehaviorTrainer", "FitResult", "epoch_lr", "fit_behavior"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,21 +114,31 @@ def fit_behavior(
     Returns
     -------
     FitResult
+
+    With ``config.devices`` > 1 the run trains in that many processes (`launch`); under
+    torchrun or accelerate every process calls this function (`join`). Either way the result
+    is the one-process run's, to float rounding.
     """
     run = RunDir(config.out)
+    ranks = join()
     config = begin(run, config, resume, options_given)
-    trainer = BehaviorTrainer(config, verbose)
-    with training_run(trainer, resume, config.time_budget_s) as deadline:
-        outcome = train_epochs(
-            trainer,
-            config.epochs,
-            config.patience,
-            desc="Training",
-            deadline=deadline,
-            verbose=verbose,
-        )
-        trainer.finish(outcome)
-    trainer.close()
+    if config.devices > 1 and not ranks.active:
+        launch(fit_behavior, (config,), dict(resume=resume, verbose=verbose), config.devices)
+        return _finished(run)
+    barrier(ranks)  # every process has checked the run before rank 0 writes it
+    with rank_run_dir(run, ranks, resume) as own_run:
+        trainer = BehaviorTrainer(config, verbose and ranks.main, own_run, ranks)
+        with training_run(trainer, resume, config.time_budget_s) as deadline:
+            outcome = train_epochs(
+                trainer,
+                config.epochs,
+                config.patience,
+                desc="Training",
+                deadline=deadline,
+                verbose=verbose and ranks.main,
+            )
+            trainer.finish(outcome)
+        trainer.close()
     progress = trainer.progress
     return FitResult(
         run.path,
@@ -126,42 +151,69 @@ def fit_behavior(
     )
 
 
+def _finished(run: RunDir) -> FitResult:
+    """The result of a run that other processes trained, from its directory."""
+    metrics = run.read_metrics()
+    model = load_behavior_run(run, run.fit_config().device)
+    log = run.load_checkpoint().log
+    return FitResult(
+        run.path,
+        metrics["best_epoch"],
+        metrics["best_val_loss"],
+        metrics["epochs_run"],
+        metrics["stopped_early"],
+        log,
+        model,
+    )
+
+
 class BehaviorTrainer:
     """One CLIP-HBA-Behavior run: model, data, frozen-prefix cache, optimizer (`Trainer`)."""
 
-    def __init__(self, config: BehaviorFitConfig, verbose: bool = True) -> None:
+    def __init__(
+        self,
+        config: BehaviorFitConfig,
+        verbose: bool = True,
+        run: RunDir | None = None,
+        ranks: Ranks | None = None,
+    ) -> None:
         self.config = config
-        self.run = RunDir(config.out)
+        self.run = run or RunDir(config.out)
+        self.ranks = ranks or Ranks()
         backbone = load_backbone(config.model, allow_random_init=config.allow_random_init)
         self.base_fingerprint = backbone_fingerprint(backbone)  # before adapters are added
         self.model = behavior_model(backbone, config)
+        broadcast_parameters(self.model.trainable_parameters(), self.ranks)
         if config.augment != "none" and backbone.kind not in ("clip", "vision"):
             raise InputError(
                 f"augment {config.augment!r} transforms images: the {backbone.kind} backbone of "
                 f"{config.model} reads texts (use --augment none)."
             )
-        self.inputs, self.rows, self.target, self.concept_target = _training_data(
-            self.model, config
-        )
+        self.inputs, self.rows, self.target, self.concept_target = training_data(self.model, config)
         self.cache = None
         if config.cache != "off":
             # augmented training batches never read the cache: cache the evaluation rows only
             evaluated = None
             if config.augment != "none":
                 evaluated = sorted(torch.cat([self.rows["val"], self.rows["test"]]).tolist())
+            if self.ranks.active:  # each process caches the rows it computes
+                every = torch.arange(len(self.inputs)) if evaluated is None else evaluated
+                evaluated = self.ranks.own(torch.as_tensor(every)).tolist()
             self.cache = PrefixCache.build(
                 self.model.concept_tower,
                 first_trainable_block(self.model.concept_tower),
                 self.inputs,
                 mode=config.cache,
-                directory=self.run.file("cache"),
+                directory=RunDir(config.out).file("cache"),  # (every rank: the run's folder)
                 batch_size=config.batch_size,
                 verbose=verbose,
                 rows=evaluated,
+                precision=config.precision,
             )
         self.optimizer = torch.optim.AdamW(
             self.model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
+        self.scaler = grad_scaler(config.precision, self.model.device)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.progress = Progress()
         self.log: list[dict] = []
@@ -198,7 +250,9 @@ class BehaviorTrainer:
             )
         checkpoint = self.run.load_checkpoint()
         load_behavior_weights(self.model, checkpoint.tensors)
-        restore_checkpoint(self, checkpoint)
+        metadata = restore_checkpoint(self, checkpoint)
+        if metadata.get("grad_scaler"):
+            self.scaler.load_state_dict(metadata["grad_scaler"])
         if self.config.epochs < self.progress.epoch:  # "finish now": config.json says so
             self.config = dataclasses.replace(self.config, epochs=self.progress.epoch)
         self.log = self.log[: self.progress.epoch + 1]
@@ -231,7 +285,7 @@ class BehaviorTrainer:
         return behavior_weights(self.model)
 
     def state(self) -> dict[str, Any]:
-        return {}
+        return {"grad_scaler": self.scaler.state_dict()}  # {} unless fp16
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         # Frozen blocks always run in eval mode, so the cached prefix is what the model
@@ -265,23 +319,41 @@ class BehaviorTrainer:
     # ------------------------------------------------------------------ forward passes
 
     def predict(self, rows: torch.Tensor, augment_epoch: int | None = None) -> torch.Tensor:
-        """Predictions for input rows (on the CPU), shape (len(rows), n_labels), on the device.
+        """Predictions for input rows (on the CPU), shape (len(rows), n_labels), on the device,
+        in float32 (the forward pass in ``precision``).
 
         ``augment_epoch``: the images of this epoch's augmentation, through the whole tower.
+        On several processes each runs the tower on its own rows (`Ranks.own`) and the head
+        on the whole batch (`gather_rows`).
         """
+        with autocast(self.config.precision, self.model.device):
+            if not self.ranks.active:
+                return full_precision(self.model.head(self._features(rows, augment_epoch)))
+            own = self.ranks.own(rows)
+            if len(own):
+                features = full_precision(self._features(own, augment_epoch))
+            else:  # none of this batch's rows is ours
+                width = self.model.concept_tower.feature_dim
+                features = torch.zeros((0, width), device=self.model.device)
+            features = gather_rows(features, self.ranks.owners(rows), self.ranks)
+            return full_precision(self.model.head(features))
+
+    def _features(self, rows: torch.Tensor, augment_epoch: int | None) -> torch.Tensor:
+        """The concept tower's features of input rows (B, P), from the cache where it can."""
         device = self.model.device
+        tower = self.model.concept_tower
         if augment_epoch is not None:
             pixels = self.inputs.images.augmented(self.config.seed, augment_epoch)
             tensors = {**self.inputs.tensors, "pixel_values": pixels}
-            return self.model(to_device(select_inputs(tensors, rows), device))
+            return tower(to_device(select_inputs(tensors, rows), device))
         if self.cache is None or not self.cache.covers(rows):
-            return self.model(to_device(select_inputs(self.inputs.tensors, rows), device))
+            return tower(to_device(select_inputs(self.inputs.tensors, rows), device))
         aux = select_inputs(self.inputs.aux, rows)
         hidden = self.cache.hidden(rows)
         length = token_length(aux)
         if length is not None:
             hidden = hidden[:, :length]
-        return self.model.forward_from(hidden.to(device), to_device(aux, device), self.cache.block)
+        return tower.features_from(hidden.to(device), to_device(aux, device), self.cache.block)
 
     @torch.no_grad()
     def predict_all(self, rows: torch.Tensor) -> torch.Tensor:
@@ -311,8 +383,11 @@ class BehaviorTrainer:
                 with torch.no_grad():
                     geometry = rdm_loss(predicted.detach(), target)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            share = loss / self.ranks.world if self.ranks.active else loss  # summed over ranks
+            self.scaler.scale(share).backward()  # (fp32, bf16: the loss as it is)
+            reduce_gradients(self.model.trainable_parameters(), self.ranks)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             for name, value in (("loss", loss), ("mse", mse), ("rdm", geometry)):
                 totals[name] += value.item() * len(batch)
         return {name: total / len(order) for name, total in totals.items()}
@@ -349,7 +424,7 @@ class BehaviorTrainer:
             "val_loss": val_mse + self.config.rdm_loss_weight * val_rdm,
             "val_mse": val_mse,
             "val_rdm": val_rdm,
-            "val_rdm_spearman": _rdm_spearman(val, val_target, val_ids),
+            "val_rdm_spearman": rdm_spearman(val, val_target, val_ids),
             "rdm48_spearman": None,
         }
         if self._n_concepts("test") >= 3:
@@ -391,84 +466,6 @@ class BehaviorTrainer:
 
 def _number(value: float | None) -> str:
     return "nan" if value is None else f"{value:.3f}"
-
-
-def _rdm_spearman(
-    predicted: torch.Tensor, target: torch.Tensor, concept_ids: tuple[str, ...]
-) -> float | None:
-    """Spearman rho between the RDMs (1 - Pearson) of predictions and targets (None: < 3)."""
-    if len(concept_ids) < 3:
-        return None
-    rdms = [
-        RDM.from_embedding(ConceptEmbedding(v.double().numpy(), concept_ids))
-        for v in (predicted, target)
-    ]
-    return compare(rdms[0], rdms[1], "spearman")
-
-
-def _training_data(
-    model: BehaviorModel, config: BehaviorFitConfig
-) -> tuple[ConceptInputs, dict[str, torch.Tensor], torch.Tensor, ConceptTargets]:
-    """Inputs of the train, validation and held-out concepts, their rows, and the targets.
-
-    Returns
-    -------
-    inputs : ConceptInputs
-    rows : dict with "train", "val", "test" -> row numbers into ``inputs`` (every input of
-        each concept of the split; no concept is in two splits)
-    target : Tensor, shape (len(inputs), 66), each input's concept's SPoSE embedding rescaled
-        to [0, 100] by the minimum and maximum of the 1,806 non-held-out concepts (held-out
-        concepts never set the scale)
-    concept_target : ConceptTargets, the same targets by concept id
-    """
-    split = split_concepts(config.seed, config.val_fraction, config.data_dir)
-    train_ids, val_ids = _limit(split.train_ids, split.val_ids, config)
-    concept_ids = [*train_ids, *val_ids, *split.test_ids]
-    inputs = concept_inputs(model.backbone, concept_ids, config.inputs, config.data_dir)
-    groups = {"train": train_ids, "val": val_ids, "test": split.test_ids}
-    present = {name: [c for c in ids if c in inputs] for name, ids in groups.items()}
-    if len(present["train"]) < 2 or len(present["val"]) < 1:
-        raise InputError(
-            f"Too few training or validation concepts have inputs ({len(present['train'])} and "
-            f"{len(present['val'])}; at least 2 and 1 are needed)."
-        )
-    rows = {name: inputs.rows(ids) for name, ids in present.items()}
-    spose = load_spose(config.data_dir)
-    scaled = rescale_minmax(spose, reference_ids=[*split.train_ids, *split.val_ids])
-    concept_target = ConceptTargets(scaled.select(list(inputs.concepts)))
-    return inputs, rows, concept_target(inputs.concept_ids), concept_target
-
-
-class ConceptTargets:
-    """Rescaled SPoSE targets by concept id: ``targets(ids)`` -> Tensor (len(ids), 66).
-
-    Parameters
-    ----------
-    embedding : ConceptEmbedding
-        The targets of every concept that may be asked for.
-    """
-
-    def __init__(self, embedding: ConceptEmbedding) -> None:
-        self._values = torch.tensor(embedding.values, dtype=torch.float32)
-        self._row = {c: k for k, c in enumerate(embedding.concept_ids)}
-
-    def __call__(self, concept_ids: tuple[str, ...] | list[str]) -> torch.Tensor:
-        """The targets of ``concept_ids``, in that order, shape (len(concept_ids), n_dims)."""
-        return self._values[[self._row[c] for c in concept_ids]]
-
-
-def _limit(
-    train_ids: tuple[str, ...], val_ids: tuple[str, ...], config: BehaviorFitConfig
-) -> tuple[list, list]:
-    if config.max_concepts is None:
-        return list(train_ids), list(val_ids)
-    if config.max_concepts > len(train_ids) + len(val_ids):
-        raise InputError(
-            f"--max-concepts {config.max_concepts} is more than the {len(train_ids) + len(val_ids)}"
-            " training and validation concepts; give fewer or leave it out."
-        )
-    n_val = max(1, round(config.max_concepts * config.val_fraction))
-    return list(train_ids[: config.max_concepts - n_val]), list(val_ids[:n_val])
 
 
 def epoch_lr(config: BehaviorFitConfig, epoch: int) -> float:

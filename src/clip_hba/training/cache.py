@@ -25,6 +25,7 @@ from clip_hba._io import write_atomic
 from clip_hba._validation import InputError, check_option
 from clip_hba.models.backbones import Tower
 from clip_hba.models.inputs import ConceptInputs, batch_rows, select_inputs, to_device
+from clip_hba.models.precision import autocast
 
 __all__ = ["PrefixCache", "prefix_key"]
 
@@ -35,10 +36,17 @@ MEMORY_LIMIT_BYTES = 4 * 2**30  # "auto" keeps caches up to this size in memory
 
 
 def prefix_key(
-    tower: Tower, block: int, inputs: ConceptInputs, rows: Sequence[int] | None = None
+    tower: Tower,
+    block: int,
+    inputs: ConceptInputs,
+    rows: Sequence[int] | None = None,
+    precision: str = "fp32",
 ) -> str:
-    """sha256 of what the cached hidden states depend on (and of the rows cached, if not all)."""
+    """sha256 of what the cached hidden states depend on (and of the rows cached, if not all,
+    and the precision they were computed in, if not fp32: the keys of fp32 caches stay)."""
     digest = hashlib.sha256(f"block={block};inputs={inputs.fingerprint};".encode())
+    if precision != "fp32":
+        digest.update(f"precision={precision};".encode())
     if rows is not None:
         digest.update(np.asarray(rows, dtype=np.int64).tobytes())
     digest.update(json.dumps(_tower_config(tower), sort_keys=True, default=str).encode())
@@ -129,26 +137,30 @@ class PrefixCache:
         batch_size: int = 32,
         verbose: bool = True,
         rows: Sequence[int] | None = None,
+        precision: str = "fp32",
     ) -> PrefixCache:
         """Compute (or reopen from ``directory``) the hidden states entering ``block``.
 
         ``mode="auto"`` keeps the cache in memory up to 4 GiB, else on disk in ``directory``.
         A disk cache whose key matches is reused; a partial file is never mistaken for one.
         ``rows``: cache only these input rows (e.g. the evaluation rows of an augmented run).
+        ``precision``: the format the prefix runs in (`clip_hba.models.precision`); the cache
+        holds float32 either way.
         """
         check_option("cache", mode, ("auto", "memory", "disk"))
         rows = None if rows is None else [int(r) for r in rows]
-        key = prefix_key(tower, block, inputs, rows)
+        key = prefix_key(tower, block, inputs, rows, precision)
         cached = list(range(len(inputs))) if rows is None else rows
         n = len(cached)
         with torch.no_grad():
-            shape = _hidden_batch(tower, block, inputs, cached[:1]).shape[1:]
+            shape = _hidden_batch(tower, block, inputs, cached[:1], precision).shape[1:]
         if mode == "auto":
             small = n * shape.numel() * 4 <= MEMORY_LIMIT_BYTES
             mode = "memory" if small or directory is None else "disk"
         if mode == "memory":
             hidden = torch.empty((n, *shape), dtype=torch.float32)
-            for part, values in _prefix_batches(tower, block, inputs, cached, batch_size, verbose):
+            batches = _prefix_batches(tower, block, inputs, cached, batch_size, verbose, precision)
+            for part, values in batches:
                 hidden[part] = values
             return cls(hidden, block, key, rows)
         if directory is None:
@@ -165,7 +177,9 @@ class PrefixCache:
         def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as handle:
                 data = handle.create_dataset("hidden", (n, *shape), "float32", chunks=(1, *shape))
-                batches = _prefix_batches(tower, block, inputs, cached, batch_size, verbose)
+                batches = _prefix_batches(
+                    tower, block, inputs, cached, batch_size, verbose, precision
+                )
                 for part, values in batches:
                     data[part.start : part.stop] = values.numpy()
                 handle.attrs["key"] = key  # last: a file without it is never reused
@@ -174,10 +188,13 @@ class PrefixCache:
         return cls(h5py.File(path, "r")["hidden"], block, key, rows)
 
 
-def _hidden_batch(tower: Tower, block: int, inputs: ConceptInputs, rows: list[int]) -> torch.Tensor:
+def _hidden_batch(
+    tower: Tower, block: int, inputs: ConceptInputs, rows: list[int], precision: str
+) -> torch.Tensor:
     device = next(tower.parameters()).device
     batch = to_device(select_inputs(inputs.tensors, rows, trim=False), device)
-    return tower.hidden_at(batch, block).float().cpu()
+    with autocast(precision, device):
+        return tower.hidden_at(batch, block).float().cpu()
 
 
 def _prefix_batches(
@@ -187,6 +204,7 @@ def _prefix_batches(
     rows: list[int],
     batch_size: int,
     verbose: bool,
+    precision: str = "fp32",
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """(positions in ``rows``, hidden states entering ``block``) for consecutive batches of
     ``rows``, on the CPU."""
@@ -200,5 +218,5 @@ def _prefix_batches(
         for part in batches:
             yield (
                 slice(part.start, part.stop),
-                _hidden_batch(tower, block, inputs, rows[part.start : part.stop]),
+                _hidden_batch(tower, block, inputs, rows[part.start : part.stop], precision),
             )

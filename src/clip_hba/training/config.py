@@ -19,6 +19,7 @@ import numpy as np
 from clip_hba._validation import InputError, check_option, check_range, check_type
 from clip_hba.models.config import (
     LEGACY_MEG_MODEL,
+    PRECISIONS,
     AdapterConfig,
     HeadConfig,
     InputConfig,
@@ -156,10 +157,13 @@ class BehaviorFitConfig(_Config):
     # weight L of the geometry term: L x (1 - Pearson r) between the batch's model RDM and
     # target RDM (1 - Pearson of the 66-d rows); 0 = the MSE alone (the paper's)
     rdm_loss_weight: float = 0.0
+    # forward passes in float32, or under autocast in bfloat16 / float16 (fp16: loss scaling)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    devices: int = 1  # data-parallel processes (one GPU each on CUDA); see training.distributed
 
     # allow_random_init: a run begun before the setting existed may take it on resume
     resumable: ClassVar[frozenset[str]] = frozenset(
-        {"epochs", "patience", "time_budget_s", "allow_random_init", "device"}
+        {"epochs", "patience", "time_budget_s", "allow_random_init", "device", "devices"}
     )
 
     def __post_init__(self) -> None:
@@ -175,10 +179,11 @@ class BehaviorFitConfig(_Config):
         check_option("cache", self.cache, ("auto", "memory", "disk", "off"))
         check_option("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_option("augment", self.augment, AUGMENTATIONS)
+        check_option("precision", self.precision, PRECISIONS)
         _check_at_least(self, ("seed",), 0)
         check_range("rdm_loss_weight", self.rdm_loss_weight, 0, math.inf, high_open=True)
         check_range("weight_decay", self.weight_decay, 0, math.inf, high_open=True)
-        _check_at_least(self, ("epochs", "batch_size", "patience"), 1)
+        _check_at_least(self, ("epochs", "batch_size", "patience", "devices"), 1)
         check_range("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
         check_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         if self.max_concepts is not None and self.max_concepts < 4:
@@ -240,6 +245,9 @@ class MegFitConfig(_Config):
     device: str = "auto"
     data_dir: str | None = None
     allow_random_init: bool = False  # accept a base model whose files lack some weights
+    # forward passes of the backbone in float32, or under autocast in bfloat16 / float16
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    devices: int = 1  # data-parallel processes (one GPU each on CUDA); see training.distributed
 
     resumable: ClassVar[frozenset[str]] = frozenset(
         {
@@ -249,6 +257,7 @@ class MegFitConfig(_Config):
             "time_budget_s",
             "allow_random_init",
             "device",
+            "devices",
         }
     )
 
@@ -278,6 +287,7 @@ class MegFitConfig(_Config):
         check_option("rdm_correlation", self.rdm_correlation, RDM_CORRELATIONS)
         check_option("tg_term", self.tg_term, TG_TERMS)
         check_option("init", self.init, MEG_INITS)
+        check_option("precision", self.precision, PRECISIONS)
         if self.init == "base" and self.init_behavior is None:
             raise InputError(
                 "init 'base' takes the behaviour run's label embeddings with the base model's "
@@ -285,7 +295,7 @@ class MegFitConfig(_Config):
             )
         check_range("weight_decay", self.weight_decay, 0, math.inf, high_open=True)
         check_range("improvement_confidence", self.improvement_confidence, 0, 1, high_open=True)
-        _check_at_least(self, ("batch_size", "patience", "stage0_epochs"), 1)
+        _check_at_least(self, ("batch_size", "patience", "stage0_epochs", "devices"), 1)
         _check_at_least(self, ("stage1_epochs",), 0)
         if self.batch_size < 3:
             raise InputError(

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from clip_hba._io import check_output_dir
 from clip_hba.training.config import FitConfig
+from clip_hba.training.distributed import Ranks, agree
 from clip_hba.training.runs import (
     Checkpoint,
     RunDir,
@@ -85,6 +86,7 @@ class Trainer(Protocol):
     log: list[dict]
     optimizer: torch.optim.Optimizer | None
     generator: torch.Generator  # batch order (and noise)
+    ranks: Ranks  # this process among the run's processes (one: rank 0 of 1)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The trained weights to save (adapters, heads)."""
@@ -200,7 +202,8 @@ def train_epochs(
             record = trainer.epoch(epoch)
             trainer.log.append(record)
             progress.epoch = epoch
-            if trainer.improves(record):
+            # every process makes rank 0's decisions (the clock, above all, is its own)
+            if agree(trainer.improves(record), trainer.ranks):
                 progress.best_val_loss = record["val_loss"]
                 progress.best_val_r = record.get("val_r")
                 progress.best_stage, progress.best_epoch = progress.stage, epoch
@@ -211,7 +214,8 @@ def train_epochs(
                 progress.bad_epochs += 1
             save_checkpoint(trainer)
             bar.set_postfix(trainer.postfix(record))
-            if deadline is not None and time.perf_counter() > deadline:
+            late = deadline is not None and time.perf_counter() > deadline
+            if agree(late, trainer.ranks):
                 logger.warning(
                     "Time limit reached after epoch %d (stage %d).", epoch, progress.stage
                 )

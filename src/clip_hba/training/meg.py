@@ -13,14 +13,12 @@ training concepts, from which the noise curves also come. Then:
   magnitudes frozen with ``freeze_magnitude``), and W (and gains; ``stage0_lr``) and the
   adapters' directions (``stage1_lr``) train together.
 
-The loss is `clip_hba.training.meg_data.meg_loss`, each term divided by its value at the
-initial validation pass. An epoch is kept as the best only when it raises the validation RSA
-(the mean over timepoints from 0 ms of the Pearson r between the validation concepts' model
-and MEG RDMs) above the best so far, reliably (in ``improvement_confidence`` of paired
-bootstrap resamples of the validation concepts), *and* does not raise the validation loss;
-the best so far starts as the epoch-0 evaluation, so a run never returns a model below its
-starting point (if no epoch beats it, the start is kept, and the log and metrics say so).
-Both stages run the shared lifecycle of `clip_hba.training.loop`.
+The loss is `clip_hba.training.meg_data.meg_loss`, each term divided by its initial
+validation value. An epoch is the best only when it raises the validation RSA (mean r from
+0 ms of the validation concepts' model and MEG RDMs) above the best so far, reliably (in
+``improvement_confidence`` of paired bootstrap resamples), and does not raise the validation
+loss; the best starts as epoch 0, so a run never returns a model below its start. Both stages
+run the lifecycle of `clip_hba.training.loop`, on one process or several (`distributed`).
 """
 
 from __future__ import annotations
@@ -32,30 +30,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from clip_hba._validation import InputError
 from clip_hba.data.things import load_spose_labels
-from clip_hba.meg.store import RDMStore
 from clip_hba.models.adapters import (
     adapter_state,
     add_adapters,
     freeze_magnitudes,
     load_adapter_state,
 )
-from clip_hba.models.backbones import Backbone, backbone_fingerprint, load_backbone
+from clip_hba.models.backbones import backbone_fingerprint, load_backbone
 from clip_hba.models.config import AdapterConfig
 from clip_hba.models.inputs import (
     concept_inputs,
-    concepts_with_inputs,
     map_batches,
     select_inputs,
     to_device,
 )
-from clip_hba.models.meg import MegModel, noise_curves, relative_gains
+from clip_hba.models.meg import MegModel, relative_gains
+from clip_hba.models.precision import autocast, full_precision, grad_scaler
 from clip_hba.rsa.rdms import subset_pairs
 from clip_hba.training.config import MegFitConfig
+from clip_hba.training.distributed import (
+    Ranks,
+    barrier,
+    gather_rows,
+    join,
+    launch,
+    rank_run_dir,
+    reduce_gradients,
+)
 from clip_hba.training.load import (
     load_meg_head,
     load_meg_run,
@@ -70,12 +75,13 @@ from clip_hba.training.loop import (
     training_run,
 )
 from clip_hba.training.meg_data import (
-    MegSplit,
     meg_loss,
-    meg_split,
     meg_targets,
     rdm_correlations,
     rsa_gain_confidence,
+    run_metrics,
+    scaled_targets,
+    store_split,
     weighted_terms,
 )
 from clip_hba.training.meg_start import meg_start
@@ -118,20 +124,33 @@ def fit_meg(
         Start from a behaviour or MEG run whose training did not finish.
     verbose : bool
         Show progress bars.
+
+    With ``config.devices`` > 1 the run trains in that many processes, as `fit_behavior`.
     """
     run = RunDir(config.out)
+    ranks = join()
     config = begin(run, config, resume, options_given)
-    trainer = MegTrainer(config, verbose, allow_unfinished=allow_unfinished)
-    with training_run(trainer, resume, config.time_budget_s) as deadline:
-        while trainer.progress.stage <= 1:
-            if trainer.progress.stage == 1 and config.stage1_epochs == 0:
-                break
-            if trainer.train_stage(deadline, verbose) == "out_of_time":
-                trainer.out_of_time = True
-                break
-        trainer.finish()
+    if config.devices > 1 and not ranks.active:
+        options = dict(resume=resume, allow_unfinished=allow_unfinished, verbose=verbose)
+        launch(fit_meg, (config,), options, config.devices)
+        metrics = run.read_metrics()
+        model = load_meg_run(run, config.device)
+        log = run.load_checkpoint().log
+        return MegFitResult(run.path, metrics["best_stage"], metrics["best_val_loss"], log, model)
+    barrier(ranks)  # every process has checked the run before rank 0 writes it
+    verbose = verbose and ranks.main
+    with rank_run_dir(run, ranks, resume) as own_run:
+        trainer = MegTrainer(config, verbose, allow_unfinished, own_run, ranks)
+        with training_run(trainer, resume, config.time_budget_s) as deadline:
+            while trainer.progress.stage <= 1:
+                if trainer.progress.stage == 1 and config.stage1_epochs == 0:
+                    break
+                if trainer.train_stage(deadline, verbose) == "out_of_time":
+                    trainer.out_of_time = True
+                    break
+            trainer.finish()
+        model = load_meg_run(own_run, config.device)
     progress = trainer.progress
-    model = load_meg_run(run, config.device)
     return MegFitResult(run.path, progress.best_stage, progress.best_val_loss, trainer.log, model)
 
 
@@ -143,35 +162,29 @@ class MegTrainer:
     """
 
     def __init__(
-        self, config: MegFitConfig, verbose: bool = True, allow_unfinished: bool = False
+        self,
+        config: MegFitConfig,
+        verbose: bool = True,
+        allow_unfinished: bool = False,
+        run: RunDir | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.config = config
-        self.run = RunDir(config.out)
+        self.run = run or RunDir(config.out)
+        self.ranks = ranks or Ranks()
         backbone = load_backbone(config.model, allow_random_init=config.allow_random_init)
         self.base_fingerprint = backbone_fingerprint(backbone)  # before any adapter is added
         start = meg_start(config, backbone, self.base_fingerprint, allow_unfinished)
         self.chain_tensors = start.chain_tensors
-        split, store_description = self._split(backbone)
+        split, store_description = store_split(config, backbone)
         ordered = [*split.train_ids, *split.val_ids, *split.test_ids]
         self.inputs = concept_inputs(
             backbone, ordered, config.inputs, config.data_dir, things_ids_only=False
         )
         targets, participants = meg_targets(config, [*split.train_ids, *split.val_ids])
-        values, times = targets.values, targets.times_ms
+        times = targets.times_ms
         self.n_train, self.n_val = len(split.train_ids), len(split.val_ids)
-        train_pairs = subset_pairs(np.arange(self.n_train), self.n_train + self.n_val)
-        low, high = np.nanmin(values[:, train_pairs]), np.nanmax(values[:, train_pairs])
-        if not high > low:
-            raise InputError(
-                f"The training targets are constant ({low:g} everywhere); nothing to fit."
-            )
-        scaled = (values - low) / (high - low)
-        if config.meg.gating == "richness" and not (times >= 0).any():
-            raise InputError(
-                f"--gating richness needs timepoints from 0 ms on; the targets span "
-                f"{times[0]:g}..{times[-1]:g} ms (use --gating none)."
-            )
-        curves = noise_curves(scaled[:, train_pairs], times, config.meg.window, config.meg.gating)
+        scaled, (low, high), curves = scaled_targets(targets, self.n_train, self.n_val, config)
         device = resolve_device(config.device)
         self.model = MegModel(backbone, start.label_features, times, config.meg, curves).to(device)
         if start.head is not None:
@@ -185,6 +198,7 @@ class MegTrainer:
         self.rsa_times = after if bool(after.any()) else torch.ones_like(after)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler = grad_scaler(config.precision, device)
         self.progress = Progress()
         self.out_of_time = False  # the safety time limit ended training
         self.log: list[dict] = []
@@ -216,28 +230,6 @@ class MegTrainer:
 
     # ------------------------------------------------------------------ building
 
-    def _split(self, backbone: Backbone) -> tuple[MegSplit, dict[str, Any]]:
-        """The split of the store's concepts that have inputs, and the store's description."""
-        config = self.config
-        with RDMStore(config.store) as store:
-            available = list(store.concept_ids)
-            store_description = {"path": str(store.path), **store.fingerprint()}
-        present = concepts_with_inputs(backbone, available, config.inputs, config.data_dir)
-        if len(present) < len(available):
-            missing = len(available) - len(present)
-            logger.warning("%d of the store's concepts have no inputs: left out.", missing)
-        fractions = (config.val_fraction, config.test_fraction)
-        split = meg_split(present, config.seed, *fractions, config.data_dir, config.max_concepts)
-        if config.init_meg is not None:  # its W and adapters must not have seen our held-out set
-            parent = RunDir(config.init_meg).description["split"]["test"]
-            if set(parent) != set(split.test_ids):
-                raise InputError(
-                    f"{config.init_meg} holds out other concepts than this run would; use the "
-                    "same store, --seed, --val-fraction, --test-fraction and --max-concepts as "
-                    "that run."
-                )
-        return split, store_description
-
     def _check_layer_weights(self, layer_raw: torch.Tensor) -> None:
         if layer_raw.shape != self.model.weights.raw.shape:
             raise InputError(
@@ -246,16 +238,23 @@ class MegTrainer:
             )
 
     def _layer_features(self, verbose: bool) -> torch.Tensor:
-        """Every block's pooled feature of every concept with the frozen backbone, (L, N, P)."""
+        """Every block's pooled feature of every concept with the frozen backbone, (L, N, P).
+
+        On several processes each computes its own concepts' and receives the others'.
+        """
+        rows = torch.arange(len(self.inputs))
         features = map_batches(
             self.model.layer_features,
-            self.inputs.tensors,
+            select_inputs(self.inputs.tensors, self.ranks.own(rows), trim=False),
             self.config.batch_size,
             self.model.device,
             dim=1,
             desc="Layer features" if verbose else None,
+            precision=self.config.precision,
         )
-        return features.to(self.model.device)
+        return gather_rows(features, self.ranks.owners(rows), self.ranks, dim=1).to(
+            self.model.device
+        )
 
     def resolved_adapter(self) -> AdapterConfig:
         """The stage-1 adapters, with ``layers`` () resolved to every block."""
@@ -313,7 +312,10 @@ class MegTrainer:
             load_adapter_state(self.model.backbone, strip_prefix("adapter.", checkpoint.tensors))
         load_meg_head(self.model, checkpoint.tensors)
         self.optimizer = self.optimizer_for(stage) if groups or stage == 0 else None
-        self.norms = restore_checkpoint(self, checkpoint)["norms"]
+        metadata = restore_checkpoint(self, checkpoint)
+        self.norms = metadata["norms"]
+        if metadata.get("grad_scaler"):
+            self.scaler.load_state_dict(metadata["grad_scaler"])
         # (None in checkpoints of older versions, whose runs compare by the plain rise)
         self.best_val_rdms = checkpoint.tensors.get("val.best_rdms")
 
@@ -341,33 +343,14 @@ class MegTrainer:
     def finish(self) -> None:
         """Write the metrics of the best epoch; ``stopped_by_time_budget`` says whether the
         safety time limit ended training (only then do they depend on the machine's speed)."""
-        progress = self.progress
-        best = next(
-            r
-            for r in self.log
-            if (r["stage"], r["epoch"]) == (progress.best_stage, progress.best_epoch)
-        )
-        kept_start = (progress.best_stage, progress.best_epoch) == (0, 0)
-        if kept_start:
+        metrics = run_metrics(self.log, self.progress, self.out_of_time)
+        if metrics["kept_start"] and self.ranks.main:
             logger.warning(
                 "%s: no epoch raised the validation RSA reliably (without raising the loss) "
                 "above the starting model's (r = %.4f); the starting model is kept.",
                 self.run.path,
                 self.log[0]["val_r"],
             )
-        metrics = {
-            "kept_start": kept_start,
-            "best_stage": progress.best_stage,
-            "best_epoch": progress.best_epoch,
-            "best_val_loss": progress.best_val_loss,
-            "initial_val_loss": self.log[0]["val_loss"],
-            "initial_val_r": self.log[0]["val_r"],
-            "best_val_r": best["val_r"],
-            "epochs": {
-                s: sum(1 for r in self.log if r["stage"] == s and r["epoch"] > 0) for s in (0, 1)
-            },
-            "stopped_by_time_budget": self.out_of_time,
-        }
         if self.config.meg.dimension_gains:  # the best model's, by SPoSE label
             gains = relative_gains(self.run.weights()["meg.log_gains"])
             labels = load_spose_labels(self.config.data_dir)
@@ -388,7 +371,7 @@ class MegTrainer:
         return tensors
 
     def state(self) -> dict[str, Any]:
-        return {"norms": self.norms}
+        return {"norms": self.norms, "grad_scaler": self.scaler.state_dict()}  # {} unless fp16
 
     def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
         """The best epoch's validation RDMs (for the paired comparison of later epochs)."""
@@ -438,11 +421,21 @@ class MegTrainer:
         """(T, len(rows), 66) embeddings of input rows, from the feature cache in stage 0."""
         if self.features is not None:
             features = self.features[:, rows]
-        else:
-            batch = to_device(select_inputs(self.inputs.tensors, rows), self.model.device)
-            features = self.model.layer_features(batch)
+        else:  # the tower on this process's rows; the rest of the model on the whole batch
+            own = self.ranks.own(rows)
+            features = self._tower_features(own)  # (L, len(own), P)
+            features = gather_rows(features, self.ranks.owners(rows), self.ranks, dim=1)
         generator = self.generator if noise else None
         return self.model.embed_features(features, noise=noise, generator=generator)
+
+    def _tower_features(self, rows: torch.Tensor) -> torch.Tensor:
+        """The backbone's layer features of input rows, (L, len(rows), P), in float32."""
+        if len(rows) == 0:  # (a process may own none of a batch's rows)
+            width = self.model.backbone.concept_tower.feature_dim
+            return torch.zeros((self.model.n_layers, 0, width), device=self.model.device)
+        batch = to_device(select_inputs(self.inputs.tensors, rows), self.model.device)
+        with autocast(self.config.precision, self.model.device):
+            return full_precision(self.model.layer_features(batch))
 
     def targets(self, rows: torch.Tensor) -> torch.Tensor:
         """The rescaled MEG RDMs (T, pairs) among training/validation rows."""
@@ -461,8 +454,12 @@ class MegTrainer:
             predicted = self.model.rdms(self.embeddings(rows, noise=True))
             loss, _ = self._loss(predicted, self.targets(rows))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            share = loss / self.ranks.world if self.ranks.active else loss  # summed over ranks
+            self.scaler.scale(share).backward()  # (fp32, bf16: the loss as it is)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            reduce_gradients(params, self.ranks)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.model.weights.project()
             total += loss.item() * len(rows)
             count += len(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,13 @@ import torch
 from clip_hba._validation import InputError, check_option
 from clip_hba.data.things import load_rdm48
 from clip_hba.meg.store import RDMStore, TimeRDMs
-from clip_hba.rsa.rdms import pair_index
+from clip_hba.models.backbones import Backbone
+from clip_hba.models.inputs import concepts_with_inputs
+from clip_hba.models.meg import NoiseCurves, noise_curves
+from clip_hba.rsa.rdms import pair_index, subset_pairs
 from clip_hba.training.config import LOSS_TERMS, RDM_CORRELATIONS, TG_TERMS, MegFitConfig
 from clip_hba.training.losses import masked_pearson
+from clip_hba.training.runs import RunDir
 
 __all__ = [
     "MegSplit",
@@ -23,8 +28,13 @@ __all__ = [
     "meg_targets",
     "rdm_correlations",
     "rsa_gain_confidence",
+    "run_metrics",
+    "scaled_targets",
+    "store_split",
     "weighted_terms",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +87,31 @@ def meg_split(
         tuple(sorted(rest[:n_val], key=keep.get)),
         tuple(sorted(test, key=keep.get)),
     )
+
+
+def store_split(config: MegFitConfig, backbone: Backbone) -> tuple[MegSplit, dict[str, Any]]:
+    """The split of the store's concepts that have inputs, and the store's description.
+
+    A run started from a MEG run (``init_meg``) must hold out the same concepts as it.
+    """
+    with RDMStore(config.store) as store:
+        available = list(store.concept_ids)
+        store_description = {"path": str(store.path), **store.fingerprint()}
+    present = concepts_with_inputs(backbone, available, config.inputs, config.data_dir)
+    if len(present) < len(available):
+        missing = len(available) - len(present)
+        logger.warning("%d of the store's concepts have no inputs: left out.", missing)
+    fractions = (config.val_fraction, config.test_fraction)
+    split = meg_split(present, config.seed, *fractions, config.data_dir, config.max_concepts)
+    if config.init_meg is not None:  # its W and adapters must not have seen our held-out set
+        parent = RunDir(config.init_meg).description["split"]["test"]
+        if set(parent) != set(split.test_ids):
+            raise InputError(
+                f"{config.init_meg} holds out other concepts than this run would; use the "
+                "same store, --seed, --val-fraction, --test-fraction and --max-concepts as "
+                "that run."
+            )
+    return split, store_description
 
 
 def meg_targets(config: MegFitConfig, concept_ids: list[str]) -> tuple[TimeRDMs, list[str]]:
@@ -229,3 +264,57 @@ def rsa_gain_confidence(
         )
         wins += int(gain > 0)
     return wins / n_resamples
+
+
+def run_metrics(log: list[dict], progress: Any, out_of_time: bool) -> dict[str, Any]:
+    """A finished run's ``metrics.json``: its best epoch, where it started, epochs per stage.
+
+    ``progress`` is the run's `clip_hba.training.loop.Progress`; ``kept_start``: no epoch beat
+    the starting model (epoch 0 of stage 0); ``stopped_by_time_budget``: the safety time
+    limit ended training (only then do the metrics depend on the machine's speed).
+    """
+    best = next(
+        r for r in log if (r["stage"], r["epoch"]) == (progress.best_stage, progress.best_epoch)
+    )
+    return {
+        "kept_start": (progress.best_stage, progress.best_epoch) == (0, 0),
+        "best_stage": progress.best_stage,
+        "best_epoch": progress.best_epoch,
+        "best_val_loss": progress.best_val_loss,
+        "initial_val_loss": log[0]["val_loss"],
+        "initial_val_r": log[0]["val_r"],
+        "best_val_r": best["val_r"],
+        "epochs": {s: sum(1 for r in log if r["stage"] == s and r["epoch"] > 0) for s in (0, 1)},
+        "stopped_by_time_budget": out_of_time,
+    }
+
+
+def scaled_targets(
+    targets: TimeRDMs, n_train: int, n_val: int, config: MegFitConfig
+) -> tuple[np.ndarray, tuple[float, float], NoiseCurves]:
+    """The targets rescaled to [0, 1] and the noise curves, both from the training pairs only.
+
+    Parameters
+    ----------
+    targets : TimeRDMs, values (T, pairs) among the training then validation concepts
+    n_train, n_val : int
+
+    Returns
+    -------
+    scaled : ndarray, shape (T, pairs)
+    scale : (low, high), the training pairs' minimum and maximum
+    curves : NoiseCurves (gate and noise over time)
+    """
+    values, times = targets.values, targets.times_ms
+    train_pairs = subset_pairs(np.arange(n_train), n_train + n_val)
+    low, high = np.nanmin(values[:, train_pairs]), np.nanmax(values[:, train_pairs])
+    if not high > low:
+        raise InputError(f"The training targets are constant ({low:g} everywhere); nothing to fit.")
+    scaled = (values - low) / (high - low)
+    if config.meg.gating == "richness" and not (times >= 0).any():
+        raise InputError(
+            f"--gating richness needs timepoints from 0 ms on; the targets span "
+            f"{times[0]:g}..{times[-1]:g} ms (use --gating none)."
+        )
+    curves = noise_curves(scaled[:, train_pairs], times, config.meg.window, config.meg.gating)
+    return scaled, (float(low), float(high)), curves
