@@ -207,6 +207,7 @@ def test_bad_settings_are_refused_before_any_work(local_ray, setup, reference, t
         (["--backend", "ray", "--gpus-per-task", "1"], ["--gpus-per-task 1", "GPU"]),
         (["--backend", "ray", "--max-retries", "-1"], ["'--max-retries'", "-1"]),
         (["--address", "ray://head:10001"], ["--backend ray"]),
+        (["--backend", "ray", "--devices", "2"], ["--devices 2", "--gpus-per-task"]),
     ):
         code, out, err = run(capsys, *command(setup, new, *more))
         assert_one_line_error(code, out, err, *fragments)

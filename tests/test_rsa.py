@@ -1,6 +1,7 @@
 """RDMs from features and RDM comparisons, against scipy and rsatoolbox."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -15,11 +16,14 @@ from clip_hba.rsa import (
     RDM,
     align,
     compare,
+    correlate,
     from_rsatoolbox,
+    mean_rdm,
     n_conditions,
     pair_index,
     rdm,
     rdm_torch,
+    standardize,
     to_condensed,
     to_rsatoolbox,
     to_square,
@@ -298,3 +302,104 @@ def test_read_rdm_takes_the_asymmetry_policy(tmp_path, rng):
     with pytest.raises(InputError, match="not symmetric"):
         read_rdm(tmp_path / "asym.npy")
     assert read_rdm(tmp_path / "asym.npy", asymmetry="lower")[0] == square[1, 0]
+
+
+# ---------------------------------------------------------------------------- batched ranks
+
+
+def _reference_standardize(row, method):
+    """The plain way: scipy's ranks (ties averaged), centred, scaled."""
+    ranks = stats.rankdata(row)
+    n = ranks.size
+    if method == "rho_a":
+        return (ranks - (n + 1) / 2) * np.sqrt(12.0 / (n**3 - n))
+    centred = ranks - ranks.mean()
+    with np.errstate(invalid="ignore"):  # a constant row: NaN
+        return centred / np.linalg.norm(centred)
+
+
+def _awkward_rows(rng, n=400):
+    """Rows that exercise every branch of the rank transform."""
+    rows = rng.normal(size=(12, n))
+    rows[1] = np.round(rows[1], 1)  # many runs of ties
+    rows[2] = rng.integers(0, 3, n)  # few distinct values, long runs
+    rows[3] = 1.0 + rng.integers(0, 50, n) * 1e-12  # distinct in float64, tied in float32
+    rows[4, :5] = [-0.0, 0.0, -0.0, np.inf, -np.inf]  # signed zeros tie; infinities rank last/first
+    rows[5] = -np.abs(rows[5])  # all negative
+    rows[6] = np.exp(30 * rows[6])  # beyond float32's range
+    rows[7, ::2] = rows[7, 1::2]  # every value twice
+    return rows
+
+
+@pytest.mark.parametrize("method", ["spearman", "rho_a"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_standardize_ranks_match_scipy_rankdata(method, dtype, rng):
+    with np.errstate(over="ignore"):  # the huge row overflows float32 to inf
+        rows = _awkward_rows(rng).astype(dtype)
+    out = standardize(rows, method)
+    assert out.dtype == np.float64
+    for row, got in zip(rows, out, strict=True):
+        expected = _reference_standardize(row.astype(np.float64), method)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_standardize_marks_nan_and_constant_rows(rng):
+    rows = rng.normal(size=(3, 50))
+    rows[0, 7] = np.nan
+    rows[1] = 2.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning for 0 / 0
+        out = standardize(rows, "spearman")
+        rho_a = standardize(rows, "rho_a")
+    assert np.isnan(out[0]).all() and np.isnan(out[1]).all() and np.isfinite(out[2]).all()
+    assert np.isnan(rho_a[0]).all() and (rho_a[1] == 0).all()
+    buffer = np.empty((3, 50))
+    assert standardize(rows, "pearson", out=buffer) is buffer
+    with pytest.raises(InputError, match="'out' must be float64"):
+        standardize(rows, "pearson", out=np.empty((3, 50), dtype=np.float32))
+
+
+def test_standardize_in_threads_equals_one_chunk(rng):
+    """Over 2**20 values the rows are split into chunks ranked in parallel threads."""
+    rows = np.round(rng.normal(size=(24, 50_000)), 2).astype(np.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        parallel = standardize(rows, "spearman")
+        torch.set_num_threads(1)
+        serial = standardize(rows, "spearman")
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(parallel, serial)
+    for k in (0, 23):
+        np.testing.assert_allclose(parallel[k], _reference_standardize(rows[k], "spearman"))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_correlate_spearman_matches_scipy_row_by_row(dtype, rng):
+    n = 300
+    model = rng.normal(size=n)
+    meg = 0.3 * model + rng.normal(size=(6, n))
+    meg[1] = np.round(meg[1], 1)  # ties
+    meg[2, [5, 9]] = np.nan  # rows missing different pairs
+    meg[3, 11] = np.nan
+    meg = meg.astype(dtype)
+    models = np.stack([model, np.round(model, 1)])
+    out = correlate(meg, models, "spearman")
+    for t in range(len(meg)):
+        keep = ~np.isnan(meg[t])
+        for m in range(len(models)):
+            expected = stats.spearmanr(meg[t, keep].astype(np.float64), models[m, keep]).statistic
+            assert out[t, m] == pytest.approx(expected, abs=1e-12)
+
+
+def test_mean_rdm_skips_nan_with_and_without_missing_pairs(rng):
+    values = rng.normal(size=(3, 4, 10)).astype(np.float32)
+    np.testing.assert_allclose(mean_rdm(values), values.astype(np.float64).mean(0), rtol=1e-15)
+    values[0, 1, 2] = np.nan
+    values[:, 2, 3] = np.nan  # missing for everyone: stays NaN, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean = mean_rdm(values)
+    assert mean.dtype == np.float64 and np.isnan(mean[2, 3]) and np.isnan(mean).sum() == 1
+    assert mean[1, 2] == pytest.approx(values[1:, 1, 2].astype(np.float64).mean())

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from clip_hba._validation import InputError
 from clip_hba.data import load_spose
@@ -14,8 +15,23 @@ from clip_hba.evaluation import (
     save_time_rsa,
     time_resolved_rsa,
 )
-from clip_hba.meg import RDMStore, SimulationConfig, StoreWriter, simulate_meg
-from clip_hba.rsa import COMPARISONS, METHODS, cluster_permutation_test, compare, correlate, rdm
+from clip_hba.meg import (
+    RDMStore,
+    SimulationConfig,
+    StoreWriter,
+    leave_one_out_correlations,
+    simulate_meg,
+)
+from clip_hba.rsa import (
+    COMPARISONS,
+    METHODS,
+    cluster_permutation_test,
+    compare,
+    correlate,
+    mean_rdm,
+    rdm,
+    standardize,
+)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -266,3 +282,49 @@ def test_fast_path_equals_the_general_path(tmp_path, rng, method):
         np.testing.assert_allclose(fast.participants[name], slow.participants[name], atol=1e-10)
         for target, clusters in slow.clusters[name].items():
             assert [c.p_value for c in fast.clusters[name][target]] == [c.p_value for c in clusters]
+
+
+# ---------------------------------------------------------------------- rows standardised once
+
+
+def test_curves_and_noise_ceiling_without_missing_pairs_match_scipy(tmp_path, rng):
+    """The complete path (every MEG row ranked once, shared by curves and ceiling), with ties."""
+    values = np.round(rng.normal(size=(3, len(TIMES), 45)), 1).astype(np.float32)
+    path = tmp_path / "ties.h5"
+    with StoreWriter(path, IDS, ["p1", "p2", "p3"], TIMES) as writer:
+        for p in range(3):
+            writer.write_block(p, 0, values[p])
+    model = model_from(rng, "m")
+    result = time_resolved_rsa(path, [model], TimeRSAConfig(n_permutations=0), verbose=False)
+    data = values.astype(np.float64)
+
+    def rho(x, y):
+        return stats.spearmanr(x, y).statistic
+
+    for t in range(len(TIMES)):
+        mean = data[:, t].mean(0)
+        assert result.group["m"][t] == pytest.approx(rho(mean, model.values[0]), abs=1e-12)
+        for p in range(3):
+            expected = rho(data[p, t], model.values[0])
+            assert result.participants["m"][p, t] == pytest.approx(expected, abs=1e-12)
+        lower = np.mean([rho(data[p, t], np.delete(data[:, t], p, 0).mean(0)) for p in range(3)])
+        upper = np.mean([rho(data[p, t], mean) for p in range(3)])
+        assert result.noise_ceiling["lower"][t] == pytest.approx(lower, abs=1e-12)
+        assert result.noise_ceiling["upper"][t] == pytest.approx(upper, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_leave_one_out_correlations_reuse_and_reference(method, rng):
+    block = np.round(rng.normal(size=(4, 5, 36)), 1).astype(np.float32)
+    others, everyone = leave_one_out_correlations(block, method)
+    mean = mean_rdm(block)
+    for p in range(4):
+        rest = mean_rdm(np.delete(block, p, 0))
+        for t in range(5):
+            assert others[p, t] == pytest.approx(compare(block[p, t], rest[t], method), abs=1e-12)
+            assert everyone[p, t] == pytest.approx(compare(block[p, t], mean[t], method), abs=1e-12)
+    if method != "kendall_tau_a":  # rows standardised by the caller give the same numbers
+        reuse = np.stack([standardize(rows, method) for rows in [mean, *block]])
+        again = leave_one_out_correlations(block, method, standardized=reuse)
+        np.testing.assert_array_equal(again[0], others)
+        np.testing.assert_array_equal(again[1], everyone)

@@ -125,8 +125,8 @@ def _run(
     with bar:
         for time_rows, block in blocks:
             span = slice(offset, offset + len(time_rows))
-            _block_noise_ceiling(block, config.method, ceiling, span)
-            rows = [mean_rdm(block), *block]
+            rows = _Targets(mean_rdm(block), block, config.method, fast)
+            _block_noise_ceiling(block, rows, ceiling, span)
             for model in models:
                 _block_model(model, rows, span, config, permutations, curves, nulls, standardized)
             offset += len(time_rows)
@@ -211,9 +211,40 @@ class _Permutations:
                 yield start, [self._pairs(o) for o in self.orders[start:stop]]
 
 
+class _Targets:
+    """One block's MEG rows: the participants' mean, then every participant, (Tb, n_pairs) each.
+
+    The targets without missing pairs are standardised (ranked, centred, scaled) once, when
+    first needed, and shared by every model's curves, its permutations and the noise ceiling.
+    """
+
+    def __init__(self, mean: np.ndarray, block: np.ndarray, method: str, fast: bool) -> None:
+        self.rows = [mean, *block]
+        self.block = block
+        self.method = method
+        fast = fast and method != "kendall_tau_a"
+        self.complete = [t for t, meg in enumerate(self.rows) if fast and not np.isnan(meg).any()]
+        self._standardized: np.ndarray | None = None
+
+    def standardized(self) -> np.ndarray:
+        """The complete targets standardised, shape (len(complete), Tb, n_pairs), float64."""
+        if self._standardized is None:
+            z = np.empty((len(self.complete), *self.rows[0].shape), dtype=np.float64)
+            if len(self.complete) == len(self.rows):  # the participants in one call: one pool
+                standardize(self.rows[0], self.method, out=z[0])
+                n_pairs = self.block.shape[-1]
+                rows = self.block.reshape(-1, n_pairs)
+                standardize(rows, self.method, out=z[1:].reshape(-1, n_pairs))
+            else:
+                for k, t in enumerate(self.complete):
+                    standardize(self.rows[t], self.method, out=z[k])
+            self._standardized = z
+        return self._standardized
+
+
 def _block_model(
     model: ModelRDMs,
-    rows: list[np.ndarray],
+    targets: _Targets,
     span: slice,
     config: TimeRSAConfig,
     permutations: _Permutations,
@@ -236,20 +267,19 @@ def _block_model(
     fast = standardized is not None and method != "kendall_tau_a" and whole_rows
     if fast and model.name not in standardized:
         standardized[model.name] = standardize(model.values, method)
-    complete = [t for t, meg in enumerate(rows) if fast and not np.isnan(meg).any()]
+    complete = targets.complete if fast else []
     if complete:
         _fast_targets(
             model,
-            [rows[t] for t in complete],
+            targets.standardized(),
             complete,
             span,
-            config,
             permutations,
             curves,
             nulls,
             standardized[model.name],
         )
-    for target, meg in enumerate(rows):  # (Tb, n_pairs)
+    for target, meg in enumerate(targets.rows):  # (Tb, n_pairs)
         if target in complete:
             continue
         if model.kind == "time":
@@ -273,18 +303,19 @@ def _block_model(
 
 def _fast_targets(
     model: ModelRDMs,
-    megs: list[np.ndarray],
+    z_meg: np.ndarray,
     targets: list[int],
     span: slice,
-    config: TimeRSAConfig,
     permutations: _Permutations,
     curves: dict[str, np.ndarray],
     nulls: dict[str, np.ndarray],
     z_model: np.ndarray,
 ) -> None:
-    """The complete targets together: each permuted model is gathered once for all of them."""
+    """The complete targets together: each permuted model is gathered once for all of them.
+
+    ``z_meg`` (len(targets), Tb, n_pairs) holds the targets standardised.
+    """
     names = model.curve_names()
-    z_meg = np.stack([standardize(meg.astype(np.float64), config.method) for meg in megs])
     n_targets, n_times, n_pairs = z_meg.shape
     if model.kind == "time":
         z_time = z_model[span]
@@ -305,12 +336,16 @@ def _fast_targets(
 
 
 def _block_noise_ceiling(
-    block: np.ndarray, method: str, ceiling: dict[str, np.ndarray], span: slice
+    block: np.ndarray, targets: _Targets, ceiling: dict[str, np.ndarray], span: slice
 ) -> None:
     """Each participant against the mean of the others (lower) and of all (upper)."""
     if block.shape[0] < 2:
         return
-    ceiling["lower"][:, span], ceiling["upper"][:, span] = leave_one_out_correlations(block, method)
+    # every target complete: the mean's and the participants' standardised rows are reused
+    reuse = targets.standardized() if len(targets.complete) == len(targets.rows) else None
+    ceiling["lower"][:, span], ceiling["upper"][:, span] = leave_one_out_correlations(
+        block, targets.method, standardized=reuse
+    )
 
 
 def _clusters(

@@ -17,15 +17,18 @@ import numpy as np
 
 from clip_hba.meg.config import QUALITY_WINDOW_MS
 from clip_hba.meg.store import RDMStore
-from clip_hba.rsa.comparisons import correlate_rowwise
+from clip_hba.rsa.comparisons import correlate_rowwise, standardize
 from clip_hba.rsa.methods import Method
 
 __all__ = ["FLAG_RATIO", "QUALITY_WINDOW_MS", "leave_one_out_correlations", "participant_quality"]
 
 FLAG_RATIO = 0.5  # flagged: below this share of the median of the other participants' values
+_LOO_BYTES = 64 << 20  # leave-one-out means standardised at once
 
 
-def leave_one_out_correlations(block: np.ndarray, method: Method) -> tuple[np.ndarray, np.ndarray]:
+def leave_one_out_correlations(
+    block: np.ndarray, method: Method, standardized: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Each participant's RDM against the mean of the others and against the mean of all.
 
     Parameters
@@ -34,6 +37,11 @@ def leave_one_out_correlations(block: np.ndarray, method: Method) -> tuple[np.nd
         NaN pairs are left out of the means (and of each correlation).
     method : str
         A comparison method of `clip_hba.rsa.METHODS`.
+    standardized : ndarray, shape (P + 1, T, n_pairs), optional
+        For a block without NaN: `clip_hba.rsa.standardize` of the mean of all participants
+        (row 0) and of each participant's rows (rows 1..P), already computed by the caller
+        (time-resolved RSA needs them for its curves) and reused here. Ignored for a block
+        with NaN and for Kendall's tau-a, which take the general path.
 
     Returns
     -------
@@ -46,6 +54,8 @@ def leave_one_out_correlations(block: np.ndarray, method: Method) -> tuple[np.nd
     if n_p < 2:
         return others, everyone
     valid = ~np.isnan(block)
+    if method != "kendall_tau_a" and block.shape[-1] >= 3 and valid.all():
+        return _complete_leave_one_out(block, method, standardized)
     total = np.where(valid, block, 0.0).sum(0, dtype=np.float64)
     count = valid.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -54,6 +64,39 @@ def leave_one_out_correlations(block: np.ndarray, method: Method) -> tuple[np.nd
             mean_others = (total - np.where(valid[p], block[p], 0.0)) / (count - valid[p])
             others[p] = correlate_rowwise(block[p], mean_others, method)
             everyone[p] = correlate_rowwise(block[p], mean_all, method)
+    return others, everyone
+
+
+def _complete_leave_one_out(
+    block: np.ndarray, method: Method, standardized: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`leave_one_out_correlations` of a block without NaN: every row standardised once.
+
+    The general path (NaN pairs: per-pair counts) standardises each participant's rows twice
+    and the mean of all once per participant; here they are standardised once (or taken from
+    ``standardized``) and only the P leave-one-out means, ``(sum - own) / (P - 1)``, are
+    ranked anew. The means are the same numbers and standardised the same way; only the
+    final dot products round differently (about 1e-16).
+    """
+    n_p = len(block)
+    total = block.sum(0, dtype=np.float64)
+    if standardized is None:
+        standardized = np.empty((n_p + 1, *block.shape[1:]), dtype=np.float64)
+        standardize(total / n_p, method, out=standardized[0])
+        n_pairs = block.shape[2]
+        standardize(block.reshape(-1, n_pairs), method, out=standardized[1:].reshape(-1, n_pairs))
+    z_all, z_own = standardized[0], standardized[1:]
+    others = np.empty(block.shape[:2])
+    # every participant's leave-one-out mean for a few timepoints at a time, standardised in
+    # one call (one pool of threads, small buffers)
+    step = max(1, _LOO_BYTES // (8 * n_p * block.shape[2]))
+    for start in range(0, block.shape[1], step):
+        span = slice(start, start + step)
+        mean_others = (total[span] - block[:, span]) / (n_p - 1)  # (P, tb, n_pairs)
+        z_others = standardize(mean_others.reshape(-1, block.shape[2]), method)
+        z_others = z_others.reshape(mean_others.shape)
+        others[:, span] = np.einsum("ptn,ptn->pt", z_own[:, span], z_others)
+    everyone = np.einsum("ptn,tn->pt", z_own, z_all)
     return others, everyone
 
 

@@ -294,8 +294,14 @@ class RDMStore:
         times = self.time_indices(window_ms)
         rows = self.participant_indices(participants, exclude)
         pairs = self.pair_selection(concept_ids)
+        if pairs is not None and np.array_equal(pairs, np.arange(self.n_pairs)):
+            pairs = None  # every pair in store order: no gathered copy
         for start, stop in self._time_batches(times, self.n_pairs * len(rows), batch_bytes):
-            block = np.stack([self._read_rows(p, times[start:stop]) for p in rows])
+            # each participant's rows are read straight into the block (no per-row arrays
+            # to stack: at full size that copy cost as much as the read)
+            block = np.empty((len(rows), stop - start, self.n_pairs), dtype=self._rdm.dtype)
+            for k, p in enumerate(rows):
+                self._read_into(block[k], p, times[start:stop])
             if pairs is not None:
                 block = block[..., pairs]
             yield times[start:stop], block.astype(np.float32, copy=False)
@@ -368,10 +374,13 @@ class RDMStore:
     def _selected_ids(self, concept_ids: Sequence[str] | None) -> tuple[str, ...]:
         return self.concept_ids if concept_ids is None else tuple(concept_ids)
 
-    def _read_rows(self, participant: int, times: np.ndarray) -> np.ndarray:
+    def _read_into(self, out: np.ndarray, participant: int, times: np.ndarray) -> None:
+        """Read ``participant``'s rows at ``times`` into ``out`` (len(times), n_pairs)."""
         if times.size and np.all(np.diff(times) == 1):
-            return self._rdm[participant, int(times[0]) : int(times[-1]) + 1]
-        return self._rdm[participant, times]
+            selection = np.s_[participant, int(times[0]) : int(times[-1]) + 1]
+            self._rdm.read_direct(out, source_sel=selection)
+        elif times.size:
+            out[...] = self._rdm[participant, times]
 
     @staticmethod
     def _time_batches(

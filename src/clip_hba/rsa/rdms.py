@@ -173,10 +173,12 @@ def mean_rdm(values: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (...), float64 (summed in float64, without warnings for all-NaN entries)
     """
-    valid = ~np.isnan(values)
-    total = np.where(valid, values, 0).sum(0, dtype=np.float64)
+    missing = np.isnan(values)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return total / valid.sum(0)
+        if not missing.any():  # the same numbers, without the masked copy and the counts
+            return values.sum(0, dtype=np.float64) / len(values)
+        total = np.where(missing, 0, values).sum(0, dtype=np.float64)
+        return total / (len(values) - missing.sum(0))
 
 
 def to_condensed(

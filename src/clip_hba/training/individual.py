@@ -142,6 +142,11 @@ def fit_individuals(
     check_option("backend", backend, BACKENDS)
     if backend == "sequential" and address is not None:
         raise InputError(f"--address {address} is for --backend ray; add --backend ray.")
+    if backend == "ray" and template.devices > 1:
+        raise InputError(
+            f"--devices {template.devices} starts processes of its own; with --backend ray "
+            "each participant is one task: give it GPUs with --gpus-per-task."
+        )
     check_task_resources(cpus_per_task, gpus_per_task, max_retries)
     if backend == "ray":
         import_ray()  # before the store is opened: a missing extra is refused first
