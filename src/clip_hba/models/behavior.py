@@ -15,6 +15,7 @@ from clip_hba.data.things import load_spose_labels
 from clip_hba.models.backbones import Backbone, Inputs, Tower, first_trainable_block, load_backbone
 from clip_hba.models.config import HeadConfig
 from clip_hba.models.inputs import eval_mode, map_batches, to_device
+from clip_hba.models.precision import full_precision
 
 __all__ = ["BehaviorModel", "base_model"]
 
@@ -73,13 +74,14 @@ class BehaviorModel(nn.Module):
         start = first_trainable_block(tower)
         if start == tower.n_blocks:
             if self._frozen_label_features is None:
-                with torch.no_grad():
-                    self._frozen_label_features = tower(to_device(self._label_inputs, self.device))
+                with torch.no_grad():  # float32, whatever autocast the first call ran in
+                    features = tower(to_device(self._label_inputs, self.device))
+                    self._frozen_label_features = full_precision(features)
             return self._frozen_label_features
         inputs = to_device(self._label_inputs, self.device)
         if self._label_hidden is None or self._label_hidden[0] != start:
             with torch.no_grad():
-                self._label_hidden = (start, tower.hidden_at(inputs, start))
+                self._label_hidden = (start, full_precision(tower.hidden_at(inputs, start)))
         return tower.features_from(self._label_hidden[1], inputs, start)
 
     def reset_caches(self) -> None:

@@ -59,6 +59,7 @@ from clip_hba.training.load import (
     behavior_weights,
     load_behavior_run,
     load_behavior_weights,
+    resolve_device,
 )
 from clip_hba.training.loop import (
     Progress,
@@ -120,10 +121,12 @@ def fit_behavior(
     is the one-process run's, to float rounding.
     """
     run = RunDir(config.out)
-    ranks = join()
+    device = resolve_device(config.device)
+    ranks = join(device)
     config = begin(run, config, resume, options_given)
     if config.devices > 1 and not ranks.active:
-        launch(fit_behavior, (config,), dict(resume=resume, verbose=verbose), config.devices)
+        options = dict(resume=resume, verbose=verbose)
+        launch(fit_behavior, (config,), options, config.devices, device)
         return _finished(run)
     barrier(ranks)  # every process has checked the run before rank 0 writes it
     with rank_run_dir(run, ranks, resume) as own_run:

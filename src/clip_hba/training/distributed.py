@@ -80,11 +80,14 @@ class Ranks:
         return rows if not self.active else rows[self.owners(rows) == self.rank]
 
 
-def join() -> Ranks:
+def join(device: torch.device | None = None) -> Ranks:
     """This process's ranks: the process group already started (by `launch`, or by torchrun /
-    accelerate, whose environment variables start one here), else one process."""
+    accelerate, whose environment variables start one here), else one process.
+
+    ``device`` (where the model runs) picks the backend: NCCL for CUDA, gloo for the CPU.
+    """
     if dist.is_available() and not dist.is_initialized() and int(_env("WORLD_SIZE", "1")) > 1:
-        cuda = torch.cuda.is_available()
+        cuda = _uses_cuda(device)
         if cuda:  # one GPU per local process: "cuda" / "auto" mean this one
             torch.cuda.set_device(int(_env("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")  # env://: RANK, WORLD_SIZE, ...
@@ -95,6 +98,25 @@ def join() -> Ranks:
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _uses_cuda(device: torch.device | None) -> bool:
+    """Whether the processes run on GPUs; refuses one GPU named for several processes."""
+    if device is None:
+        return torch.cuda.is_available()
+    if device.type == "cuda" and device.index is not None and int(_env("WORLD_SIZE", "1")) > 1:
+        raise InputError(
+            f"--device {device} names one GPU for several processes; give --device cuda "
+            "(process k uses GPU k of its machine)."
+        )
+    return device.type == "cuda"
+
+
+def _backend_device() -> torch.device:
+    """Where the collectives' buffers live: the process's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 # ---------------------------------------------------------------------------- collectives
@@ -123,7 +145,7 @@ def gather_rows(
     """
     if not ranks.active:
         return local
-    moved = local.movedim(dim, 0).float().contiguous()
+    moved = local.movedim(dim, 0).float().to(_backend_device()).contiguous()
     counts = torch.bincount(owners, minlength=ranks.world).tolist()
     padded = moved.new_zeros((max(counts), *moved.shape[1:]))
     padded[: len(moved)] = moved.detach()
@@ -134,26 +156,35 @@ def gather_rows(
     pieces = [part[: counts[r]] for r, part in enumerate(parts)]
     order = torch.cat([torch.nonzero(owners == r).flatten() for r in range(ranks.world)])
     whole = torch.cat(pieces)[torch.argsort(order.to(pieces[0].device))]
-    return whole.movedim(0, dim).to(local.dtype)
+    return whole.movedim(0, dim).to(device=local.device, dtype=local.dtype)
 
 
 def reduce_gradients(parameters: Sequence[torch.nn.Parameter], ranks: Ranks) -> None:
     """Sum the gradients of ``parameters`` over the processes, in place (one flat all-reduce).
 
-    A parameter without a gradient in this process (no own row in the batch) counts as zero.
+    A parameter without a gradient in this process (no own row in the batch) counts as zero;
+    one without a gradient in any process keeps none, so the optimizer skips it as one
+    process would.
     """
     if not ranks.active:
         return
-    for param in parameters:
+    parameters = list(parameters)
+    device = _backend_device()
+    has = torch.tensor([p.grad is not None for p in parameters], dtype=torch.int32, device=device)
+    dist.all_reduce(has)
+    used = [p for p, count in zip(parameters, has.tolist(), strict=True) if count > 0]
+    for param in used:
         if param.grad is None:
             param.grad = torch.zeros_like(param)
-    grads = [p.grad for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    if not used:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in used]).to(device)
     dist.all_reduce(flat)
     offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
+    for param in used:
+        size = param.grad.numel()
+        param.grad.copy_(flat[offset : offset + size].view_as(param.grad))
+        offset += size
 
 
 def broadcast_parameters(parameters: Sequence[torch.nn.Parameter], ranks: Ranks) -> None:
@@ -168,9 +199,7 @@ def agree(flag: bool, ranks: Ranks) -> bool:
     """Rank 0's ``flag`` in every process (decisions that must not diverge: stop, keep)."""
     if not ranks.active:
         return flag
-    value = torch.tensor([int(flag)], dtype=torch.int64)
-    if dist.get_backend() == "nccl":
-        value = value.cuda()
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=_backend_device())
     dist.broadcast(value, src=0)
     return bool(value.item())
 
@@ -207,7 +236,13 @@ def rank_run_dir(run: RunDir, ranks: Ranks, resume: bool) -> Iterator[RunDir]:
 # ---------------------------------------------------------------------------- launching
 
 
-def launch(function: Callable[..., Any], args: tuple, kwargs: dict, devices: int) -> None:
+def launch(
+    function: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    devices: int,
+    device: torch.device | None = None,
+) -> None:
     """Run ``function(*args, **kwargs)`` in ``devices`` local processes with a process group.
 
     CUDA: one GPU each (``cuda:<rank>``) with NCCL, which needs ``devices`` GPUs; else the
@@ -216,7 +251,13 @@ def launch(function: Callable[..., Any], args: tuple, kwargs: dict, devices: int
     """
     if devices < 1:
         raise InputError(f"Invalid value for '--devices': expected >= 1, got {devices}.")
-    if torch.cuda.is_available() and torch.cuda.device_count() < devices:
+    cuda = torch.cuda.is_available() if device is None else device.type == "cuda"
+    if cuda and device is not None and device.index is not None:
+        raise InputError(
+            f"--device {device} names one GPU for {devices} processes; give --device cuda "
+            "(process k uses GPU k)."
+        )
+    if cuda and torch.cuda.device_count() < devices:
         raise InputError(
             f"--devices {devices}, but this machine has {torch.cuda.device_count()} GPU(s)."
         )
@@ -227,7 +268,7 @@ def launch(function: Callable[..., Any], args: tuple, kwargs: dict, devices: int
     processes = [
         context.Process(
             target=_worker,
-            args=(rank, devices, port, threads, errors, function, args, kwargs),
+            args=(rank, devices, port, threads, cuda, errors, function, args, kwargs),
             daemon=False,
         )
         for rank in range(devices)
@@ -274,6 +315,7 @@ def _worker(
     world: int,
     port: int,
     threads: int,
+    cuda: bool,
     errors: Any,
     function: Callable[..., Any],
     args: tuple,
@@ -286,7 +328,6 @@ def _worker(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(rank)
     else:
@@ -295,7 +336,7 @@ def _worker(
     try:
         function(*args, **kwargs)
     except BaseException as err:
-        errors.put((rank, type(err).__name__, str(err)))
+        errors.put((rank, type(err).__name__, str(err)[:2000]))  # (a pipe holds 64 KiB)
         raise SystemExit(1) from None
     finally:
         dist.destroy_process_group()

@@ -163,7 +163,7 @@ def fit_on_ray(
     errors: dict[str, str] = {}
     pending: list = []
     try:
-        check_cluster(ray, cpus_per_task, gpus_per_task)
+        _check_cluster(ray, cpus_per_task, gpus_per_task)
         task = ray.remote(_fit_task)
         resources = dict(
             num_cpus=cpus_per_task,
@@ -216,7 +216,7 @@ def fit_on_ray(
     return ordered
 
 
-def check_cluster(ray: Any, cpus_per_task: float, gpus_per_task: float) -> None:
+def _check_cluster(ray: Any, cpus_per_task: float, gpus_per_task: float) -> None:
     """Refuse task resources that no node of the cluster has (Ray would wait for ever)."""
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     for option, kind, amount in (

@@ -128,11 +128,11 @@ def fit_meg(
     With ``config.devices`` > 1 the run trains in that many processes, as `fit_behavior`.
     """
     run = RunDir(config.out)
-    ranks = join()
+    ranks = join(resolve_device(config.device))
     config = begin(run, config, resume, options_given)
     if config.devices > 1 and not ranks.active:
         options = dict(resume=resume, allow_unfinished=allow_unfinished, verbose=verbose)
-        launch(fit_meg, (config,), options, config.devices)
+        launch(fit_meg, (config,), options, config.devices, resolve_device(config.device))
         metrics = run.read_metrics()
         model = load_meg_run(run, config.device)
         log = run.load_checkpoint().log
@@ -243,9 +243,12 @@ class MegTrainer:
         On several processes each computes its own concepts' and receives the others'.
         """
         rows = torch.arange(len(self.inputs))
+        tensors = self.inputs.tensors  # (as they are on one process: pixels may stream)
+        if self.ranks.active:
+            tensors = select_inputs(tensors, self.ranks.own(rows), trim=False)
         features = map_batches(
             self.model.layer_features,
-            select_inputs(self.inputs.tensors, self.ranks.own(rows), trim=False),
+            tensors,
             self.config.batch_size,
             self.model.device,
             dim=1,
