@@ -11,7 +11,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_gpu_check_runs_on_tiny_models_on_the_cpu():
     command = [
         sys.executable, str(BENCHMARKS / "gpu_check.py"), "--shapes", "tiny", "--device", "cpu",
-        "--images", "12", "--batch-size", "6",
+        "--images", "8", "--batch-size", "4",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

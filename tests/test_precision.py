@@ -163,7 +163,7 @@ def meg_config(store, model, out, **overrides):
     return MegFitConfig(**{**settings, **overrides})
 
 
-def test_meg_training_in_bf16_follows_fp32_and_resumes_exactly(tmp_path_factory, store):
+def test_meg_training_in_bf16_follows_fp32(tmp_path_factory, store):
     bert = make_tiny_bert(tmp_path_factory.mktemp("bert") / "model")
     out = tmp_path_factory.mktemp("meg")
     full = fit_meg(meg_config(store, bert, out / "fp32"), verbose=False)
@@ -171,15 +171,8 @@ def test_meg_training_in_bf16_follows_fp32_and_resumes_exactly(tmp_path_factory,
     a, b = [r["val_loss"] for r in full.log], [r["val_loss"] for r in half.log]
     assert len(a) == len(b) and relative_error(a, b) < 0.05
     assert abs(full.log[-1]["val_r"] - half.log[-1]["val_r"]) < 0.05
-    part = out / "part"
-    config = dict(precision="fp16", time_budget_s=0.0)
-    whole = fit_meg(meg_config(store, bert, out / "whole", precision="fp16"), verbose=False)
-    resumed = fit_meg(meg_config(store, bert, part, **config), verbose=False)
-    for _ in range(len(whole.log)):
-        if len(resumed.log) == len(whole.log):
-            break
-        resumed = fit_meg(meg_config(store, bert, part, **config), resume=True, verbose=False)
-    assert [r["val_loss"] for r in resumed.log] == [r["val_loss"] for r in whole.log]
+    saved = json.loads((out / "bf16" / "state.json").read_text())
+    assert saved["grad_scaler"] == {}  # bf16 needs no loss scaling (fp16's: tested above)
 
 
 def run(capsys, *args):
