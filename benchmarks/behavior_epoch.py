@@ -39,20 +39,8 @@ from clip_hba.models import (
     load_backbone,
     select_inputs,
 )
-from clip_hba.testing import make_random_clip, make_things_images
+from clip_hba.testing import CLIP_SHAPES, make_random_clip, make_things_images
 from clip_hba.training import PrefixCache
-
-VIT_L14 = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=224,
-    patch_size=14,
-)
-TEXT_L14 = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
-)
 
 
 def main() -> None:
@@ -68,7 +56,7 @@ def main() -> None:
 
 
 def run(tmp: Path, args: argparse.Namespace) -> dict:
-    model_dir = make_random_clip(tmp / "clip", vision=VIT_L14, text=TEXT_L14, projection_dim=768)
+    model_dir = make_random_clip(tmp / "clip", **CLIP_SHAPES["vit-l14"])
     concept_ids = list(load_concepts().ids[: args.images])
     images = make_things_images(tmp / "images", concept_ids, size=256)
     model = BehaviorModel(load_backbone(model_dir), load_spose_labels(), HeadConfig())

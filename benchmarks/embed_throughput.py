@@ -29,34 +29,7 @@ import torch.nn.functional as F
 
 from clip_hba.data import load_concepts
 from clip_hba.models import InputConfig, base_model, concept_inputs, embed
-from clip_hba.testing import make_random_clip, make_things_images
-
-SHAPES = {
-    "vit-b32": (
-        dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=32,
-        ),
-        dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-        512,
-    ),
-    "vit-l14": (
-        dict(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=224,
-            patch_size=14,
-        ),
-        dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-        768,
-    ),
-}
+from clip_hba.testing import CLIP_SHAPES, make_random_clip, make_things_images
 
 
 def main() -> None:
@@ -65,7 +38,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--shapes", choices=sorted(SHAPES), default="vit-b32")
+    parser.add_argument("--shapes", choices=sorted(CLIP_SHAPES), default="vit-b32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
@@ -77,8 +50,7 @@ def main() -> None:
 def measure(tmp: Path, args: argparse.Namespace) -> dict:
     from transformers import CLIPModel
 
-    vision, text, projection = SHAPES[args.shapes]
-    model_dir = make_random_clip(tmp / "clip", vision=vision, text=text, projection_dim=projection)
+    model_dir = make_random_clip(tmp / "clip", **CLIP_SHAPES[args.shapes])
     concept_ids = list(load_concepts().ids[: args.images])
     images = make_things_images(tmp / "images", concept_ids, size=256)
     device = torch.device(args.device)

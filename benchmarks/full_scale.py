@@ -34,17 +34,6 @@ import time
 from pathlib import Path
 
 STAGES = ("cache_build", "stage0_epoch", "stage1_epoch", "evaluate_meg", "rsa_static", "rsa_layers")
-VIT_B32 = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    image_size=224,
-    patch_size=32,
-)
-TEXT_B32 = dict(
-    hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8
-)
 
 
 def main() -> None:
@@ -112,7 +101,7 @@ def _stage(stage: str, args: argparse.Namespace) -> dict:
 def _prepare(work: Path, args: argparse.Namespace) -> None:
     """The store, images and model (reused when they exist)."""
     from clip_hba.meg import RDMStore, SimulationConfig, simulate_meg
-    from clip_hba.testing import make_random_clip, make_things_images
+    from clip_hba.testing import CLIP_SHAPES, make_random_clip, make_things_images
 
     work.mkdir(parents=True, exist_ok=True)
     store = work / "store.h5"
@@ -125,7 +114,7 @@ def _prepare(work: Path, args: argparse.Namespace) -> None:
         make_things_images(work / "images", concept_ids, size=256)
         (work / "images" / "done").write_text("ok")
     if not (work / "clip" / "config.json").exists():
-        make_random_clip(work / "clip", vision=VIT_B32, text=TEXT_B32, projection_dim=512)
+        make_random_clip(work / "clip", **CLIP_SHAPES["vit-b32"])
 
 
 def _config(work: Path, args: argparse.Namespace, out: str, **settings):

@@ -29,20 +29,8 @@ import torch
 from clip_hba.data import split_concepts
 from clip_hba.meg import SimulationConfig, simulate_meg
 from clip_hba.models import AdapterConfig, InputConfig, base_model, concept_inputs, embed
-from clip_hba.testing import make_random_clip, make_things_images
+from clip_hba.testing import CLIP_SHAPES, make_random_clip, make_things_images
 from clip_hba.training import BehaviorFitConfig, BehaviorTrainer, MegFitConfig, MegTrainer
-
-VIT_L14 = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=224,
-    patch_size=14,
-)
-TEXT_L14 = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
-)
 
 
 def main() -> None:
@@ -59,12 +47,7 @@ def main() -> None:
 
 def check(tmp: Path, args: argparse.Namespace) -> dict:
     large = args.shapes == "vit-l14"
-    model = make_random_clip(
-        tmp / "clip",
-        vision=VIT_L14 if large else None,
-        text=TEXT_L14 if large else None,
-        projection_dim=768 if large else 16,
-    )
+    model = make_random_clip(tmp / "clip", **(CLIP_SHAPES["vit-l14"] if large else {}))
     split = split_concepts(seed=0)
     n_val = max(1, round(args.images * 0.2))  # the concepts fit behavior's --max-concepts uses
     concept_ids = [*split.train_ids[: args.images - n_val], *split.val_ids[:n_val], *split.test_ids]

@@ -28,20 +28,8 @@ import torch
 
 from clip_hba.meg import RDMStore, SimulationConfig, simulate_meg
 from clip_hba.models import InputConfig
-from clip_hba.testing import make_random_clip, make_things_images
+from clip_hba.testing import CLIP_SHAPES, make_random_clip, make_things_images
 from clip_hba.training import MegFitConfig, MegTrainer
-
-VIT_B32 = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    image_size=224,
-    patch_size=32,
-)
-TEXT_B32 = dict(
-    hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8
-)
 
 
 def timed_epochs(trainer: MegTrainer, epochs: int) -> float:
@@ -70,7 +58,7 @@ def main() -> None:
         with RDMStore(store) as opened:
             concept_ids = list(opened.concept_ids)
         images = make_things_images(root / "images", concept_ids, size=256)
-        model = make_random_clip(root / "clip", vision=VIT_B32, text=TEXT_B32, projection_dim=512)
+        model = make_random_clip(root / "clip", **CLIP_SHAPES["vit-b32"])
         config = MegFitConfig(
             store=str(store),
             model=str(model),

@@ -15,6 +15,7 @@ from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPToken
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 __all__ = [
+    "CLIP_SHAPES",
     "char_level_clip_tokenizer",
     "make_random_clip",
     "make_things_images",
@@ -22,6 +23,39 @@ __all__ = [
     "make_tiny_clip",
     "make_tiny_vit",
 ]
+
+
+# `make_random_clip` settings with the shapes of OpenAI's CLIPs (random weights: benchmarks)
+CLIP_SHAPES: dict[str, dict] = {
+    "vit-b32": dict(  # vision: 12 blocks, width 768, patch 32, 224 px; text: 12 x 512
+        vision=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=32,
+        ),
+        text=dict(
+            hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8
+        ),
+        projection_dim=512,
+    ),
+    "vit-l14": dict(  # vision: 24 blocks, width 1024, patch 14, 224 px; text: 12 x 768
+        vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+        text=dict(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12
+        ),
+        projection_dim=768,
+    ),
+}
 
 
 def char_level_clip_tokenizer() -> CLIPTokenizer:
