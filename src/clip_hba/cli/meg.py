@@ -100,10 +100,12 @@ def import_command(
         ),
     ] = False,
     method: Annotated[
-        Literal["correlation", "decoding"],
+        Literal["correlation", "decoding", "crossnobis"],
         typer.Option(
-            help="mne/bids: 1 - Pearson between condition-mean sensor patterns, or "
-            "cross-validated pairwise LDA decoding accuracy (%)."
+            help="mne/bids: 1 - Pearson between condition-mean sensor patterns; "
+            "cross-validated pairwise accuracy (%) of shrinkage LDA, one pooled covariance "
+            "per fold; or crossnobis, the cross-validated Mahalanobis distance with the "
+            "training folds' shrunk noise covariance (as rsatoolbox)."
         ),
     ] = EPOCHS.method,
     concept_column: Annotated[
@@ -114,11 +116,20 @@ def import_command(
     ] = None,
     fold_column: Annotated[
         str | None,
-        typer.Option(help="mne: metadata column with the session/run, for decoding folds."),
+        typer.Option(
+            help="mne: metadata column with the session/run, for decoding/crossnobis folds."
+        ),
     ] = None,
     n_splits: Annotated[
-        int, typer.Option(min=2, help="Decoding folds when there is no fold column.")
+        int, typer.Option(min=2, help="Decoding/crossnobis folds when there is no fold column.")
     ] = EPOCHS.n_splits,
+    shrinkage: Annotated[
+        str,
+        typer.Option(
+            help="Decoding/crossnobis covariance shrinkage: 'auto' (Ledoit-Wolf toward the "
+            "diagonal) or a number in [0, 1] (toward a multiple of the identity)."
+        ),
+    ] = str(EPOCHS.shrinkage),
     bin_ms: Annotated[
         float | None,
         typer.Option(
@@ -144,10 +155,9 @@ def import_command(
     tmin: Annotated[float, typer.Option(help="bids: epoch start (s).")] = BIDS.tmin_s,
     tmax: Annotated[float, typer.Option(help="bids: epoch end (s).")] = BIDS.tmax_s,
     decim: Annotated[int, typer.Option(min=1, help="bids: keep every n-th sample.")] = BIDS.decim,
-    seed: Annotated[int, typer.Option(min=0, help="Decoding fold shuffling.")] = EPOCHS.seed,
-    n_jobs: Annotated[
-        int, typer.Option(help="Decoding: parallel jobs over pairs.")
-    ] = EPOCHS.n_jobs,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Decoding/crossnobis fold shuffling.")
+    ] = EPOCHS.seed,
     dtype: DtypeOption = "float32",
     force: ForceOption = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -170,7 +180,7 @@ def import_command(
         times_ms=times,
         asymmetry=asymmetric or "raise",
         inf_as_nan=inf_as_nan,
-        epochs=EpochsConfig(method, bin_ms, n_splits, seed, n_jobs),
+        epochs=EpochsConfig(method, bin_ms, n_splits, seed, _shrinkage(shrinkage)),
         concept_column=concept_column,
         fold_column=fold_column,
         subjects=split_list(subjects),
@@ -189,6 +199,14 @@ def import_command(
     )
     with RDMStore(path) as store:
         emit(store.info())
+
+
+def _shrinkage(text: str) -> float | str:
+    """``--shrinkage``: a number, else the text as given (EpochsConfig names a bad one)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 @meg_app.command("info")

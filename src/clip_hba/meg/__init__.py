@@ -5,6 +5,7 @@
 - `clip_hba.meg.writer`: `StoreWriter` (atomic, content-hashed), export to the release format.
 - `clip_hba.meg.io`: importers of the THINGS-MEG release ``.mat`` and ``.npy``, format dispatch.
 - `clip_hba.meg.epochs`: MNE epochs -> time-resolved RDMs.
+- `clip_hba.meg.crossval`: cross-validated RDMs from epochs (crossnobis, closed-form pairwise LDA).
 - `clip_hba.meg.bids`: BIDS datasets (mne-bids) -> RDMs.
 - `clip_hba.meg.simulate`: simulated participants with a known truth.
 - `clip_hba.meg.quality`: how well each participant agrees with the others.
@@ -45,6 +46,10 @@ _MODULES = {
     "condition_rdms": "epochs",
     "correlation_rdms": "epochs",
     "decoding_rdms": "epochs",
+    "crossnobis_rdms": "crossval",
+    "crossval_folds": "epochs",
+    "fold_covariances": "crossval",
+    "lda_rdms": "crossval",
     "epochs_rdms": "epochs",
     "import_bids": "bids",
     "import_epochs": "epochs",
@@ -78,15 +83,19 @@ __all__ = [
     "concept_order",
     "condition_rdms",
     "correlation_rdms",
+    "crossnobis_rdms",
+    "crossval_folds",
     "decoding_rdms",
     "epochs_rdms",
     "export_things_mat",
+    "fold_covariances",
     "guess_format",
     "import_bids",
     "import_epochs",
     "import_npy",
     "import_rdms",
     "import_things_mat",
+    "lda_rdms",
     "leave_one_out_correlations",
     "open_store",
     "participant_quality",

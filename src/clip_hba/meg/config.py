@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -17,25 +17,31 @@ __all__ = ["QUALITY_WINDOW_MS", "BidsEpoching", "EpochsConfig", "SimulationConfi
 
 QUALITY_WINDOW_MS = (0.0, 1000.0)  # times averaged by the participant-quality check
 
-Method = Literal["correlation", "decoding"]
+Method = Literal["correlation", "decoding", "crossnobis"]
 
 
 @dataclass
 class EpochsConfig:
-    """How epochs become RDMs."""
+    """How epochs become RDMs (`clip_hba.meg.epochs`, `clip_hba.meg.crossval`)."""
 
     method: Method = "correlation"
     bin_ms: float | None = None  # average consecutive samples into bins of this width
-    n_splits: int = 5  # decoding folds when no fold label is given
-    seed: int = 0  # decoding fold shuffling
-    n_jobs: int = 1  # decoding: parallel jobs over pairs (joblib)
+    n_splits: int = 5  # decoding/crossnobis folds when no fold label is given
+    seed: int = 0  # decoding/crossnobis fold shuffling
+    shrinkage: float | str = "auto"  # covariance: 'auto' (Ledoit-Wolf) or a number in [0, 1]
 
     def __post_init__(self) -> None:
-        check_option("method", self.method, ("correlation", "decoding"))
+        check_option("method", self.method, get_args(Method))
         if self.bin_ms is not None and self.bin_ms <= 0:
             raise InputError(f"Invalid value for 'bin_ms': expected > 0, got {self.bin_ms}.")
         if self.n_splits < 2:
             raise InputError(f"Invalid value for 'n_splits': expected >= 2, got {self.n_splits}.")
+        auto = self.shrinkage == "auto"
+        if not auto and (isinstance(self.shrinkage, str) or not 0.0 <= self.shrinkage <= 1.0):
+            raise InputError(
+                f"Invalid value for 'shrinkage': expected 'auto' or a number in [0, 1], got "
+                f"{self.shrinkage!r}."
+            )
 
 
 @dataclass

@@ -1,14 +1,18 @@
 """MEG epochs -> time-resolved RDMs between conditions, and their import into a store.
 
-Two dissimilarities, per timepoint, between the conditions (concepts) of one participant:
+Three dissimilarities, per timepoint, between the conditions (concepts) of one participant:
 
 - ``correlation`` (fast default): 1 - Pearson r between the condition-averaged sensor patterns,
   each sensor z-scored across conditions first (so magnetometers and gradiometers weigh alike).
   Only the per-condition sums are kept, so epochs stream one condition (or run) at a time.
-- ``decoding``: cross-validated pairwise decoding accuracy (%) of shrinkage LDA
-  (`sklearn.discriminant_analysis.LinearDiscriminantAnalysis`, Ledoit-Wolf), with folds by
-  session/run when a fold label is given (leave one group out), else stratified k-fold. Cost
-  grows with pairs x timepoints x folds: meant for tens of conditions, or bin the time axis.
+- ``crossnobis``: cross-validated Mahalanobis distance with a shrunk noise covariance from the
+  training folds' residuals (`clip_hba.meg.crossval.crossnobis_rdms`; rsatoolbox's crossnobis).
+- ``decoding``: cross-validated pairwise accuracy (%) of two-class shrinkage LDA in closed
+  form, one pooled covariance per fold shared by all pairs (`clip_hba.meg.crossval.lda_rdms`).
+
+The two cross-validated ones fold by session/run when a fold label is given (leave one group
+out), else deal each condition's trials into ``n_splits`` folds (seeded), and hold the epochs in
+memory; they cost folds x timepoints x (conditions^2 x channels) multiply-adds.
 
 Sources: MNE ``-epo.fif`` files (one per participant; concept ids from a metadata column or the
 event names) or a BIDS dataset read with mne-bids (raw runs epoched around the events whose
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 from clip_hba._validation import InputError, check_range
 from clip_hba.data.things import load_concepts
 from clip_hba.meg.config import BidsEpoching, EpochsConfig
+from clip_hba.meg.crossval import crossnobis_rdms, lda_rdms
 from clip_hba.meg.store import TimeRDMs
 from clip_hba.meg.writer import StoreWriter
 from clip_hba.rsa.rdms import rdm, subset_pairs
@@ -43,6 +48,7 @@ __all__ = [
     "concept_order",
     "condition_rdms",
     "correlation_rdms",
+    "crossval_folds",
     "decoding_rdms",
     "epochs_rdms",
     "import_epochs",
@@ -109,6 +115,51 @@ def correlation_rdms(means: np.ndarray) -> np.ndarray:
     return out
 
 
+def crossval_folds(
+    conditions: Sequence[str],
+    groups: Sequence[Any] | None = None,
+    n_splits: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """The fold of each epoch: its session/run, else its condition's trials dealt into k folds.
+
+    Parameters
+    ----------
+    conditions : sequence of str, length n_epochs
+    groups : sequence, length n_epochs, optional
+        Session/run of each epoch; each distinct value is one fold (leave one group out).
+    n_splits : int
+        Without groups: each condition's trials, shuffled (seeded), are dealt round the folds
+        from a random start, so a condition with fewer trials than folds misses some folds.
+    seed : int
+
+    Returns
+    -------
+    ndarray of int, shape (n_epochs,)
+        Fold numbers 0..F-1 (groups in sorted order; empty folds dropped).
+    """
+    conditions = np.asarray(conditions, dtype=str)
+    if groups is not None:
+        groups = np.asarray(groups)
+        if len(groups) != len(conditions):
+            raise InputError(f"{len(groups)} fold labels for {len(conditions)} epochs.")
+        labels, folds = np.unique(groups.astype(str), return_inverse=True)
+        if len(labels) < 2:
+            raise InputError(
+                f"Cross-validation needs at least 2 sessions/runs, got one ({labels[0]!r})."
+            )
+        return folds.astype(np.int64)
+    if n_splits < 2:
+        raise InputError(f"Invalid value for 'n_splits': expected >= 2, got {n_splits}.")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(conditions), dtype=np.int64)
+    for label in np.unique(conditions):
+        rows = np.flatnonzero(conditions == label)
+        start = int(rng.integers(n_splits))
+        folds[rows[rng.permutation(len(rows))]] = (start + np.arange(len(rows))) % n_splits
+    return np.unique(folds, return_inverse=True)[1].astype(np.int64)
+
+
 def decoding_rdms(
     data: np.ndarray,
     conditions: np.ndarray,
@@ -117,57 +168,13 @@ def decoding_rdms(
     config: EpochsConfig,
     verbose: bool = False,
 ) -> np.ndarray:
-    """Cross-validated pairwise LDA accuracy (%) at every time; (T, pairs), NaN if undecodable."""
-    from joblib import Parallel, delayed
+    """Cross-validated pairwise LDA accuracy (%) at every time; (T, pairs), NaN if undecodable.
 
-    n = len(order)
-    i, j = np.triu_indices(n, k=1)
-    jobs = Parallel(n_jobs=config.n_jobs)(
-        delayed(_decode_pair)(data, conditions, order[a], order[b], groups, config)
-        for a, b in tqdm(
-            list(zip(i, j, strict=True)), desc="Decoding pairs", disable=not verbose, leave=False
-        )
-    )
-    return np.stack(jobs, axis=1).astype(np.float32)
-
-
-def _decode_pair(
-    data: np.ndarray,
-    conditions: np.ndarray,
-    a: str,
-    b: str,
-    groups: np.ndarray | None,
-    config: EpochsConfig,
-) -> np.ndarray:
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
-
-    rows = np.flatnonzero((conditions == a) | (conditions == b))
-    y = (conditions[rows] == b).astype(int)
-    n_times = data.shape[2]
-    if groups is not None:
-        splits = [
-            (train, test)
-            for train, test in LeaveOneGroupOut().split(rows, y, groups[rows])
-            if len(np.unique(y[train])) == 2
-        ]
-    else:
-        k = min(config.n_splits, int(np.bincount(y).min()))
-        if k < 2:
-            return np.full(n_times, np.nan)
-        folds = StratifiedKFold(k, shuffle=True, random_state=config.seed)
-        splits = list(folds.split(rows, y))
-    if not splits:
-        return np.full(n_times, np.nan)
-    accuracy = np.zeros(n_times)
-    tested = 0
-    for train, test in splits:
-        tested += len(test)
-        for t in range(n_times):
-            lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-            lda.fit(data[rows[train], :, t], y[train])
-            accuracy[t] += (lda.predict(data[rows[test], :, t]) == y[test]).sum()
-    return 100.0 * accuracy / tested
+    Folds by ``groups`` (session/run) or dealt per condition (`crossval_folds`); the classifier
+    is `clip_hba.meg.crossval.lda_rdms` with ``config.shrinkage``.
+    """
+    folds = crossval_folds(conditions, groups, config.n_splits, config.seed)
+    return lda_rdms(data, conditions, order, folds, config.shrinkage, verbose, np.float32)
 
 
 def bin_times(data: np.ndarray, times_ms: np.ndarray, bin_ms: float | None) -> tuple:
@@ -234,7 +241,7 @@ def condition_rdms(
     times_ms : array-like, shape (n_times,)
     config : EpochsConfig, optional
     groups : sequence, length n_epochs, optional
-        Session/run of each epoch: decoding folds leave one group out.
+        Session/run of each epoch: decoding and crossnobis folds leave one group out.
     order : sequence of str, optional
         Order of the conditions in the RDMs (default `concept_order`).
 
@@ -263,7 +270,15 @@ def condition_rdms(
     else:
         check_finite_epochs(data, conditions)
         group_array = None if groups is None else np.asarray(groups)
-        values = decoding_rdms(data, conditions, present, group_array, config, verbose)
+        if group_array is not None and len(group_array) != len(conditions):
+            raise InputError(f"{len(group_array)} fold labels for {len(conditions)} epochs.")
+        if config.method == "decoding":
+            values = decoding_rdms(data, conditions, present, group_array, config, verbose)
+        else:
+            folds = crossval_folds(conditions, group_array, config.n_splits, config.seed)
+            values = crossnobis_rdms(
+                data, conditions, present, folds, config.shrinkage, None, verbose, np.float32
+            )
     return _expand(values, present, order, times_ms)
 
 
@@ -313,7 +328,7 @@ def epochs_rdms(
     conditions = _epochs_conditions(epochs, concept_column, where)
     order = list(order or concept_order(conditions.tolist()))
     times_ms = epochs.times * 1000.0
-    if config.method == "decoding":
+    if config.method != "correlation":
         data = epochs.get_data(picks="data")
         groups = _epochs_groups(epochs, fold_column, where)
         return condition_rdms(data, conditions, times_ms, config, groups, order, verbose)
@@ -399,7 +414,11 @@ def import_epochs(
 
 
 def _kind(config: EpochsConfig) -> str:
-    return "correlation_distance" if config.method == "correlation" else "decoding_accuracy"
+    return {
+        "correlation": "correlation_distance",
+        "decoding": "decoding_accuracy",
+        "crossnobis": "crossnobis_distance",
+    }[config.method]
 
 
 def _write_participant(writer: StoreWriter, p: int, rdms: TimeRDMs, source: Any) -> None:
