@@ -192,7 +192,7 @@ def _bids_subject(
             groups += [number] * len(labels)
     if times is None:
         raise InputError("No epochs could be cut from the subject's runs.")
-    if config.method == "decoding":
+    if config.method != "correlation":  # decoding, crossnobis: every epoch
         folds = groups if len(set(groups)) > 1 else None
         return condition_rdms(np.concatenate(trials), conditions, times, config, folds, order)
     present = [c for c in order if c in means.sums]
