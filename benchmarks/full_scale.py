@@ -20,6 +20,7 @@ resident memory is its own), every one printing one JSON line with ``stage``, ``
 Generated files (store, images, model, a finished run, the layer embedding) are kept in
 ``--workdir`` and reused. Usage:
 python benchmarks/full_scale.py --threads 2 --workdir DIR [--stages a,b] [--permutations N]
+[--method spearman|pearson|...]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--concepts", type=int, default=1854)
     parser.add_argument("--participants", type=int, default=4)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--method", default="spearman", help="meg rsa's comparison method")
     parser.add_argument("--only", choices=("prepare", *STAGES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only is not None:  # a child: one stage in this process
@@ -221,9 +223,9 @@ def rsa_layers(work: Path, args: argparse.Namespace) -> dict:
 def _rsa(work: Path, args: argparse.Namespace, embedding: Path, name: str) -> dict:
     from clip_hba.evaluation import TimeRSAConfig, time_rsa_files
 
-    config = TimeRSAConfig(n_permutations=args.permutations)
+    config = TimeRSAConfig(method=args.method, n_permutations=args.permutations)
     time_rsa_files(work / "store.h5", [embedding], work / name, config, verbose=False)
-    return {"permutations": args.permutations}
+    return {"permutations": args.permutations, "method": args.method}
 
 
 STAGE_FUNCTIONS = {

@@ -328,6 +328,11 @@ def _awkward_rows(rng, n=400):
     rows[5] = -np.abs(rows[5])  # all negative
     rows[6] = np.exp(30 * rows[6])  # beyond float32's range
     rows[7, ::2] = rows[7, 1::2]  # every value twice
+    # an outlier spreads the float64 keys: values 1e-13 apart share a key, some exactly tied
+    rows[8] = 1.0 + rng.integers(0, 30, n) * 1e-13
+    rows[8, 0] = 1e6
+    rows[9, ::3] = 1.0 + rng.integers(0, 5, rows[9, ::3].size) * 1e-14
+    rows[9, 1] = -1e7
     return rows
 
 

@@ -328,3 +328,64 @@ def test_leave_one_out_correlations_reuse_and_reference(method, rng):
         again = leave_one_out_correlations(block, method, standardized=reuse)
         np.testing.assert_array_equal(again[0], others)
         np.testing.assert_array_equal(again[1], everyone)
+
+
+# ------------------------------------------------------------------ nulls of many timepoints
+
+
+def test_square_indices_gather_the_permuted_condensed_rdm(rng):
+    from clip_hba.evaluation.rsa_nulls import Permutations
+
+    n = 9
+    condensed = rng.normal(size=n * (n - 1) // 2)
+    square = np.zeros((n, n))
+    square[np.triu_indices(n, 1)] = condensed
+    square = square + square.T
+    permutations = Permutations(n, 4, seed=3)
+    for k, (_, pairs) in enumerate(
+        (start + j, p) for start, chunk in permutations.chunks() for j, p in enumerate(chunk)
+    ):
+        order = permutations.orders[k]
+        expected = square[np.ix_(order, order)][np.triu_indices(n, 1)]
+        np.testing.assert_array_equal(condensed[pairs], expected)
+        np.testing.assert_array_equal(square.ravel()[permutations.square_indices(k)], expected)
+
+
+def test_nulls_deferred_over_several_blocks_and_missing_pairs(tmp_path, rng, monkeypatch):
+    """Blocks of 3 timepoints read one at a time, chunks of a few permutations, and a
+    participant missing pairs at some timepoints: the same curves and clusters as computing
+    every permuted correlation directly, and as one block of everything."""
+    from clip_hba.evaluation import rsa_nulls, time_rsa
+
+    values = rng.normal(size=(3, len(TIMES), 45)).astype(np.float32)
+    structure = rng.normal(size=45)
+    values[:, 3:, :] += 2 * structure.astype(np.float32)  # from the 4th timepoint on
+    values[2, 2:5, 4] = np.nan  # p3 misses a pair at 3 timepoints: computed directly there
+    path = tmp_path / "s.h5"
+    with StoreWriter(path, IDS, ["p1", "p2", "p3"], TIMES) as writer:
+        for p in range(3):
+            writer.write_block(p, 0, values[p])
+    layers = ModelRDMs.from_features(
+        "layers", rng.normal(size=(2, len(IDS), 4)), IDS, kind="layers", labels=["b1", "b2"]
+    )
+    models = [ModelRDMs("static", structure + rng.normal(size=45), IDS), layers]
+    config = TimeRSAConfig(n_permutations=40, seed=2)
+    whole = time_resolved_rsa(path, models, config, verbose=False)
+    slow = time_resolved_rsa(path, models, config, verbose=False, fast=False)
+    monkeypatch.setattr(time_rsa, "RSA_READ_BYTES", 4 * 3 * 45)  # one timepoint per read
+    monkeypatch.setattr(rsa_nulls, "DEFERRED_BYTES", 4 * 4 * 45 * 3)  # 3 timepoints per block
+    monkeypatch.setattr(rsa_nulls, "NULL_BYTES", 4 * 45 * 2 * 7)  # 7 permutations per product
+    assert rsa_nulls.DeferredNulls.block_times(4, 45, len(TIMES), 1) == 3
+    blocked = time_resolved_rsa(path, models, config, verbose=False)
+    for result in (whole, blocked):
+        for name in slow.group:
+            np.testing.assert_allclose(result.group[name], slow.group[name], atol=1e-10)
+            np.testing.assert_allclose(
+                result.participants[name], slow.participants[name], atol=1e-10
+            )
+            for target, clusters in slow.clusters[name].items():
+                found = result.clusters[name][target]
+                assert [(c.start_ms, c.stop_ms, c.p_value) for c in found] == [
+                    (c.start_ms, c.stop_ms, c.p_value) for c in clusters
+                ]
+    assert [c.start_ms for c in slow.clusters["static"]["group"] if c.p_value < 0.05] == [10.0]

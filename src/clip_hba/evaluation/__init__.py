@@ -7,6 +7,8 @@ Everything here works on id-keyed arrays (embeddings, model RDMs, MEG stores), n
 - `clip_hba.evaluation.model_rdms`: static, time-resolved and layer-wise model RDMs.
 - `clip_hba.evaluation.time_rsa`, `clip_hba.evaluation.time_rsa_result`: RSA over time with
   cluster tests and the noise ceiling, and its summaries and files.
+- `clip_hba.evaluation.rsa_nulls`: its permutation nulls, as float32 products of many
+  timepoints with each permuted model.
 - `clip_hba.evaluation.specificity`: the specificity matrix of personal models.
 - `clip_hba.evaluation.plots`: every figure.
 """
@@ -25,6 +27,8 @@ _MODULES = {
     "resolve_concepts": "time_rsa",
     "time_resolved_rsa": "time_rsa",
     "time_rsa_files": "time_rsa",
+    "DeferredNulls": "rsa_nulls",
+    "Permutations": "rsa_nulls",
     "TimeRSAResult": "time_rsa_result",
     "save_time_rsa": "time_rsa_result",
     "summarize_curve": "time_rsa_result",
@@ -53,8 +57,10 @@ __all__ = [
     "EMBEDDING_SUFFIXES",
     "SPECIFICITY_WINDOW_MS",
     "BehaviorEvaluation",
+    "DeferredNulls",
     "Kind",
     "ModelRDMs",
+    "Permutations",
     "SecondOrder",
     "Specificity",
     "TimeRSAConfig",

@@ -24,18 +24,18 @@ from clip_hba._validation import InputError
 from clip_hba.data.things import load_concepts, load_rdm48
 from clip_hba.evaluation.config import TimeRSAConfig
 from clip_hba.evaluation.model_rdms import ModelRDMs, load_model_rdms
+from clip_hba.evaluation.rsa_nulls import DeferredNulls, Permutations
 from clip_hba.evaluation.time_rsa_result import TimeRSAResult, save_time_rsa
 from clip_hba.meg.quality import leave_one_out_correlations
 from clip_hba.meg.store import RDMStore
 from clip_hba.rsa.comparisons import correlate, correlate_rowwise, standardize
 from clip_hba.rsa.methods import Metric
-from clip_hba.rsa.rdms import mean_rdm, pair_index
+from clip_hba.rsa.rdms import mean_rdm
 from clip_hba.rsa.stats import Cluster, cluster_permutation_test
 
 __all__ = ["resolve_concepts", "time_resolved_rsa", "time_rsa_files"]
 
-NULL_BYTES = 256 << 20  # permuted model RDMs held at once
-RSA_READ_BYTES = 256 << 20  # MEG read per block of timepoints
+RSA_READ_BYTES = 128 << 20  # MEG read per sub-block of timepoints
 
 
 def time_resolved_rsa(
@@ -105,7 +105,7 @@ def _run(
         if any(m.kind != "time" for m in models)
         else 1
     )
-    permutations = _Permutations(len(concept_ids), config.n_permutations, config.seed, most_rows)
+    permutations = Permutations(len(concept_ids), config.n_permutations, config.seed, most_rows)
     targets = ["group", *participant_ids]
     curves = {
         name: np.full((len(targets), n_t), np.nan) for m in models for name in m.curve_names()
@@ -115,12 +115,18 @@ def _run(
         for name in curves
     }
     ceiling = {"lower": np.full((n_p, n_t), np.nan), "upper": np.full((n_p, n_t), np.nan)}
-    # larger blocks than a plain read: every block rebuilds the permuted pair indices
+    n_pairs = len(concept_ids) * (len(concept_ids) - 1) // 2
+    step = max(1, RSA_READ_BYTES // (4 * n_p * n_pairs))
     blocks = store.iter_times(
-        config.window_ms, concept_ids, list(participant_ids), batch_bytes=RSA_READ_BYTES
+        config.window_ms, concept_ids, list(participant_ids), batch_bytes=4 * n_p * n_pairs * step
     )
+    standardized = (
+        {m.name: standardize(m.values, config.method) for m in models if _fast_model(m, config)}
+        if fast
+        else {}
+    )
+    deferred = _deferred_nulls(models, standardized, len(targets), n_pairs, n_t, step, permutations)
     offset = 0
-    standardized: dict[str, np.ndarray] | None = {} if fast else None
     bar = tqdm(total=n_t, desc="Time-resolved RSA", unit="time", disable=not verbose)
     with bar:
         for time_rows, block in blocks:
@@ -129,8 +135,17 @@ def _run(
             _block_noise_ceiling(block, rows, ceiling, span)
             for model in models:
                 _block_model(model, rows, span, config, permutations, curves, nulls, standardized)
+            if deferred is not None and rows.complete:
+                if deferred.room() < len(time_rows):
+                    deferred.flush(nulls)
+                deferred.add(rows.standardized(), rows.complete)
+            elif deferred is not None:  # nothing to defer: the block moves on past this span
+                deferred.flush(nulls)
+                deferred.start += len(time_rows)
             offset += len(time_rows)
             bar.update(len(time_rows))
+        if deferred is not None:
+            deferred.flush(nulls)
     clusters = _clusters(curves, nulls, times, targets, config)
     result = TimeRSAResult(
         times_ms=times,
@@ -178,39 +193,6 @@ def _shared_concepts(
     return [c for c in store.concept_ids if c in shared]
 
 
-class _Permutations:
-    """Seeded relabellings of the concepts, as index arrays into condensed RDMs."""
-
-    def __init__(self, n_concepts: int, n_permutations: int, seed: int, rows: int = 1) -> None:
-        rng = np.random.default_rng(seed)
-        self.orders = [rng.permutation(n_concepts) for _ in range(n_permutations)]
-        self.n = n_concepts
-        self._u, self._v = np.triu_indices(n_concepts, k=1)
-        n_pairs = len(self._u)
-        # a chunk of permuted models is (chunk x rows, n_pairs) float64
-        self.chunk = max(1, min(n_permutations, NULL_BYTES // max(1, 8 * n_pairs * rows)))
-        self._cache = (
-            [self._pairs(o) for o in self.orders]
-            if n_permutations * n_pairs * 8 <= NULL_BYTES
-            else None
-        )
-
-    def __len__(self) -> int:
-        return len(self.orders)
-
-    def _pairs(self, order: np.ndarray) -> np.ndarray:
-        return pair_index(order[self._u], order[self._v], self.n)
-
-    def chunks(self) -> Any:
-        """Yield (start, list of pair-index arrays) in chunks that fit the memory budget."""
-        for start in range(0, len(self.orders), self.chunk):
-            stop = min(start + self.chunk, len(self.orders))
-            if self._cache is not None:
-                yield start, self._cache[start:stop]
-            else:
-                yield start, [self._pairs(o) for o in self.orders[start:stop]]
-
-
 class _Targets:
     """One block's MEG rows: the participants' mean, then every participant, (Tb, n_pairs) each.
 
@@ -247,27 +229,21 @@ def _block_model(
     targets: _Targets,
     span: slice,
     config: TimeRSAConfig,
-    permutations: _Permutations,
+    permutations: Permutations,
     curves: dict[str, np.ndarray],
     nulls: dict[str, np.ndarray],
-    standardized: dict[str, np.ndarray] | None,
+    standardized: dict[str, np.ndarray],
 ) -> None:
     """Fill this block's timepoints of the model's curves (and null curves) for every target.
 
     Without missing pairs, relabelling the concepts only reorders the model's ranks, so the
-    model is standardised (ranked, centred, scaled) once and each permutation is a gather;
+    model is standardised (ranked, centred, scaled) once (``standardized``, by name) and each
+    permutation is a gather (for static and layer models, deferred to `DeferredNulls`);
     otherwise every permuted model is re-ranked over the pairs the MEG holds.
     """
     names = model.curve_names()
     method = config.method
-    # a row may be wholly undefined (a gated MEG model before 0 ms: no structure); its curve
-    # is NaN there, and the rest still takes the fast path
-    missing = np.isnan(model.values)
-    whole_rows = bool((missing.all(1) | ~missing.any(1)).all())
-    fast = standardized is not None and method != "kendall_tau_a" and whole_rows
-    if fast and model.name not in standardized:
-        standardized[model.name] = standardize(model.values, method)
-    complete = targets.complete if fast else []
+    complete = targets.complete if model.name in standardized else []
     if complete:
         _fast_targets(
             model,
@@ -306,14 +282,15 @@ def _fast_targets(
     z_meg: np.ndarray,
     targets: list[int],
     span: slice,
-    permutations: _Permutations,
+    permutations: Permutations,
     curves: dict[str, np.ndarray],
     nulls: dict[str, np.ndarray],
     z_model: np.ndarray,
 ) -> None:
     """The complete targets together: each permuted model is gathered once for all of them.
 
-    ``z_meg`` (len(targets), Tb, n_pairs) holds the targets standardised.
+    ``z_meg`` (len(targets), Tb, n_pairs) holds the targets standardised. The nulls of static
+    and layer models are left to `DeferredNulls` (many timepoints per permuted model).
     """
     names = model.curve_names()
     n_targets, n_times, n_pairs = z_meg.shape
@@ -328,11 +305,35 @@ def _fast_targets(
     observed = (flat @ z_model.T).reshape(n_targets, n_times, len(names))
     for m, name in enumerate(names):
         curves[name][targets, span] = observed[:, :, m]
-    for start, chunk in permutations.chunks():
-        permuted = np.concatenate([z_model[:, pairs] for pairs in chunk])  # (k*M, n)
-        null = (flat @ permuted.T).reshape(n_targets, n_times, len(chunk), len(names))
-        for m, name in enumerate(names):
-            nulls[name][targets, start : start + len(chunk), span] = null[..., m].transpose(0, 2, 1)
+
+
+def _fast_model(model: ModelRDMs, config: TimeRSAConfig) -> bool:
+    """Whether the model is standardised once and its permutations gathered (no re-ranking)."""
+    # a row may be wholly undefined (a gated MEG model before 0 ms: no structure); its curve
+    # is NaN there, and the rest still takes the fast path
+    missing = np.isnan(model.values)
+    whole_rows = bool((missing.all(1) | ~missing.any(1)).all())
+    return config.method != "kendall_tau_a" and whole_rows
+
+
+def _deferred_nulls(
+    models: list[ModelRDMs],
+    standardized: dict[str, np.ndarray],
+    n_targets: int,
+    n_pairs: int,
+    n_times: int,
+    step: int,
+    permutations: Permutations,
+) -> DeferredNulls | None:
+    """The block that collects MEG rows for the static and layer models' nulls, if any."""
+    waiting = [m for m in models if m.name in standardized and m.kind != "time"]
+    if not waiting or not len(permutations):
+        return None
+    block_times = DeferredNulls.block_times(n_targets, n_pairs, n_times, step)
+    deferred = DeferredNulls(n_targets, n_pairs, block_times, permutations)
+    for model in waiting:
+        deferred.add_model(model.curve_names(), standardized[model.name])
+    return deferred
 
 
 def _block_noise_ceiling(
