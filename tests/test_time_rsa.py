@@ -361,6 +361,7 @@ def test_nulls_deferred_over_several_blocks_and_missing_pairs(tmp_path, rng, mon
     structure = rng.normal(size=45)
     values[:, 3:, :] += 2 * structure.astype(np.float32)  # from the 4th timepoint on
     values[2, 2:5, 4] = np.nan  # p3 misses a pair at 3 timepoints: computed directly there
+    values[:, 6, 7] = np.nan  # everyone misses one at the 7th: no target is complete there
     path = tmp_path / "s.h5"
     with StoreWriter(path, IDS, ["p1", "p2", "p3"], TIMES) as writer:
         for p in range(3):
@@ -370,6 +371,11 @@ def test_nulls_deferred_over_several_blocks_and_missing_pairs(tmp_path, rng, mon
     )
     models = [ModelRDMs("static", structure + rng.normal(size=45), IDS), layers]
     config = TimeRSAConfig(n_permutations=40, seed=2)
+    nulls = []  # each run's null curves, as the cluster test receives them
+    clusters = time_rsa._clusters
+    monkeypatch.setattr(
+        time_rsa, "_clusters", lambda c, n, *a: nulls.append(n) or clusters(c, n, *a)
+    )
     whole = time_resolved_rsa(path, models, config, verbose=False)
     slow = time_resolved_rsa(path, models, config, verbose=False, fast=False)
     monkeypatch.setattr(time_rsa, "RSA_READ_BYTES", 4 * 3 * 45)  # one timepoint per read
@@ -377,6 +383,10 @@ def test_nulls_deferred_over_several_blocks_and_missing_pairs(tmp_path, rng, mon
     monkeypatch.setattr(rsa_nulls, "NULL_BYTES", 4 * 45 * 2 * 7)  # 7 permutations per product
     assert rsa_nulls.DeferredNulls.block_times(4, 45, len(TIMES), 1) == 3
     blocked = time_resolved_rsa(path, models, config, verbose=False)
+    for name, direct in nulls[1].items():
+        for found in (nulls[0][name], nulls[2][name]):
+            np.testing.assert_array_equal(np.isnan(found), np.isnan(direct))
+            np.testing.assert_allclose(found, direct, rtol=0, atol=1e-6)
     for result in (whole, blocked):
         for name in slow.group:
             np.testing.assert_allclose(result.group[name], slow.group[name], atol=1e-10)
@@ -389,3 +399,13 @@ def test_nulls_deferred_over_several_blocks_and_missing_pairs(tmp_path, rng, mon
                     (c.start_ms, c.stop_ms, c.p_value) for c in clusters
                 ]
     assert [c.start_ms for c in slow.clusters["static"]["group"] if c.p_value < 0.05] == [10.0]
+
+
+def test_models_with_one_name_are_refused(small_store, rng):
+    path, _ = small_store
+    layers = ModelRDMs.from_features(
+        "x", rng.normal(size=(2, len(IDS), 4)), IDS, kind="layers", labels=["b1", "b2"]
+    )
+    for second in (model_from(rng, "x"), layers):  # the same curve name, or only the model name
+        with pytest.raises(InputError, match="Model names repeat"):
+            time_resolved_rsa(path, [model_from(rng, "x"), second], verbose=False)

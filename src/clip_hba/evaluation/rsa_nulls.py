@@ -23,6 +23,7 @@ from clip_hba.rsa.rdms import pair_index
 __all__ = ["DeferredNulls", "Permutations"]
 
 NULL_BYTES = 512 << 20  # permuted model rows held at once (float32 for the deferred products)
+DIRECT_BYTES = 256 << 20  # permuted models (float64) held at once where correlated directly
 DEFERRED_BYTES = 4 << 30  # standardised MEG rows held (float32) for one block of products
 
 
@@ -37,12 +38,9 @@ class Permutations:
         self._row_counts = np.arange(n_concepts - 1, 0, -1)  # pairs (i, j > i) of each row i
         n_pairs = len(self._u)
         # a chunk of permuted models is (chunk x rows, n_pairs) float64
-        self.chunk = max(1, min(n_permutations, NULL_BYTES // max(1, 8 * n_pairs * rows)))
-        self._cache = (
-            [self._pairs(o) for o in self.orders]
-            if n_permutations * n_pairs * 8 <= NULL_BYTES
-            else None
-        )
+        self.chunk = max(1, min(n_permutations, DIRECT_BYTES // max(1, 8 * n_pairs * rows)))
+        self._keep = n_permutations * n_pairs * 8 <= DIRECT_BYTES  # the pair indices, once built
+        self._cache: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.orders)
@@ -52,6 +50,8 @@ class Permutations:
 
     def chunks(self) -> Iterator[tuple[int, list[np.ndarray]]]:
         """Yield (start, list of pair-index arrays) in chunks that fit the memory budget."""
+        if self._keep and self._cache is None:  # (built when first needed: deferred nulls
+            self._cache = [self._pairs(o) for o in self.orders]  # use square_indices only)
         for start in range(0, len(self.orders), self.chunk):
             stop = min(start + self.chunk, len(self.orders))
             if self._cache is not None:
@@ -153,7 +153,8 @@ class DeferredNulls:
 
         def gather(k: int, row: int) -> None:  # np.take releases the GIL
             indices = self.permutations.square_indices(k)
-            np.take(square, indices, axis=1, out=permuted[row : row + n_models])
+            # (mode "clip": the default "raise" writes into a copy of ``out``; all in range)
+            np.take(square, indices, axis=1, out=permuted[row : row + n_models], mode="clip")
 
         workers = max(1, torch.get_num_threads())
         with ThreadPoolExecutor(workers) as pool:

@@ -59,7 +59,7 @@ def time_resolved_rsa(
     fast : bool
         Where neither model nor MEG misses a pair, standardise each model once and gather its
         permutations (the default); False computes every permuted correlation directly (the
-        same numbers, slower: for checks).
+        same curves; nulls equal to float32 rounding; slower: for checks).
 
     Returns
     -------
@@ -69,7 +69,8 @@ def time_resolved_rsa(
     if not models:
         raise InputError("Give at least one model (embedding) to compare with the MEG.")
     names = [n for m in models for n in m.curve_names()]
-    if len(set(names)) != len(names):
+    model_names = [m.name for m in models]
+    if len(set(names)) != len(names) or len(set(model_names)) != len(model_names):
         raise InputError(f"Model names repeat: {sorted(names)}; rename the files.")
     own = isinstance(store, str | os.PathLike)
     store = RDMStore(store) if own else store
@@ -135,13 +136,10 @@ def _run(
             _block_noise_ceiling(block, rows, ceiling, span)
             for model in models:
                 _block_model(model, rows, span, config, permutations, curves, nulls, standardized)
-            if deferred is not None and rows.complete:
+            if deferred is not None:
                 if deferred.room() < len(time_rows):
                     deferred.flush(nulls)
                 deferred.add(rows.standardized(), rows.complete)
-            elif deferred is not None:  # nothing to defer: the block moves on past this span
-                deferred.flush(nulls)
-                deferred.start += len(time_rows)
             offset += len(time_rows)
             bar.update(len(time_rows))
         if deferred is not None:
@@ -287,7 +285,7 @@ def _fast_targets(
     nulls: dict[str, np.ndarray],
     z_model: np.ndarray,
 ) -> None:
-    """The complete targets together: each permuted model is gathered once for all of them.
+    """The complete targets' curves together (and, for time-resolved models, their nulls).
 
     ``z_meg`` (len(targets), Tb, n_pairs) holds the targets standardised. The nulls of static
     and layer models are left to `DeferredNulls` (many timepoints per permuted model).

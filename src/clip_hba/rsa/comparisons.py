@@ -412,14 +412,14 @@ def _resort_runs(
 
 def _spread_keys(values: np.ndarray) -> np.ndarray | None:
     """Order-preserving uint32 keys of float64 rows, (x - min) scaled to 0..2^32 - 1; None
-    where a row is not finite or spans more than the float64 range."""
+    (for all rows) where a row is not finite or its spread is beyond float64's range."""
     low = values.min(1, keepdims=True)
+    top = float(2**32 - 1)
     with np.errstate(invalid="ignore", over="ignore"):
         spread = values.max(1, keepdims=True) - low
-    if not np.isfinite(spread).all():  # (NaN and inf propagate to min or max)
+        scale = np.divide(top, spread, out=np.zeros_like(spread), where=spread > 0)
+    if not (np.isfinite(spread).all() and np.isfinite(scale).all()):  # NaN, inf, tiny spreads
         return None
-    top = float(2**32 - 1)
-    scale = np.divide(top, spread, out=np.zeros_like(spread), where=spread > 0)
     keys = values - low
     keys *= scale
     np.minimum(keys, top, out=keys)  # (rounding never passes it; a guard for the cast)

@@ -310,7 +310,8 @@ def scaled_targets(
     low, high = np.nanmin(values[:, train_pairs]), np.nanmax(values[:, train_pairs])
     if not high > low:
         raise InputError(f"The training targets are constant ({low:g} everywhere); nothing to fit.")
-    scaled = (values - low) / (high - low)
+    scaled = values - low
+    scaled /= high - low  # in place: at THINGS size each copy is 1.2 GB
     if config.meg.gating == "richness" and not (times >= 0).any():
         raise InputError(
             f"--gating richness needs timepoints from 0 ms on; the targets span "
