@@ -297,7 +297,9 @@ def _fast_targets(
         curves[names[0]][targets, span] = (z_meg * z_time).sum(-1)
         for start, chunk in permutations.chunks():
             for k, pairs in enumerate(chunk):
-                nulls[names[0]][targets, start + k, span] = (z_meg * z_time[:, pairs]).sum(-1)
+                # (einsum: no (targets, Tb, n_pairs) product array per permutation)
+                permuted = z_time[:, pairs]
+                nulls[names[0]][targets, start + k, span] = np.einsum("ktn,tn->kt", z_meg, permuted)
         return
     flat = z_meg.reshape(n_targets * n_times, n_pairs)
     observed = (flat @ z_model.T).reshape(n_targets, n_times, len(names))
