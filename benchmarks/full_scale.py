@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from clip_hba.rsa.methods import METHODS
+
 STAGES = ("cache_build", "stage0_epoch", "stage1_epoch", "evaluate_meg", "rsa_static", "rsa_layers")
 
 
@@ -46,7 +48,9 @@ def main() -> None:
     parser.add_argument("--concepts", type=int, default=1854)
     parser.add_argument("--participants", type=int, default=4)
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--method", default="spearman", help="meg rsa's comparison method")
+    parser.add_argument(
+        "--method", default="spearman", choices=METHODS, help="meg rsa's comparison method"
+    )
     parser.add_argument("--only", choices=("prepare", *STAGES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only is not None:  # a child: one stage in this process
