@@ -24,6 +24,7 @@ from clip_hba.training import (
     fit_behavior,
     fit_meg,
     gather_rows,
+    launch,
 )
 
 SPLIT = split_concepts(seed=0)
@@ -100,6 +101,25 @@ def test_two_processes_train_what_one_does_and_resume_exactly(tiny_clip, images,
         assert torch.equal(load_file(part / "last.safetensors")[key], value), key
     # only rank 0 wrote the run: no other process's files beside it
     assert sorted(p.name for p in part.iterdir() if p.name.startswith(".")) == []
+
+
+def _write_environment(folder):
+    rank = os.environ["RANK"]
+    (folder / f"rank{rank}.json").write_text(json.dumps(dict(os.environ)))
+
+
+def test_each_launch_hands_its_processes_the_environment_of_that_moment(tmp_path, monkeypatch):
+    for value in ("first", "second"):  # the second launch reuses the fork server of the first
+        monkeypatch.setenv("CLIP_HBA_PROBE", value)
+        folder = tmp_path / value
+        folder.mkdir()
+        launch(_write_environment, (folder,), {}, devices=2, device=torch.device("cpu"))
+        for rank in ("0", "1"):
+            seen = json.loads((folder / f"rank{rank}.json").read_text())
+            assert seen["CLIP_HBA_PROBE"] == value and seen["WORLD_SIZE"] == "2"
+    monkeypatch.delenv("CLIP_HBA_PROBE")
+    launch(_write_environment, (tmp_path,), {}, devices=2, device=torch.device("cpu"))
+    assert "CLIP_HBA_PROBE" not in json.loads((tmp_path / "rank0.json").read_text())
 
 
 def test_a_bad_input_in_the_processes_is_one_error(tmp_path):

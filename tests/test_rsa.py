@@ -408,3 +408,18 @@ def test_mean_rdm_skips_nan_with_and_without_missing_pairs(rng):
         mean = mean_rdm(values)
     assert mean.dtype == np.float64 and np.isnan(mean[2, 3]) and np.isnan(mean).sum() == 1
     assert mean[1, 2] == pytest.approx(values[1:, 1, 2].astype(np.float64).mean())
+
+
+def test_rank_rows_is_scipys_rankdata_exactly():
+    from clip_hba.rsa import rank_rows
+
+    rng = np.random.default_rng(3)
+    rows = [
+        rng.random((6, 200)),
+        rng.integers(0, 4, (6, 200)).astype(np.float64),  # many ties
+        rng.integers(0, 4, (6, 200)).astype(np.float32),
+        np.where(rng.random((6, 200)) < 0.3, np.inf, rng.normal(size=(6, 200))),
+        np.full((2, 5), 1.5),  # one run of ties per row
+    ]
+    for values in rows:
+        np.testing.assert_array_equal(rank_rows(values), stats.rankdata(values, axis=1))

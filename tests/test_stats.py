@@ -15,7 +15,7 @@ from clip_hba.rsa import (
     permutation_test_rdm,
     proportion_ci,
 )
-from clip_hba.rsa.stats import _resampled_statistic
+from clip_hba.rsa.bootstrap import _batched_statistic, _resampled_statistic
 
 
 def _related_rdms(rng, n=30, noise=1.0):
@@ -224,12 +224,43 @@ def test_bootstrap_ci_holds_the_estimate_over_a_grid_of_near_identical_rdms(meth
 
 
 def test_bootstrap_jackknife_is_grouped_for_many_conditions(rng, monkeypatch):
-    from clip_hba.rsa import stats as rsa_stats
+    from clip_hba.rsa import bootstrap as rsa_bootstrap
 
     calls = []
-    original = rsa_stats._groups
-    monkeypatch.setattr(rsa_stats, "_groups", lambda c: calls.append(c.size) or original(c))
+    original = rsa_bootstrap._groups
+    monkeypatch.setattr(rsa_bootstrap, "_groups", lambda c: calls.append(c.size) or original(c))
     a, b = _related_rdms(rng, n=250)
     result = bootstrap_rdm_correlation(a, b, method="pearson", n_bootstrap=20, seed=0)
     assert calls == [250] and len(original(np.arange(250))) == 200
     assert result.ci[0] < result.value < result.ci[1]
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson", "cosine"])
+def test_resamples_compared_at_once_equal_one_at_a_time(rng, method):
+    n = 12
+    a, b = _related_rdms(rng, n=n)
+    a[3], b[20] = np.nan, np.nan  # pairs left out of every resample holding them
+    a[30:45] = a[30]  # ties
+    drawn = rng.integers(0, n, size=(60, n))
+    drawn[0] = 4  # one condition only: no pair, undefined
+    drawn[1] = [5] * (n - 1) + [6]  # one pair, copied: constant (undefined but for cosine)
+    one, batched = _resampled_statistic(a, b, method), _batched_statistic(a, b, method)
+    expected = np.array([one(d) for d in drawn])
+    got = batched(drawn)
+    assert got.shape == (60,) and np.isnan(got[0]) and np.isnan(expected[0])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got[1:], expected[1:], rtol=1e-12)
+    # scipy's layout, resamples along the first axis, and one resample alone (the jackknife)
+    np.testing.assert_allclose(batched(drawn[2:].T, axis=0), expected[2:], rtol=1e-12)
+    assert batched(drawn[7]) == pytest.approx(one(drawn[7]), rel=1e-12)
+
+
+def test_bootstrap_in_batches_draws_the_resamples_of_one_batch(rng, monkeypatch):
+    from clip_hba.rsa import bootstrap as rsa_bootstrap
+
+    a, b = _related_rdms(rng, n=20)
+    whole = bootstrap_rdm_correlation(a, b, n_bootstrap=200, seed=1)
+    monkeypatch.setattr(rsa_bootstrap, "_BATCH_VALUES", 190 * 7)  # batches of 7 resamples
+    batched = bootstrap_rdm_correlation(a, b, n_bootstrap=200, seed=1)
+    np.testing.assert_allclose(batched.samples, whole.samples, rtol=1e-12)
+    assert batched.ci == pytest.approx(whole.ci, rel=1e-12)

@@ -120,3 +120,29 @@ def preview(items: Sequence[Any], n: int = 5) -> str:
     """The first ``n`` items, quoted, and how many more there are."""
     shown = ", ".join(repr(i) for i in items[:n])
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def check_count(name: str, value: int) -> None:
+    """Raise unless ``value`` is a positive integer (resamples, permutations)."""
+    check_type(name, value, (int, np.integer), "an integer")
+    if value < 1:
+        raise InputError(f"Invalid value for {name!r}: expected a positive integer, got {value!r}.")
+
+
+def check_seed(seed: int | None) -> None:
+    """Raise unless ``seed`` is None or an integer >= 0."""
+    if seed is None:
+        return
+    check_type("seed", seed, (int, np.integer), "None or an integer")
+    if seed < 0:
+        raise InputError(
+            f"Invalid value for 'seed': expected None or an integer >= 0, got {seed!r}."
+        )
+
+
+def check_level(ci_level: float) -> None:
+    """Raise unless ``ci_level`` lies in (0, 1)."""
+    if not 0 < ci_level < 1:
+        raise InputError(
+            f"Invalid value for 'ci_level': expected a number in (0, 1), got {ci_level!r}."
+        )

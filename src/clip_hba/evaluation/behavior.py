@@ -22,9 +22,10 @@ from clip_hba.data.things import (
     named_embedding,
 )
 from clip_hba.evaluation.plots import check_figure_path, plot_rdm_comparison
+from clip_hba.rsa.bootstrap import bootstrap_rdm_correlation
 from clip_hba.rsa.methods import METRICS, Metric
 from clip_hba.rsa.rdms import RDM
-from clip_hba.rsa.stats import bootstrap_rdm_correlation, proportion_ci
+from clip_hba.rsa.stats import proportion_ci
 
 __all__ = [
     "BehaviorEvaluation",

@@ -4,7 +4,8 @@
 - `clip_hba.rsa.rdms`: RDMs from features (torch, batched, differentiable), square <-> condensed
   under one policy, `RDM` (condensed + ids), RDM files, the NaN-aware mean RDM.
 - `clip_hba.rsa.comparisons`: the comparison methods, for two RDMs and batched over rows.
-- `clip_hba.rsa.stats`: bootstrap CIs, permutation and cluster tests, Wilson CIs.
+- `clip_hba.rsa.bootstrap`: bootstrap CIs of a comparison (BCa, resampling conditions).
+- `clip_hba.rsa.stats`: permutation and cluster tests, Wilson CIs, comparing RDM files.
 - `clip_hba.rsa.interop`: rsatoolbox.
 """
 
@@ -31,12 +32,13 @@ _MODULES = {
     "correlate": "comparisons",
     "correlate_rowwise": "comparisons",
     "paired_condensed": "comparisons",
+    "rank_rows": "comparisons",
     "standardize": "comparisons",
-    "BootstrapResult": "stats",
+    "BootstrapResult": "bootstrap",
     "Cluster": "stats",
     "PermutationResult": "stats",
     "RDMComparison": "stats",
-    "bootstrap_rdm_correlation": "stats",
+    "bootstrap_rdm_correlation": "bootstrap",
     "cluster_permutation_test": "stats",
     "compare_rdm_files": "stats",
     "permutation_test_rdm": "stats",
@@ -75,6 +77,7 @@ __all__ = [
     "paired_condensed",
     "permutation_test_rdm",
     "proportion_ci",
+    "rank_rows",
     "rdm",
     "rdm_comparison",
     "rdm_torch",

@@ -32,6 +32,7 @@ __all__ = [
     "correlate",
     "correlate_rowwise",
     "paired_condensed",
+    "rank_rows",
     "standardize",
 ]
 
@@ -327,6 +328,34 @@ def _standardize_ranks(values: np.ndarray, method: str, out: np.ndarray) -> None
     for k in range(n_rows):
         out[k][order[k]] = in_order[k]
     out[np.isnan(values).any(1)] = np.nan  # as scipy's rankdata: NaN propagates to the row
+
+
+def rank_rows(values: np.ndarray) -> np.ndarray:
+    """Ranks along each row, ties averaged: ``scipy.stats.rankdata(values, axis=1)`` exactly.
+
+    By the sort of `_sort_rows`, about 3x faster than scipy's stable argsort. ``+inf`` ranks
+    last, so it can stand for entries to leave out of a row: the others keep their ranks.
+
+    Parameters
+    ----------
+    values : ndarray, shape (R, n)
+        float32 or float64, without NaN.
+
+    Returns
+    -------
+    ndarray, shape (R, n), float64
+    """
+    values = _float_rows(values)
+    n_rows, n = values.shape
+    order, first, last = _sort_rows(values)
+    lengths = last - first + 1
+    in_order = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (n_rows, n)).copy()
+    if first.size:
+        members, _ = _run_members(first, lengths)
+        in_order.reshape(-1)[members] = np.repeat((2 * (first % n) + lengths + 1) / 2.0, lengths)
+    ranks = np.empty_like(in_order)
+    np.put_along_axis(ranks, order, in_order, axis=1)
+    return ranks
 
 
 _LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # uint32 halves of a uint64

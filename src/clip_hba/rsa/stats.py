@@ -1,55 +1,38 @@
-"""Statistics for RDM correlations and accuracies: bootstrap CIs, permutation tests (also
-cluster-based, over time), Wilson CIs."""
+"""Statistics for RDM correlations and accuracies: permutation tests (also cluster-based,
+over time), Wilson CIs, and the comparison of two RDM files with both (bootstrap CIs:
+`clip_hba.rsa.bootstrap`)."""
 
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage, stats
 
-from clip_hba._validation import InputError, check_option, check_type
+from clip_hba._validation import (
+    InputError,
+    check_count,
+    check_level,
+    check_option,
+    check_seed,
+)
+from clip_hba.rsa.bootstrap import bootstrap_rdm_correlation
 from clip_hba.rsa.comparisons import COMPARISONS, compare, paired_condensed
 from clip_hba.rsa.methods import Asymmetry, Method
 from clip_hba.rsa.rdms import n_conditions, pair_index, read_rdm
 
 __all__ = [
-    "BootstrapResult",
     "Cluster",
     "PermutationResult",
     "RDMComparison",
-    "bootstrap_rdm_correlation",
     "cluster_permutation_test",
     "compare_rdm_files",
     "permutation_test_rdm",
     "proportion_ci",
     "rdm_comparison",
 ]
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Bootstrap of an RDM comparison over conditions.
-
-    Attributes
-    ----------
-    value : float
-        The comparison on the full RDMs.
-    ci : tuple of float
-        Confidence interval ``(low, high)``: BCa, or the percentile interval where BCa is
-        undefined (see `bootstrap_rdm_correlation`).
-    samples : ndarray, shape (n_valid,)
-        The statistic in each bootstrap sample where it was defined.
-    """
-
-    value: float
-    ci: tuple[float, float]
-    samples: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -68,170 +51,6 @@ class PermutationResult:
     value: float
     p_value: float
     null: np.ndarray
-
-
-def bootstrap_rdm_correlation(
-    a: Any,
-    b: Any,
-    method: Method = "spearman",
-    n_bootstrap: int = 1000,
-    ci_level: float = 0.95,
-    seed: int | None = 0,
-) -> BootstrapResult:
-    """Confidence interval of ``compare(a, b, method)`` by resampling conditions.
-
-    Each resample draws the n conditions with replacement and compares the RDMs over the pairs
-    of drawn positions that hold two different conditions (the pairs of a condition with its
-    own copy are left out, as in rsatoolbox). Pairs that are NaN in either RDM are ignored.
-
-    A pair whose conditions were drawn more than once appears several times, tied with its own
-    copies in both RDMs. Tau-a and rho-a count every tie against the fit, so in a resample they
-    are divided by the largest value these forced ties leave (the untied maximum less the
-    copies' share): ties in the data still count, the resampling's own do not. Without this,
-    identical RDMs score below 1 in nearly every resample and the interval excludes their 1.0.
-
-    The interval is the bias-corrected and accelerated (BCa) bootstrap interval (Efron &
-    Tibshirani 1993, ch. 14), with the acceleration from the jackknife over conditions (each
-    condition left out with all its pairs; above 200 conditions, 200 groups of them). Unlike
-    the percentile interval it allows for a skewed bootstrap distribution whose median is off
-    the estimate: near a correlation of 1, Spearman and rho-a fall in most resamples (the
-    copies of a pair move through the ranks together), and the percentile interval then lies
-    below the estimate. Where BCa is undefined or unreliable (nearly every resample on one side
-    of the estimate: a bias term beyond 2 standard units) or misses the estimate, the interval
-    is the percentile interval moved so that its median is the estimate (clipped to [-1, 1]);
-    it always holds the estimate. Where every resample gives the estimate (to rounding) the
-    interval is that point. The resamples are drawn by `scipy.stats.bootstrap`.
-
-    Parameters
-    ----------
-    a, b : RDM or condensed / square array
-        `RDM` objects are aligned by concept id first.
-    method : str
-        Any method of `clip_hba.rsa.comparisons.compare`.
-    n_bootstrap : int
-    ci_level : float
-        Coverage of the interval, in (0, 1).
-    seed : int or None
-
-    Returns
-    -------
-    BootstrapResult
-    """
-    x, y = paired_condensed(a, b)
-    _check_count("n_bootstrap", n_bootstrap)
-    _check_level(ci_level)
-    _check_seed(seed)
-    value = compare(x, y, method)
-    conditions = np.arange(n_conditions(x.size))
-    statistic = _resampled_statistic(x, y, method)
-    with _quiet_degenerate():  # undefined resamples are dropped below
-        drawn = stats.bootstrap(
-            (conditions,),
-            statistic,
-            n_resamples=n_bootstrap,
-            vectorized=False,
-            confidence_level=ci_level,
-            method="percentile",
-            rng=seed,
-        )
-    samples = drawn.bootstrap_distribution
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        raise InputError("The statistic was undefined in every bootstrap sample.")
-    if np.all(np.abs(samples - value) <= _ROUNDING):
-        return BootstrapResult(value, (value, value), samples)
-    ci = _bca_or_centred(samples, value, conditions, statistic, ci_level)
-    return BootstrapResult(value, ci, samples)
-
-
-_ROUNDING = 1e-12  # every method lies in [-1, 1]: an absolute tolerance suffices
-
-
-def _resampled_statistic(x: np.ndarray, y: np.ndarray, method: str) -> Callable:
-    """``statistic(drawn)``: the comparison over a resample of conditions.
-
-    ``drawn`` (k,) holds condition numbers, repeated where a condition was drawn more than
-    once; the result is NaN where fewer than 3 pairs hold numbers in both RDMs.
-    """
-    n = n_conditions(x.size)
-    compare_pairs = COMPARISONS[method]
-    upper: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # resamples and jackknife sizes
-
-    def statistic(drawn: np.ndarray) -> float:
-        u, v = upper.setdefault(drawn.size, np.triu_indices(drawn.size, k=1))
-        p, q = drawn[u], drawn[v]
-        distinct = p != q
-        pairs = pair_index(p[distinct], q[distinct], n)
-        pairs = pairs[~(np.isnan(x[pairs]) | np.isnan(y[pairs]))]
-        if pairs.size < 3:
-            return np.nan
-        return float(compare_pairs(x[pairs], y[pairs])) * _forced_tie_factor(pairs, method)
-
-    return statistic
-
-
-def _forced_tie_factor(pairs: np.ndarray, method: str) -> float:
-    """Untied maximum over the maximum left by the ties between copies of a pair (tau-a and
-    rho-a; 1 for the methods that correct for ties or ignore them, NaN for one pair only)."""
-    if method not in ("kendall_tau_a", "rho_a"):
-        return 1.0
-    copies = np.bincount(pairs).astype(np.float64)
-    n = float(pairs.size)
-    if method == "kendall_tau_a":  # pairs of pairs
-        untied, forced = n * (n - 1), float((copies * (copies - 1)).sum())
-    else:  # sum of squared centred ranks, times 12
-        untied, forced = n**3 - n, float((copies**3 - copies).sum())
-    return untied / (untied - forced) if untied > forced else np.nan
-
-
-def _bca_or_centred(
-    samples: np.ndarray,
-    value: float,
-    conditions: np.ndarray,
-    statistic: Callable,
-    ci_level: float,
-) -> tuple[float, float]:
-    """The BCa interval (Efron & Tibshirani 1993, eqs. 14.10-14.15), or where it is undefined
-    or unreliable (a bias term beyond 2 standard normal units, i.e. nearly every resample on
-    one side of the estimate, or an interval that misses the estimate) the percentile interval
-    moved so that its median sits on the estimate.
-
-    Written out rather than taken from `scipy.stats.bootstrap` so that the acceleration can
-    come from a grouped jackknife: with more than `_JACKKNIFE_GROUPS` conditions, leaving out
-    one condition at a time would cost one comparison per condition (1,854 for THINGS).
-    """
-    z0 = stats.norm.ppf(np.mean(samples < value))
-    jackknife = np.array([statistic(np.delete(conditions, g)) for g in _groups(conditions)])
-    spread = jackknife[np.isfinite(jackknife)].mean() - jackknife[np.isfinite(jackknife)]
-    denominator = 6.0 * (spread**2).sum() ** 1.5
-    accel = (spread**3).sum() / denominator if denominator > 0 else np.nan
-    z = stats.norm.ppf([(1 - ci_level) / 2, (1 + ci_level) / 2])
-    with np.errstate(invalid="ignore", divide="ignore"):  # z0 = +-inf: the fallback below
-        quantiles = stats.norm.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z)))
-    if np.isfinite(quantiles).all() and abs(z0) <= 2.0:
-        low, high = np.quantile(samples, quantiles)
-        if low <= value <= high:
-            return float(low), float(high)
-    tail = (1 - ci_level) / 2
-    low, high = np.quantile(samples, [tail, 1 - tail]) + (value - np.median(samples))
-    return float(max(low, -1.0)), float(min(high, 1.0))
-
-
-_JACKKNIFE_GROUPS = 200
-
-
-def _groups(conditions: np.ndarray) -> list[np.ndarray]:
-    """Leave-one-out positions, or `_JACKKNIFE_GROUPS` contiguous groups of them."""
-    if conditions.size <= _JACKKNIFE_GROUPS:
-        return [np.array([k]) for k in range(conditions.size)]
-    return np.array_split(np.arange(conditions.size), _JACKKNIFE_GROUPS)
-
-
-@contextmanager
-def _quiet_degenerate() -> Iterator[None]:
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        yield
 
 
 def permutation_test_rdm(
@@ -261,8 +80,8 @@ def permutation_test_rdm(
     PermutationResult
     """
     check_option("alternative", alternative, ("greater", "less", "two-sided"))
-    _check_count("n_permutations", n_permutations)
-    _check_seed(seed)
+    check_count("n_permutations", n_permutations)
+    check_seed(seed)
     x, y = paired_condensed(a, b)
     value = compare(x, y, method)
     n = n_conditions(x.size)
@@ -434,34 +253,11 @@ def rdm_comparison(
 
 def proportion_ci(n_success: int, n_total: int, ci_level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion (e.g. an odd-one-out accuracy)."""
-    _check_level(ci_level)
+    check_level(ci_level)
     if n_total < 1:
         raise InputError("A proportion needs at least one trial, got 0.")
     interval = stats.binomtest(int(n_success), int(n_total)).proportion_ci(ci_level, "wilson")
     return float(interval.low), float(interval.high)
-
-
-def _check_count(name: str, value: int) -> None:
-    check_type(name, value, (int, np.integer), "an integer")
-    if value < 1:
-        raise InputError(f"Invalid value for {name!r}: expected a positive integer, got {value!r}.")
-
-
-def _check_seed(seed: int | None) -> None:
-    if seed is None:
-        return
-    check_type("seed", seed, (int, np.integer), "None or an integer")
-    if seed < 0:
-        raise InputError(
-            f"Invalid value for 'seed': expected None or an integer >= 0, got {seed!r}."
-        )
-
-
-def _check_level(ci_level: float) -> None:
-    if not 0 < ci_level < 1:
-        raise InputError(
-            f"Invalid value for 'ci_level': expected a number in (0, 1), got {ci_level!r}."
-        )
 
 
 def compare_rdm_files(

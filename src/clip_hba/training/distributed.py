@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import multiprocessing
 import os
 import shutil
 import socket
@@ -261,14 +262,15 @@ def launch(
         raise InputError(
             f"--devices {devices}, but this machine has {torch.cuda.device_count()} GPU(s)."
         )
-    context = torch.multiprocessing.get_context("spawn")
+    context = _context(function)
     errors = context.SimpleQueue()
     port = _free_port()
+    environ = dict(os.environ)  # a fork server's children have its environment, not ours
     threads = max(1, torch.get_num_threads() // devices)
     processes = [
         context.Process(
             target=_worker,
-            args=(rank, devices, port, threads, cuda, errors, function, args, kwargs),
+            args=(rank, devices, port, threads, cuda, errors, function, args, kwargs, environ),
             daemon=False,
         )
         for rank in range(devices)
@@ -290,6 +292,20 @@ def launch(
     failed = [p.exitcode for p in processes if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"{len(failed)} of {devices} training processes failed ({failed}).")
+
+
+def _context(function: Callable[..., Any]) -> Any:
+    """Processes from a fork server that has imported the trainer once (where the OS has one).
+
+    A spawned process imports torch, transformers and peft afresh (seconds each, for every
+    launch); the fork server imports them once per session and forks each process from that.
+    It never touches CUDA, so its children can (PyTorch's multiprocessing notes).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return torch.multiprocessing.get_context("spawn")
+    context = torch.multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([function.__module__])  # no effect once the server runs
+    return context
 
 
 def _wait(processes: list) -> None:
@@ -320,7 +336,10 @@ def _worker(
     function: Callable[..., Any],
     args: tuple,
     kwargs: dict,
+    environ: dict[str, str],
 ) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
