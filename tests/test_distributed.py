@@ -108,18 +108,21 @@ def _write_environment(folder):
     (folder / f"rank{rank}.json").write_text(json.dumps(dict(os.environ)))
 
 
-def test_each_launch_hands_its_processes_the_environment_of_that_moment(tmp_path, monkeypatch):
+def test_launches_fork_from_a_server_only_under_its_settings(tmp_path, monkeypatch):
+    from clip_hba.training import distributed
+
     for value in ("first", "second"):  # the second launch reuses the fork server of the first
         monkeypatch.setenv("CLIP_HBA_PROBE", value)
-        folder = tmp_path / value
-        folder.mkdir()
-        launch(_write_environment, (folder,), {}, devices=2, device=torch.device("cpu"))
+        launch(_write_environment, (tmp_path,), {}, devices=2, device=torch.device("cpu"))
         for rank in ("0", "1"):
-            seen = json.loads((folder / f"rank{rank}.json").read_text())
+            seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
             assert seen["CLIP_HBA_PROBE"] == value and seen["WORLD_SIZE"] == "2"
-    monkeypatch.delenv("CLIP_HBA_PROBE")
-    launch(_write_environment, (tmp_path,), {}, devices=2, device=torch.device("cpu"))
-    assert "CLIP_HBA_PROBE" not in json.loads((tmp_path / "rank0.json").read_text())
+    if not sys.platform.startswith("linux"):
+        return
+    assert distributed._context(_write_environment, False).get_start_method() == "forkserver"
+    assert distributed._context(_write_environment, True).get_start_method() == "spawn"  # CUDA
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: spawned
+    assert distributed._context(_write_environment, False).get_start_method() == "spawn"
 
 
 def test_a_bad_input_in_the_processes_is_one_error(tmp_path):

@@ -420,6 +420,10 @@ def test_rank_rows_is_scipys_rankdata_exactly():
         rng.integers(0, 4, (6, 200)).astype(np.float32),
         np.where(rng.random((6, 200)) < 0.3, np.inf, rng.normal(size=(6, 200))),
         np.full((2, 5), 1.5),  # one run of ties per row
+        np.array([[0.3, np.nan, 0.1], [0.2, 0.2, 0.5]]),  # NaN: a row of NaN
+        np.empty((3, 0)),
     ]
     for values in rows:
         np.testing.assert_array_equal(rank_rows(values), stats.rankdata(values, axis=1))
+    with pytest.raises(ValueError, match="2-d"):
+        rank_rows(np.zeros((2, 2, 2)))

@@ -112,7 +112,7 @@ def bootstrap_rdm_correlation(
         raise InputError("The statistic was undefined in every bootstrap sample.")
     if np.all(np.abs(samples - value) <= _ROUNDING):
         return BootstrapResult(value, (value, value), samples)
-    ci = _bca_or_centred(samples, value, conditions, statistic, ci_level)
+    ci = _bca_or_centred(samples, value, conditions, statistic, ci_level, batched)
     return BootstrapResult(value, ci, samples)
 
 
@@ -145,7 +145,7 @@ def _resampled_statistic(x: np.ndarray, y: np.ndarray, method: str) -> Callable:
 # The methods whose resamples are compared all at once (a masked form of each); tau-a and
 # rho-a (with their forced-tie factor) go one resample at a time.
 _BATCHED = ("spearman", "pearson", "cosine")
-_BATCH_VALUES = 1 << 22  # pairs x resamples per batch: a few arrays of 32 MiB
+_BATCH_VALUES = 1 << 21  # pairs x resamples per batch: about 200 MiB at most (Spearman)
 
 
 def _batched_statistic(x: np.ndarray, y: np.ndarray, method: str) -> Callable:
@@ -179,7 +179,7 @@ def _batched_statistic(x: np.ndarray, y: np.ndarray, method: str) -> Callable:
 
 def _masked_comparison(xs: np.ndarray, ys: np.ndarray, keep: np.ndarray, method: str) -> np.ndarray:
     """The comparison of each row of ``xs`` and ``ys`` (b, m) over its entries where ``keep``
-    (NaN where no entry is kept or a row is constant)."""
+    (NaN where none is kept; a constant row as in `compare`'s pairwise form)."""
     if method == "spearman":  # ranks among the kept entries only
         # a value beyond every entry ranks the masked ones last; the others keep their ranks
         # (a finite one: rank_rows is faster on finite rows)
@@ -214,6 +214,7 @@ def _bca_or_centred(
     conditions: np.ndarray,
     statistic: Callable,
     ci_level: float,
+    batched: bool,
 ) -> tuple[float, float]:
     """The BCa interval (Efron & Tibshirani 1993, eqs. 14.10-14.15), or where it is undefined
     or unreliable (a bias term beyond 2 standard normal units, i.e. nearly every resample on
@@ -223,9 +224,17 @@ def _bca_or_centred(
     Written out rather than taken from `scipy.stats.bootstrap` so that the acceleration can
     come from a grouped jackknife: with more than `_JACKKNIFE_GROUPS` conditions, leaving out
     one condition at a time would cost one comparison per condition (1,854 for THINGS).
+    A ``batched`` statistic (`_batched_statistic`) gets the leave-one-out resamples in batches.
     """
     z0 = stats.norm.ppf(np.mean(samples < value))
-    jackknife = np.array([statistic(np.delete(conditions, g)) for g in _groups(conditions)])
+    groups = _groups(conditions)
+    n = conditions.size
+    if batched and len(groups) == n:  # leave-one-out: n resamples of n - 1, in batches
+        left_out = np.broadcast_to(conditions, (n, n))[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+        step = max(1, _BATCH_VALUES // max(1, (n - 1) * (n - 2) // 2))
+        jackknife = np.concatenate([statistic(left_out[k : k + step]) for k in range(0, n, step)])
+    else:
+        jackknife = np.array([statistic(np.delete(conditions, g)) for g in groups])
     spread = jackknife[np.isfinite(jackknife)].mean() - jackknife[np.isfinite(jackknife)]
     denominator = 6.0 * (spread**2).sum() ** 1.5
     accel = (spread**3).sum() / denominator if denominator > 0 else np.nan

@@ -333,20 +333,26 @@ def _standardize_ranks(values: np.ndarray, method: str, out: np.ndarray) -> None
 def rank_rows(values: np.ndarray) -> np.ndarray:
     """Ranks along each row, ties averaged: ``scipy.stats.rankdata(values, axis=1)`` exactly.
 
-    By the sort of `_sort_rows`, about 3x faster than scipy's stable argsort. ``+inf`` ranks
-    last, so it can stand for entries to leave out of a row: the others keep their ranks.
+    By the sort of `_sort_rows`, 2-3x faster than scipy's stable argsort. A value beyond
+    every other ranks last, so it can stand for entries to leave out of a row: the others
+    keep their ranks.
 
     Parameters
     ----------
     values : ndarray, shape (R, n)
-        float32 or float64, without NaN.
+        float32 or float64 (1-d: one row).
 
     Returns
     -------
     ndarray, shape (R, n), float64
+        A row holding NaN gives a row of NaN, as scipy's.
     """
     values = _float_rows(values)
+    if values.ndim != 2:
+        raise InputError(f"rank_rows expects a 2-d array (rows, values), got shape {values.shape}.")
     n_rows, n = values.shape
+    if values.size == 0:
+        return np.empty(values.shape, dtype=np.float64)
     order, first, last = _sort_rows(values)
     lengths = last - first + 1
     in_order = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (n_rows, n)).copy()
@@ -355,6 +361,7 @@ def rank_rows(values: np.ndarray) -> np.ndarray:
         in_order.reshape(-1)[members] = np.repeat((2 * (first % n) + lengths + 1) / 2.0, lengths)
     ranks = np.empty_like(in_order)
     np.put_along_axis(ranks, order, in_order, axis=1)
+    ranks[np.isnan(values).any(1)] = np.nan
     return ranks
 
 

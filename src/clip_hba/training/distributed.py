@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -262,10 +262,10 @@ def launch(
         raise InputError(
             f"--devices {devices}, but this machine has {torch.cuda.device_count()} GPU(s)."
         )
-    context = _context(function)
+    context = _context(function, cuda)
     errors = context.SimpleQueue()
     port = _free_port()
-    environ = dict(os.environ)  # a fork server's children have its environment, not ours
+    environ = dict(os.environ)  # a fork server's children would have its environment
     threads = max(1, torch.get_num_threads() // devices)
     processes = [
         context.Process(
@@ -294,18 +294,40 @@ def launch(
         raise RuntimeError(f"{len(failed)} of {devices} training processes failed ({failed}).")
 
 
-def _context(function: Callable[..., Any]) -> Any:
-    """Processes from a fork server that has imported the trainer once (where the OS has one).
+# What torch, transformers, huggingface_hub, peft and the BLAS/OpenMP runtimes may read from
+# the environment when imported; a fork server started under other values is not used.
+_IMPORT_TIME_PREFIXES = (
+    "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "PEFT_", "SAFETENSORS_", "TOKENIZERS_", "TORCH",
+    "PYTORCH_", "CUDA_", "NCCL_", "GLOO_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "XDG_", "LD_",
+    "PYTHON",
+)  # fmt: skip
+_server_settings: dict[str, str] | None = None  # those of the fork server, once started
 
-    A spawned process imports torch, transformers and peft afresh (seconds each, for every
-    launch); the fork server imports them once per session and forks each process from that.
-    It never touches CUDA, so its children can (PyTorch's multiprocessing notes).
+
+def _import_time_settings() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_IMPORT_TIME_PREFIXES)}
+
+
+def _context(function: Callable[..., Any], cuda: bool) -> Any:
+    """Processes forked from a server that has imported the trainer once, else spawned.
+
+    A spawned process imports torch, transformers and peft afresh: seconds each, at every
+    launch. The fork server imports them once per session, so later launches cost nothing.
+    Its children get the launch's environment (`_worker`), but keep what the libraries read
+    from it at import time (``HF_HUB_OFFLINE``, ``HF_HOME``, ``OMP_*``), so a launch under other
+    such settings than the server's is spawned instead. Only on Linux (macOS's system
+    libraries are not fork-safe) and only for the CPU: forking after an import that touched
+    CUDA would break the workers.
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return torch.multiprocessing.get_context("spawn")
-    context = torch.multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([function.__module__])  # no effect once the server runs
-    return context
+    global _server_settings
+    spawn = torch.multiprocessing.get_context("spawn")
+    if cuda or not sys.platform.startswith("linux"):
+        return spawn
+    forkserver = torch.multiprocessing.get_context("forkserver")
+    if _server_settings is None:
+        _server_settings = _import_time_settings()
+        forkserver.set_forkserver_preload([function.__module__])
+    return forkserver if _import_time_settings() == _server_settings else spawn
 
 
 def _wait(processes: list) -> None:
