@@ -34,7 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-from clip_hba.rsa.methods import METHODS
+from clip_hba.cpu import use_avx2_sorts
+
+use_avx2_sorts()  # as the command line does (AMD Zen 4 only); the stages inherit it
+
+from clip_hba.rsa.methods import METHODS  # noqa: E402
 
 STAGES = ("cache_build", "stage0_epoch", "stage1_epoch", "evaluate_meg", "rsa_static", "rsa_layers")
 
@@ -98,7 +102,13 @@ def _stage(stage: str, args: argparse.Namespace) -> dict:
         "peak_rss_gb": round(_peak_rss_gb(), 2),
         "threads": args.threads,
         **extra,
+        **_numpy_setting(),
     }
+
+
+def _numpy_setting() -> dict:
+    disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES")
+    return {} if disabled is None else {"numpy_disabled": disabled}
 
 
 # ---------------------------------------------------------------------------- inputs

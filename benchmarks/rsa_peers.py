@@ -40,6 +40,10 @@ if _THREADS is not None:
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[_name] = _THREADS
 
+from clip_hba.cpu import use_avx2_sorts  # noqa: E402
+
+use_avx2_sorts()  # as the command line does, for ours and the peers alike (AMD Zen 4 only)
+
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
