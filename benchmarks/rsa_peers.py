@@ -202,7 +202,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        print(json.dumps(run(args, workdir)))
+        found = run(args, workdir)
+        if "NPY_DISABLE_CPU_FEATURES" in os.environ:  # (set by use_avx2_sorts on AMD Zen 4)
+            found["numpy_disabled"] = os.environ["NPY_DISABLE_CPU_FEATURES"]
+        print(json.dumps(found))
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

@@ -60,14 +60,22 @@ chosen = {{}}
 other = use_avx2_sorts(chosen, cpuinfo={intel!r})
 kept = {{"NPY_DISABLE_CPU_FEATURES": ""}}
 opted_out = use_avx2_sorts(kept, cpuinfo={zen4!r})
+enabled = {{"NPY_ENABLE_CPU_FEATURES": "X86_V3"}}  # numpy refuses both variables at once
+with_enable = use_avx2_sorts(enabled, cpuinfo={zen4!r})
+executable, sys.executable = sys.executable, ""  # an embedded Python: no interpreter to ask
+no_interpreter = use_avx2_sorts({{}}, cpuinfo={zen4!r})
+sys.executable = executable
 set_to = use_avx2_sorts(chosen, cpuinfo={zen4!r})
 numpy_before = "numpy" in sys.modules
 print(json.dumps(dict(other=other, opted_out=opted_out, kept=kept, set_to=set_to,
-                      chosen=chosen, numpy_before=numpy_before)))
+                      chosen=chosen, numpy_before=numpy_before, with_enable=with_enable,
+                      enabled=enabled, no_interpreter=no_interpreter)))
 """
     found = _fresh(code)
     assert found["other"] is None and found["opted_out"] is None
+    assert found["with_enable"] is None and found["no_interpreter"] is None
     assert found["kept"] == {"NPY_DISABLE_CPU_FEATURES": ""}  # the user's choice stands
+    assert found["enabled"] == {"NPY_ENABLE_CPU_FEATURES": "X86_V3"}
     assert not found["numpy_before"]  # the probe ran numpy elsewhere
     features = found["set_to"]
     if features is None:  # a numpy without AVX-512 kernels (another architecture, a baseline)

@@ -198,6 +198,31 @@ def test_participant_quality_flags_a_planted_outlier(tmp_path):
         assert participant_quality(store, (0.0, 90.0))["flagged"] == []
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_noise_ceiling_sums_in_threads_are_the_same_bits(threads):
+    import torch
+
+    from clip_hba.meg import leave_one_out_correlations
+    from clip_hba.meg import quality as q
+
+    block = np.random.default_rng(3).random((4, 3, 40_001)).astype(np.float32)
+    total_ref = block.sum(0, dtype=np.float64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        total = q._sum_over_participants(block)
+        means = q._leave_one_out_means(total, block)
+        found = leave_one_out_correlations(block, "spearman")
+        torch.set_num_threads(1)
+        alone = leave_one_out_correlations(block, "spearman")
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(total, total_ref)
+    np.testing.assert_array_equal(means, (total_ref - block) / 3)
+    for threaded, single in zip(found, alone, strict=True):
+        np.testing.assert_array_equal(threaded, single)
+
+
 def test_infinite_values_are_refused_at_commit_naming_count_and_place(tmp_path):
     writer = StoreWriter(tmp_path / "s.h5", IDS[:3], ["A", "B"], [0.0, 5.0])
     writer.write_block(0, 0, [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])

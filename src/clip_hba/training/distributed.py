@@ -294,12 +294,12 @@ def launch(
         raise RuntimeError(f"{len(failed)} of {devices} training processes failed ({failed}).")
 
 
-# What torch, transformers, huggingface_hub, peft and the BLAS/OpenMP runtimes may read from
+# What numpy, torch, transformers, huggingface_hub, peft and the BLAS/OpenMP runtimes may read from
 # the environment when imported; a fork server started under other values is not used.
 _IMPORT_TIME_PREFIXES = (
     "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "PEFT_", "SAFETENSORS_", "TOKENIZERS_", "TORCH",
     "PYTORCH_", "CUDA_", "NCCL_", "GLOO_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "XDG_", "LD_",
-    "PYTHON",
+    "NPY_", "NUMPY_", "PYTHON",
 )  # fmt: skip
 _server_settings: dict[str, str] | None = None  # those of the fork server, once started
 
