@@ -4,7 +4,8 @@ A THINGS-MEG-sized simulated store (1,854 concepts, 281 timepoints -100..1300 ms
 participants: 1,717,731 pairs each) and a randomly initialised CLIP with the shapes of CLIP
 ViT-B/32 on 1,854 synthetic images. Stages, each in a process of its own (so that its peak
 resident memory is its own), every one printing one JSON line with ``stage``, ``seconds`` and
-``peak_rss_gb``:
+``peak_rss_gb`` (and ``numpy_disabled`` where numpy's AVX-512 kernels were turned off, as on
+AMD Zen 4: `clip_hba.cpu`):
 
 - ``cache_build``: a `fit meg` trainer's set-up: the model, the targets (participants' mean
   over 1,483 training and validation concepts, 1.1 M pairs x 281 times) and the feature cache

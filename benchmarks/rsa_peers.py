@@ -14,7 +14,8 @@ default, kept in ``--workdir`` and reused) and one static model RDM (the bundled
   `cluster_permutation_test`, so clusters and p-values must be identical).
 
 Peers that are not installed are skipped with a note. Prints one JSON line: each tool's seconds
-(``*_s``), ``max_abs_diff``, and the ratios (``ours_over_<peer>``, ``end_to_end_over_core``).
+(``*_s``), ``max_abs_diff``, and the ratios (``ours_over_<peer>``, ``end_to_end_over_core``);
+``numpy_disabled`` where numpy's AVX-512 kernels were turned off (AMD Zen 4: `clip_hba.cpu`).
 Usage: python benchmarks/rsa_peers.py [--concepts 300] [--times 281] [--participants 4]
 [--permutations 1000] [--threads 2] [--workdir DIR] [--skip scipy ...]
 """

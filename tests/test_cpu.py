@@ -97,3 +97,86 @@ print(json.dumps(dict(avx512=[f for f in {names!r} if m.__cpu_features__.get(f)]
 """
     found = _fresh(check)
     assert found == {"avx512": [], "ranks": [1, 2, 0]}  # imports, AVX-512 off, sorts right
+
+
+class _Probe:
+    """Stands for ``subprocess.run``: records the calls, answers with ``stdout`` or raises."""
+
+    def __init__(self, stdout: str = "", error: Exception | None = None) -> None:
+        self.stdout, self.error, self.calls = stdout, error, 0
+
+    def __call__(self, command, **kwargs):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return subprocess.CompletedProcess(command, 0, stdout=self.stdout, stderr="")
+
+
+@pytest.fixture
+def before_numpy(monkeypatch):
+    """As if numpy were not imported yet (restored afterwards)."""
+    monkeypatch.delitem(sys.modules, "numpy")
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("stdout", "expected"),
+    [
+        ("X86_V3 X86_V4 AVX512_ICL AVX512_SPR\n", "X86_V4 AVX512_ICL AVX512_SPR"),
+        ("a site hook's line\nAVX512_SKX AVX512_ICL\n", "AVX512_SKX AVX512_ICL"),  # last line
+        ("", None),  # numpy before 2.0 prints nothing
+        ("X86_V3\n", None),  # no AVX-512 target
+    ],
+)
+def test_the_probe_answer_is_filtered_to_avx512_targets(tmp_path, before_numpy, stdout, expected):
+    probe = _Probe(stdout)
+    before_numpy.setattr("clip_hba.cpu.subprocess.run", probe)
+    environ: dict[str, str] = {}
+    assert use_avx2_sorts(environ, cpuinfo=_cpuinfo(tmp_path, ZEN4)) == expected
+    assert environ == ({} if expected is None else {"NPY_DISABLE_CPU_FEATURES": expected})
+    assert probe.calls == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        subprocess.CalledProcessError(1, "python"),
+        subprocess.TimeoutExpired("python", 10),
+        OSError("no such file"),
+    ],
+)
+def test_a_probe_that_fails_changes_nothing(tmp_path, before_numpy, error):
+    before_numpy.setattr("clip_hba.cpu.subprocess.run", _Probe(error=error))
+    environ: dict[str, str] = {}
+    assert use_avx2_sorts(environ, cpuinfo=_cpuinfo(tmp_path, ZEN4)) is None
+    assert environ == {}
+
+
+@pytest.mark.parametrize(
+    ("executable", "frozen"), [("/opt/blender/blender", False), (sys.executable, True), ("", False)]
+)
+def test_no_probe_from_an_app_that_embeds_python(tmp_path, before_numpy, executable, frozen):
+    probe = _Probe("AVX512_ICL")
+    before_numpy.setattr("clip_hba.cpu.subprocess.run", probe)
+    before_numpy.setattr(sys, "executable", executable)
+    if frozen:
+        before_numpy.setattr(sys, "frozen", True, raising=False)
+    assert use_avx2_sorts({}, cpuinfo=_cpuinfo(tmp_path, ZEN4)) is None
+    assert probe.calls == 0  # (a frozen app's executable would start the app again)
+
+
+def test_a_cpuinfo_that_is_not_a_path_is_a_type_error():
+    with pytest.raises(TypeError, match="cpuinfo must be a path, but got int 0"):
+        is_zen4(0)
+
+
+def test_the_command_line_sets_it_before_numpy_is_imported():
+    code = """
+import json, sys
+import clip_hba.cpu
+seen = []
+clip_hba.cpu.use_avx2_sorts = lambda: seen.append("numpy" in sys.modules)
+import clip_hba.cli
+print(json.dumps(dict(seen=seen, numpy_after="numpy" in sys.modules)))
+"""
+    assert _fresh(code) == {"seen": [False], "numpy_after": True}

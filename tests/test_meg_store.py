@@ -198,15 +198,26 @@ def test_participant_quality_flags_a_planted_outlier(tmp_path):
         assert participant_quality(store, (0.0, 90.0))["flagged"] == []
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_the_noise_ceiling_sums_in_threads_are_the_same_bits(threads):
+@pytest.mark.parametrize(
+    ("threads", "shape", "dtype"),
+    [
+        (1, (4, 3, 40_001), np.float32),
+        (2, (4, 3, 40_001), np.float32),
+        (3, (12, 2, 70_000), np.float64),  # order-sensitive: float64, wide magnitudes
+        (2, (200, 1, 16_385), np.float64),  # many participants, an odd width
+    ],
+)
+def test_the_noise_ceiling_sums_in_threads_are_the_same_bits(threads, shape, dtype):
     import torch
 
     from clip_hba.meg import leave_one_out_correlations
     from clip_hba.meg import quality as q
 
-    block = np.random.default_rng(3).random((4, 3, 40_001)).astype(np.float32)
+    rng = np.random.default_rng(3)
+    # magnitudes over 16 decades: a sum in any other order than numpy's gives other bits
+    block = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-8, 8, shape)).astype(dtype)
     total_ref = block.sum(0, dtype=np.float64)
+    assert not np.array_equal(total_ref, block[::-1].sum(0, dtype=np.float64))  # the check bites
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -218,7 +229,7 @@ def test_the_noise_ceiling_sums_in_threads_are_the_same_bits(threads):
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(total, total_ref)
-    np.testing.assert_array_equal(means, (total_ref - block) / 3)
+    np.testing.assert_array_equal(means, (total_ref - block) / (len(block) - 1))
     for threaded, single in zip(found, alone, strict=True):
         np.testing.assert_array_equal(threaded, single)
 

@@ -44,7 +44,7 @@ if int(numpy.__version__.split(".")[0]) >= 2:
 """
 
 
-def _wanted(feature: str) -> bool:
+def _is_avx512_target(feature: str) -> bool:
     return feature == "X86_V4" or feature.startswith("AVX512")
 
 
@@ -64,6 +64,8 @@ def is_zen4(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     bool
         False also where the file cannot be read (macOS, Windows).
     """
+    if not isinstance(cpuinfo, str | os.PathLike):  # (an int would be read as a descriptor)
+        raise TypeError(f"cpuinfo must be a path, but got {type(cpuinfo).__name__} {cpuinfo!r}")
     fields = {}
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
@@ -89,9 +91,12 @@ def use_avx2_sorts(
 
     Does nothing where numpy is already imported (its kernels are chosen; ``import torch``
     imports it too), where ``NPY_DISABLE_CPU_FEATURES`` or ``NPY_ENABLE_CPU_FEATURES`` is
-    already set (even to ""; the user's choice, and the way to opt out), on other CPUs, and
-    with numpy before 2.0. The features to disable are asked of numpy in a short-lived
-    interpreter (about 0.15 s, on Zen 4 only), so that none of numpy's baseline is named.
+    already set (even to ""; the user's choice, and the way to opt out), on other CPUs, with
+    numpy before 2.0, and where numpy cannot be asked. The features to disable are asked of
+    numpy in a short-lived interpreter (about 0.15 s, on Zen 4 only), so that none of
+    numpy's baseline is named; it cannot be asked from a frozen app or one that embeds
+    Python (``sys.executable`` is not an interpreter), nor when that interpreter fails or
+    takes over 10 s.
 
     Parameters
     ----------
@@ -108,23 +113,31 @@ def use_avx2_sorts(
     environ = os.environ if environ is None else environ
     if "numpy" in sys.modules or _DISABLE in environ or _ENABLE in environ:
         return None
-    # a frozen or embedded app's executable is the app itself, not an interpreter to ask
-    if not sys.executable or getattr(sys, "frozen", False) or not is_zen4(cpuinfo):
+    if not _is_interpreter(sys.executable) or not is_zen4(cpuinfo):
         return None
+    # numpy as this process would import it: from its sys.path, not the current directory
+    env = {**os.environ, _DISABLE: "", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
         probe = subprocess.run(
-            [sys.executable, "-c", _PROBE],
+            [sys.executable, "-P", "-c", _PROBE],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
-            env={**os.environ, _DISABLE: ""},  # numpy as it is, whatever the caller's mapping
+            env=env,
         )
     except (OSError, subprocess.SubprocessError):
         return None
     last = probe.stdout.strip().splitlines()[-1:]  # (a site hook may print before)
-    features = " ".join(f for f in (last[0].split() if last else []) if _wanted(f))
+    features = " ".join(f for f in (last[0].split() if last else []) if _is_avx512_target(f))
     if not features:
         return None
     environ[_DISABLE] = features
     return features
+
+
+def _is_interpreter(executable: str | None) -> bool:
+    """Whether ``executable`` runs ``-c`` code (not a frozen or a Python-embedding app)."""
+    if not executable or getattr(sys, "frozen", False):
+        return False
+    return os.path.basename(executable).lower().startswith(("python", "pypy"))
