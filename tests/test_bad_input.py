@@ -201,6 +201,9 @@ ROWS = [
     ([*EMBED, "--out", "e.npz", "--layers", "--per-image"], "--per-image"),
     ([*EMBED, "--out", "e.npz", "--rdm", "--layers"], "cannot be combined"),
     ([*EMBED, "--out", "e.npz", "--exemplar", "01b"], "--exemplar '01b'"),
+    ([*EMBED, "--out", "e.pkl"], "use a .npz, .csv or .tsv file"),
+    ([*EMBED, "--out", "e.csv", "--layers"], "Layer-wise features go into an .npz file"),
+    ([*EMBED, "--out", "e.csv", "--rdm"], "only be written into a .npz file (--rdm)"),
     (
         ["embed", "--model", "clip", "--images", "images", "--out", "e.npz", "--exemplar", "_02b"],
         "--exemplar '_02b'",
@@ -275,6 +278,7 @@ ROWS = [
     (["simulate", "meg", "--out", "s.h5", "--tmax", "inf"], "Invalid time axis"),
     ([*FIT, "--out", "/proc/run"], "is not writable"),
     (["simulate", "meg", "--out", "s.h5", "--export-mat", "mine.mat"], "mine.json exists"),
+    (["simulate", "meg", "--out", "s.h5", "--export-mat", "x.txt"], "ending in .mat"),
     # ---------------------------------------------------------------- the command line itself
     (["fit", "behavior", "--no-such-option"], "No such option"),
     (["frobnicate"], "No such command"),
@@ -297,6 +301,24 @@ def test_bad_input_is_one_line_and_leaves_nothing(capsys, monkeypatch, workspace
     assert fragment in errors[0], errors[0]
     assert out == ""
     assert _files(workspace) == before, "a refused command wrote or changed files"
+
+
+def test_embed_refuses_its_output_before_any_embedding(capsys, monkeypatch, workspace):
+    import clip_hba.pipelines.embed as pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the inputs were prepared before the output was checked")
+
+    monkeypatch.setattr(pipeline, "run_inputs", never)
+    monkeypatch.chdir(workspace)
+    for out, extra, fragment in [
+        ("e.pkl", [], "use a .npz, .csv or .tsv file"),
+        ("e", [], "use a .npz, .csv or .tsv file"),
+        ("l.csv", ["--layers"], "Layer-wise features go into an .npz file"),
+        ("r.tsv", ["--rdm"], "(--rdm)"),
+    ]:
+        code, _, err = run(capsys, *EMBED, "--out", out, *extra)
+        assert code == 2 and fragment in err, err
 
 
 def test_the_campaign_covers_every_command():

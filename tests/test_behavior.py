@@ -1,6 +1,7 @@
 """CLIP-HBA-Behavior: towers, adapters, frozen-prefix cache, training, resume, inference."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -511,3 +512,21 @@ def test_vision_only_backbone_trains_with_the_linear_head(tmp_path, images):
     ]
     np.testing.assert_allclose(losses(runs[0].log)[:, :2], losses(runs[1].log)[:, :2], rtol=1e-5)
     assert losses(runs[0].log)[-1, 1] < losses(runs[0].log)[0, 1]
+
+
+@pytest.mark.parametrize(
+    ("name", "axis", "with_rdm", "fragment"),
+    [
+        ("e.pkl", None, False, "use a .npz, .csv or .tsv file"),
+        ("e.csv", None, True, "(--rdm)"),
+        ("t.csv", "time", False, "Time-resolved embeddings go into an .npz file"),
+        ("l.npz", "layers", True, "--rdm and --layers"),
+    ],
+)
+def test_embedding_outputs_are_checked_by_one_rule(tmp_path, name, axis, with_rdm, fragment):
+    from clip_hba.data import check_embedding_out
+
+    with pytest.raises(InputError, match=re.escape(fragment)):
+        check_embedding_out(tmp_path / name, axis, with_rdm)
+    for good, good_axis in [("e.NPZ", None), ("e.tsv", None), ("t.npz", "time")]:
+        assert check_embedding_out(tmp_path / good, good_axis) == tmp_path / good

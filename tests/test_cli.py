@@ -155,7 +155,7 @@ def test_error_nan_or_inf(capsys, tmp_path, spose, bad):
     values[7, 3] = bad
     np.save(tmp_path / "e.npy", values)
     result = run(capsys, "evaluate", "behavior", "--embedding", str(tmp_path / "e.npy"))
-    assert_one_line_error(*result, "NaN or infinite", "(7, 3)")
+    assert_one_line_error(*result, "e.npy: The embedding holds 1 NaN or infinite", "(7, 3)")
 
 
 @pytest.mark.parametrize(

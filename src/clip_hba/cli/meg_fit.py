@@ -347,7 +347,7 @@ def fit_individual_command(
         Literal["sequential", "ray"],
         typer.Option(
             help="sequential (default): one participant after another here; ray: one Ray task "
-            "per participant (pip install 'clip-hba[ray]')."
+            "per participant (pip install 'clip-hba\\[ray]')."
         ),
     ] = "sequential",
     address: Annotated[

@@ -26,6 +26,7 @@ __all__ = [
     "ConceptEmbedding",
     "ImageEmbedding",
     "StackedEmbedding",
+    "check_embedding_out",
     "read_embedding",
     "read_ids",
     "read_stacked_embedding",
@@ -150,7 +151,10 @@ def read_embedding(
         concept_ids = tuple(default_ids)
     else:
         raise InputError(f"No concept ids for the rows of {path}.")
-    return ConceptEmbedding(values, concept_ids, labels)
+    try:
+        return ConceptEmbedding(values, concept_ids, labels)
+    except InputError as err:  # name the file: a command may read several
+        raise InputError(f"{path}: {err}") from None
 
 
 def _read_with_ids(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -366,6 +370,35 @@ def save_image_embedding(path: str | os.PathLike, embedding: ImageEmbedding) -> 
     return _save_rows(path, embedding, embedding.image_ids, with_rdm=False)
 
 
+def check_embedding_out(
+    path: str | os.PathLike, axis: str | None = None, with_rdm: bool = False
+) -> Path:
+    """Refuse an output path the embedding writers would refuse, before the work is done.
+
+    Parameters
+    ----------
+    path : path
+    axis : {None, "layers", "time"}
+        None: one row per concept or image (``.npz``, ``.csv`` or ``.tsv``); otherwise a
+        `StackedEmbedding` of that axis (``.npz`` only).
+    with_rdm : bool
+        The RDM is written too (``.npz`` only; not with layers).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if axis is not None:
+        what = "Layer-wise features" if axis == "layers" else "Time-resolved embeddings"
+        if suffix != ".npz":
+            raise InputError(f"{what} go into an .npz file, got {path}.")
+        if with_rdm and axis == "layers":
+            raise InputError("--rdm and --layers cannot be combined.")
+    elif suffix not in OUTPUT_SUFFIXES:
+        raise InputError(f"Cannot write embeddings to {path}: use a .npz, .csv or .tsv file.")
+    elif with_rdm and suffix != ".npz":
+        raise InputError("An RDM can only be written into a .npz file (--rdm).")
+    return path
+
+
 def _save_rows(
     path: str | os.PathLike,
     embedding: ConceptEmbedding | ImageEmbedding,
@@ -373,10 +406,8 @@ def _save_rows(
     with_rdm: bool,
 ) -> Path:
     """One row per concept or image, as ``.npz`` (with the RDM, if asked) or ``.csv``/``.tsv``."""
-    path = Path(path)
+    path = check_embedding_out(path, with_rdm=with_rdm)
     suffix = path.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise InputError(f"Cannot write embeddings to {path}: use a .npz, .csv or .tsv file.")
     if suffix == ".npz":
         arrays = {
             "embedding": embedding.values,
@@ -387,8 +418,6 @@ def _save_rows(
         if with_rdm:
             arrays["rdm"] = rdm(embedding.values, "pearson")
         return write_npz_atomic(path, arrays)
-    if with_rdm:
-        raise InputError("An RDM can only be written into a .npz file (--rdm).")
     return write_text_atomic(path, _table(embedding, item_ids, suffix))
 
 
@@ -404,18 +433,13 @@ def save_stacked_embedding(
     ``layers`` (``block_1`` ... ``block_L``); for time, ``times_ms`` and ``labels`` (the
     dimension labels) and, with ``with_rdm``, ``rdm`` (M, pairs) of 1 - Pearson.
     """
-    path = Path(path)
-    what = "Layer-wise features" if embedding.axis == "layers" else "Time-resolved embeddings"
-    if path.suffix.lower() != ".npz":
-        raise InputError(f"{what} go into an .npz file, got {path}.")
+    path = check_embedding_out(path, embedding.axis, with_rdm)
     arrays = {"embedding": embedding.values}
     if embedding.axis == "time":
         arrays["times_ms"] = embedding.times_ms
     arrays["concept_ids"] = np.array(embedding.concept_ids)
     arrays["image_ids"] = np.array(item_ids)
     if embedding.axis == "layers":
-        if with_rdm:
-            raise InputError("--rdm and --layers cannot be combined.")
         arrays["layers"] = np.array(embedding.labels)
     else:
         arrays["labels"] = np.array(embedding.dim_labels or ())

@@ -37,7 +37,7 @@ from clip_hba._io import refuse_existing
 from clip_hba.data.things import load_concepts, load_spose
 from clip_hba.meg.config import SimulationConfig
 from clip_hba.meg.io import export_things_mat
-from clip_hba.meg.writer import StoreWriter
+from clip_hba.meg.writer import StoreWriter, check_mat_name
 from clip_hba.rsa.rdms import rdm
 
 __all__ = ["COMPONENTS", "SimulationConfig", "component_rdms", "simulate_meg", "time_course"]
@@ -109,6 +109,7 @@ def simulate_meg(
     """
     refuse_existing(out, force)
     if export_mat is not None:
+        check_mat_name(export_mat)  # before the store is written, not after
         refuse_existing(export_mat, force)
     _simulate(out, config or SimulationConfig(), concept_ids, dtype, data_dir, verbose)
     if export_mat is not None:

@@ -42,6 +42,7 @@ from clip_hba.meg.store import (
 
 __all__ = [
     "StoreWriter",
+    "check_mat_name",
     "check_out_file",
     "export_things_mat",
     "sidecar_path",
@@ -331,6 +332,12 @@ def _chunk_pairs(n_pairs: int) -> int:
 # ---------------------------------------------------------------------------- release format out
 
 
+def check_mat_name(out: str | os.PathLike) -> None:
+    """Refuse an export name that does not end in ``.mat`` (before any work is done)."""
+    if Path(out).suffix.lower() != ".mat":
+        raise InputError(f"--out {out}: the export is a MATLAB file; give a name ending in .mat.")
+
+
 def export_things_mat(
     store: str | os.PathLike,
     out: str | os.PathLike,
@@ -354,8 +361,7 @@ def export_things_mat(
             f"Invalid value for 'variable': {variable!r} is not a MATLAB variable name (a letter, "
             "then letters, digits or _)."
         )
-    if Path(out).suffix.lower() != ".mat":
-        raise InputError(f"--out {out}: the export is a MATLAB file; give a name ending in .mat.")
+    check_mat_name(out)
     if Path(out).resolve() == Path(store).resolve():
         raise InputError(f"--out {out} is the store being exported; give another file.")
     out = check_out_file(out, force, "rdms.mat")

@@ -14,6 +14,7 @@ from typing import Any
 from clip_hba._io import check_output_file
 from clip_hba._validation import InputError, check_option, preview
 from clip_hba.data.embeddings import (
+    check_embedding_out,
     save_embedding,
     save_image_embedding,
     save_stacked_embedding,
@@ -100,6 +101,8 @@ def embed_run(
             f"{'--layers' if layers else '--per-image'} is for behaviour runs and base models, "
             "not MEG runs."
         )
+    axis = "time" if loaded.kind == "meg" else "layers" if layers else None
+    check_embedding_out(out, axis, with_rdm)  # (before the work, not after it)
     inputs, config, run_data_dir = run_inputs(
         loaded, images, images_csv, exemplar, normalization, skip_missing, data_dir
     )
