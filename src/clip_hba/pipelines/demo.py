@@ -104,7 +104,10 @@ def run_demo(out: str | os.PathLike, quick: bool = False, verbose: bool = True) 
     started = time.perf_counter()
     config = demo_config(out, quick)
     if RunDir(config.out).has_checkpoint():
-        raise InputError(f"{out} already holds a demo run; choose another --out.")
+        raise InputError(
+            f"{out} already holds a demo run (finished or interrupted; the demo does not "
+            "resume): remove it or choose another --out."
+        )
     result = fit_behavior(config, verbose=verbose)
     run = RunDir(result.run_dir)
     metrics = run.read_metrics()
