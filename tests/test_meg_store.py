@@ -207,9 +207,7 @@ def test_participant_quality_flags_a_planted_outlier(tmp_path):
         (2, (200, 1, 16_385), np.float64),  # many participants, an odd width
     ],
 )
-def test_the_noise_ceiling_sums_in_threads_are_the_same_bits(threads, shape, dtype):
-    import torch
-
+def test_the_noise_ceiling_sums_in_threads_are_the_same_bits(torch_threads, threads, shape, dtype):
     from clip_hba.meg import leave_one_out_correlations
     from clip_hba.meg import quality as q
 
@@ -218,16 +216,12 @@ def test_the_noise_ceiling_sums_in_threads_are_the_same_bits(threads, shape, dty
     block = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-8, 8, shape)).astype(dtype)
     total_ref = block.sum(0, dtype=np.float64)
     assert not np.array_equal(total_ref, block[::-1].sum(0, dtype=np.float64))  # the check bites
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        total = q._sum_over_participants(block)
-        means = q._leave_one_out_means(total, block)
-        found = leave_one_out_correlations(block, "spearman")
-        torch.set_num_threads(1)
-        alone = leave_one_out_correlations(block, "spearman")
-    finally:
-        torch.set_num_threads(before)
+    torch_threads(threads)
+    total = q._sum_over_participants(block)
+    means = q._leave_one_out_means(total, block)
+    found = leave_one_out_correlations(block, "spearman")
+    torch_threads(1)
+    alone = leave_one_out_correlations(block, "spearman")
     np.testing.assert_array_equal(total, total_ref)
     np.testing.assert_array_equal(means, (total_ref - block) / (len(block) - 1))
     for threaded, single in zip(found, alone, strict=True):

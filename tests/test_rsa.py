@@ -364,17 +364,13 @@ def test_standardize_marks_nan_and_constant_rows(rng):
         standardize(rows, "pearson", out=np.empty((3, 50), dtype=np.float32))
 
 
-def test_standardize_in_threads_equals_one_chunk(rng):
+def test_standardize_in_threads_equals_one_chunk(rng, torch_threads):
     """Over 2**20 values the rows are split into chunks ranked in parallel threads."""
     rows = np.round(rng.normal(size=(24, 50_000)), 2).astype(np.float32)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        parallel = standardize(rows, "spearman")
-        torch.set_num_threads(1)
-        serial = standardize(rows, "spearman")
-    finally:
-        torch.set_num_threads(threads)
+    torch_threads(2)
+    parallel = standardize(rows, "spearman")
+    torch_threads(1)
+    serial = standardize(rows, "spearman")
     np.testing.assert_array_equal(parallel, serial)
     for k in (0, 23):
         np.testing.assert_allclose(parallel[k], _reference_standardize(rows[k], "spearman"))

@@ -134,10 +134,11 @@ def _in_threads(work: Callable[[slice], None], n_columns: int) -> None:
     """``work(columns)`` for even chunks of ``range(n_columns)``, in threads.
 
     numpy's arithmetic releases the GIL; these full-size float64 passes over every
-    participant's pairs otherwise keep one core busy while the others wait (22 s on one core
-    of `meg rsa` of one model at THINGS-MEG size). Up to ``torch.get_num_threads()`` threads,
-    about 4 chunks each, and no chunk below 16,384 columns: numpy then sums along the
-    participants one after another, never pairwise, as over the whole array.
+    participant's pairs otherwise keep one core busy while the others wait (at THINGS-MEG
+    size, 2 cores: 32 ms per timepoint on one, 22 ms in threads). Up to
+    ``torch.get_num_threads()`` threads, about 4 chunks each, and no chunk below 16,384
+    columns: numpy then sums along the participants one after another, never pairwise, as
+    over the whole array.
     """
     workers = torch.get_num_threads()
     n_chunks = max(1, min(4 * workers, n_columns // (1 << 14)))
